@@ -1,0 +1,163 @@
+"""Configuration: `params.yaml` read once into typed, validated objects.
+
+Every knob of every stage lives in `params.yaml`; this module gives them types so a typo
+fails at start-up with the key's name instead of deep inside a stage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mlpipeline.schema import Schema
+
+PARAMS_FILE = "params.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DriftScenario(_Strict):
+    """Drift the synthetic source injects from a given batch (0-based) on; null = never."""
+
+    covariate_from_batch: int | None = None
+    concept_from_batch: int | None = None
+    strength: float = 1.0
+
+
+class SourceParams(_Strict):
+    kind: Literal["synthetic_loans", "breast_cancer", "files"] = "synthetic_loans"
+    seed: int = 7
+    start_date: dt.date = dt.date(2026, 1, 5)
+    batch_days: int = Field(7, gt=0)
+    batch_rows: int = Field(1500, gt=0)
+    n_batches: int = Field(8, gt=0)
+    path: str | None = None  # kind=files: folder of YYYY-MM-DD.csv|parquet batches
+    drift: DriftScenario = DriftScenario()
+
+
+class WindowParams(_Strict):
+    """Batches (by their date) that the model trains on; both ends inclusive."""
+
+    start: dt.date
+    end: dt.date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WindowParams:
+        if self.end < self.start:
+            raise ValueError(f"window.end {self.end} is before window.start {self.start}")
+        return self
+
+
+class ValidateParams(_Strict):
+    min_rows: int = 100
+    max_unknown_category_share: float = 0.01
+    max_out_of_range_share: float = 0.0
+
+
+class PrepareParams(_Strict):
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    reference_rows: int = Field(5000, gt=0)
+    seed: int = 7
+
+
+class TrainParams(_Strict):
+    model: Literal["random_forest", "logistic_regression", "hist_gradient_boosting", "dummy"]
+    seed: int = 7
+    # Hyper-parameters per model type; only the chosen model's block is used.
+    hyperparams: dict[str, dict[str, Any]] = {}
+
+    def chosen_hyperparams(self) -> dict[str, Any]:
+        return dict(self.hyperparams.get(self.model, {}))
+
+
+class EvaluateParams(_Strict):
+    threshold: float = Field(0.5, gt=0, lt=1)
+    calibration_bins: int = Field(10, gt=1)
+
+
+class GateParams(_Strict):
+    min_metrics: dict[str, float] = {}  # absolute floors, e.g. roc_auc: 0.7
+    compare_metric: str = "roc_auc"  # no regression against the champion on this metric
+    tolerance: float = 0.0  # the challenger may trail the champion by this much
+
+
+class MlflowParams(_Strict):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlartifacts"
+    experiment: str = "default"
+    registered_model: str = "model"
+
+
+class Params(_Strict):
+    source: SourceParams
+    window: WindowParams
+    schema_: Schema = Field(alias="schema")
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    prepare: PrepareParams = PrepareParams()
+    train: TrainParams
+    evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
+    mlflow: MlflowParams = MlflowParams()
+    root: Path = Path(".")  # folder of params.yaml; relative paths resolve against it
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @property
+    def schema(self) -> Schema:
+        return self.schema_
+
+    def path(self, relative: str | Path) -> Path:
+        return self.root / relative
+
+    def tracking_uri(self) -> str:
+        """`MLFLOW_TRACKING_URI` wins; a relative sqlite path is anchored at the project."""
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or self.mlflow.tracking_uri
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+            uri = prefix + str((self.root / uri[len(prefix) :]).resolve())
+        return uri
+
+    def artifact_location(self) -> str | None:
+        """Where new experiments keep artefacts; None lets a tracking server decide."""
+        if not self.tracking_uri().startswith("sqlite:"):
+            return None
+        return (self.root / self.mlflow.artifact_root).resolve().as_uri()
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The project folder: the nearest parent holding params.yaml."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PARAMS_FILE).is_file():
+            return folder
+    raise SystemExit(f"no {PARAMS_FILE} in {here} or its parents: run from the project folder")
+
+
+def load_params(root: Path | None = None) -> Params:
+    root = find_root(root)
+    raw = yaml.safe_load((root / PARAMS_FILE).read_text())
+    return Params.model_validate({**raw, "root": root})
+
+
+# Where each stage reads and writes, relative to the project root (dvc.yaml names the same).
+RAW_DIR = Path("data/raw")
+DATASET = Path("data/interim/dataset.parquet")
+VALIDATED = Path("data/interim/validated.parquet")
+TRAIN_SPLIT = Path("data/prepared/train.parquet")
+TEST_SPLIT = Path("data/prepared/test.parquet")
+REFERENCE = Path("data/prepared/reference.parquet")
+MODEL_FILE = Path("models/model.joblib")
+TRAIN_INFO = Path("models/train_info.json")
+VALIDATION_REPORT = Path("reports/validation.json")
+METRICS = Path("reports/metrics.json")
+PREDICTIONS = Path("reports/predictions.csv")
+PLOTS_DIR = Path("reports/plots")
+RUN_INFO = Path("reports/run.json")
+GATE_REPORT = Path("reports/gate.json")

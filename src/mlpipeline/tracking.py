@@ -1,0 +1,153 @@
+"""MLflow side of the pipeline: connect to the store and log a training run.
+
+Importing this module imports mlflow (several seconds), so only the stages that talk to
+MLflow import it, and only when they need it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import infer_signature
+
+from mlpipeline.config import REFERENCE, TRAIN_SPLIT, Params
+from mlpipeline.lineage import file_md5, flat_params, git_state, params_hash, raw_data_version
+
+# What the served model needs at load time, pinned to the versions the lock installed.
+# Passing them saves MLflow ~10 s of inferring requirements in a subprocess.
+MODEL_REQUIREMENTS = ["mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops", "joblib"]
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# We pass pip_requirements from the lock ourselves: skip MLflow's uv project detection.
+os.environ.setdefault("MLFLOW_UV_AUTO_DETECT", "false")
+# MLflow's hints that do not apply here: a local path matches its local-artefact source
+# twice, and the int64 it warns about is the predicted class, which is never missing.
+warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
+
+
+def pip_requirements() -> list[str]:
+    return [f"{name}=={importlib.metadata.version(name)}" for name in MODEL_REQUIREMENTS]
+
+
+def display_uri(params: Params) -> str:
+    return params.tracking_uri()
+
+
+def connect(params: Params) -> str:
+    """Point MLflow at the configured store; return the experiment id (created if new)."""
+    mlflow.set_tracking_uri(params.tracking_uri())
+    name = params.mlflow.experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow.create_experiment(name, artifact_location=params.artifact_location())
+
+
+def trusted_types(model: Any) -> list[str]:
+    """The classes skops must be told to trust to save and load this (our own) model."""
+    import skops.io
+
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+
+
+def _figures(plot_tables: dict[str, pd.DataFrame], predictions: pd.DataFrame) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    figures = {}
+    specs = {"roc": ("fpr", "tpr", "ROC curve"),
+             "pr": ("recall", "precision", "Precision-recall curve"),
+             "calibration": ("mean_predicted", "fraction_positive", "Calibration")}
+    for name, (x, y, title) in specs.items():
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        table = plot_tables[name]
+        ax.plot(table[x], table[y], marker="." if name == "calibration" else None)
+        if name != "pr":
+            ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+        ax.set(xlabel=x, ylabel=y, title=title)
+        figures[f"plots/{name}.png"] = fig
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay.from_predictions(predictions["actual"], predictions["predicted"],
+                                            ax=ax, colorbar=False)
+    figures["plots/confusion_matrix.png"] = fig
+    return figures
+
+
+def log_training_run(
+    params: Params,
+    *,
+    model: Any,
+    metrics: dict[str, float],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    plot_tables: dict[str, pd.DataFrame],
+    predictions: pd.DataFrame,
+    train_info: dict[str, Any],
+) -> dict[str, Any]:
+    """One MLflow run for one trained model; returns what the registry stage needs."""
+    import matplotlib.pyplot as plt
+
+    experiment_id = connect(params)
+    schema = params.schema
+    commit, dirty = git_state(params.root)
+    data_version = file_md5(params.path(TRAIN_SPLIT))
+    window = f"{params.window.start}..{params.window.end}"
+    lineage = {
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "data_version": data_version,
+        "raw_data_version": raw_data_version(params.root),
+        "training_window": window,
+        "params_hash": params_hash(params),
+    }
+    features = train[schema.feature_names]
+    with mlflow.start_run(experiment_id=experiment_id,
+                          run_name=f"{params.train.model}-{params.window.end}") as run:
+        mlflow.set_tags({**lineage, "mlflow.source.git.commit": commit,
+                         "model_type": params.train.model})
+        mlflow.log_params(flat_params(params))
+        mlflow.log_metrics(metrics)
+        mlflow.log_metric("fit_seconds", train_info["fit_seconds"])
+        mlflow.log_metric("train_rows", train_info["train_rows"])
+        dataset_tags = {"dvc_md5": data_version, "window": window}
+        mlflow.log_input(
+            mlflow.data.from_pandas(train, source=str(TRAIN_SPLIT), targets=schema.target,
+                                    name=f"train-{window}"),
+            context="training", tags=dataset_tags)
+        mlflow.log_input(
+            mlflow.data.from_pandas(test, targets=schema.target, name=f"test-{window}"),
+            context="evaluation", tags={"window": window})
+        for name, fig in _figures(plot_tables, predictions).items():
+            mlflow.log_figure(fig, name)
+            plt.close(fig)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, table in plot_tables.items():
+                table.to_csv(Path(tmp) / f"{name}.csv", index=False)
+            mlflow.log_artifacts(tmp, "plots")
+        # Monitoring compares production data with the reference of the model it serves.
+        mlflow.log_artifact(str(params.path(REFERENCE)), "reference")
+        example = features.head(5)
+        logged = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, model.predict(example)),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+            skops_trusted_types=trusted_types(model),
+            tags=lineage,
+        )
+    return {"run_id": run.info.run_id, "experiment_id": experiment_id,
+            "model_uri": logged.model_uri, **lineage}

@@ -1,0 +1,190 @@
+"""The real DVC pipeline in a throw-away copy of the project: outputs, MLflow tracking,
+reproducibility, experiments, a corrupted batch and a second data set."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import Project
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["generate", "ingest", "validate", "prepare", "train", "evaluate"]
+
+
+def mlflow_runs(project: Project) -> list[dict[str, Any]]:
+    """Runs, their params and tags, read straight from the embedded store (no mlflow import)."""
+    with sqlite3.connect(project.root / "mlflow.db") as db:
+        runs = db.execute("SELECT run_uuid FROM runs ORDER BY start_time").fetchall()
+        out = []
+        for (run_id,) in runs:
+            params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid=?", (run_id,)))
+            tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid=?", (run_id,)))
+            metrics = dict(db.execute("SELECT key, value FROM latest_metrics WHERE run_uuid=?",
+                                      (run_id,)))
+            out.append({"run_id": run_id, "params": params, "tags": tags, "metrics": metrics})
+    return out
+
+
+def test_pipeline_writes_every_output_and_tracks_the_run(trained_project: Project) -> None:
+    p = trained_project
+    metrics = json.loads(p.read("reports/metrics.json"))
+    assert set(metrics) >= {"roc_auc", "pr_auc", "precision", "recall", "f1", "log_loss"}
+    assert metrics["roc_auc"] > 0.7
+    assert json.loads(p.read("reports/validation.json"))["passed"] is True
+    for plot in ["roc", "pr", "calibration"]:
+        assert len(pd.read_csv(p.root / f"reports/plots/{plot}.csv")) > 2
+    lock = yaml.safe_load(p.read("dvc.lock"))
+    assert list(lock["stages"]) == STAGES
+
+    run_info = json.loads(p.read("reports/run.json"))
+    [run] = mlflow_runs(p)
+    assert run["run_id"] == run_info["run_id"]
+    assert run["params"]["train.model"] == "random_forest"
+    assert run["params"]["train.n_estimators"] == "50"
+    assert run["metrics"]["roc_auc"] == pytest.approx(metrics["roc_auc"])
+    # Lineage: the commit the run came from, and the DVC hashes of its data.
+    assert run["tags"]["git_commit"] == p.git("rev-parse", "HEAD~1").stdout.strip()
+    train_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"]
+                     if o["path"] == "data/prepared/train.parquet")
+    assert run["tags"]["data_version"] == train_md5
+    raw_md5 = lock["stages"]["generate"]["outs"][0]["md5"]
+    assert run["tags"]["raw_data_version"] == raw_md5
+    with sqlite3.connect(p.root / "mlflow.db") as db:
+        inputs = db.execute(
+            "SELECT d.name, t.value FROM inputs i JOIN datasets d ON i.source_id = d.dataset_uuid "
+            "JOIN input_tags t ON t.input_uuid = i.input_uuid WHERE t.name = 'dvc_md5'"
+        ).fetchall()
+    assert inputs == [(f"train-{run_info['training_window']}", train_md5)]
+
+
+def test_logged_model_has_signature_and_input_example(trained_project: Project) -> None:
+    run = json.loads(trained_project.read("reports/run.json"))
+    model_dir = next((trained_project.root / "mlartifacts").glob(
+        f"models/{run['model_uri'].split('/')[-1]}/artifacts"))
+    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    inputs = json.loads(mlmodel["signature"]["inputs"])
+    assert [i["name"] for i in inputs][:2] == ["age", "annual_income"]
+    assert {i["name"]: i["type"] for i in inputs}["region"] == "string"
+    assert (model_dir / "input_example.json").is_file()
+    assert "sklearn.tree._tree.Tree" in mlmodel["flavors"]["sklearn"]["skops_trusted_types"]
+    requirements = (model_dir / "requirements.txt").read_text()
+    assert "scikit-learn==" in requirements and "pytest" not in requirements
+
+
+def test_noop_repro_then_force_repro_is_reproducible(trained_project: Project) -> None:
+    p = trained_project
+    status = p.dvc("repro")
+    assert "Data and pipelines are up to date" in status.stdout
+    first_metrics, first_predictions = p.read("reports/metrics.json"), p.read(
+        "reports/predictions.csv")
+    p.dvc("repro", "--force")
+    assert p.read("reports/metrics.json") == first_metrics
+    assert p.read("reports/predictions.csv") == first_predictions
+    assert len(mlflow_runs(p)) == 2
+
+
+def test_experiment_run_is_tracked_and_comparable(trained_project: Project) -> None:
+    p = trained_project
+    p.dvc("exp", "run", "-n", "small-forest", "-S",
+          "train.hyperparams.random_forest.n_estimators=10")
+    shown = json.loads(p.dvc("exp", "show", "--json").stdout)
+    names = [e.get("name") for row in shown for e in (row.get("experiments") or [])
+             for e in (e.get("revs") or [])]
+    assert "small-forest" in names
+    diff = p.dvc("metrics", "diff", "--json")
+    assert "roc_auc" in diff.stdout
+    plots = p.dvc("plots", "show", "--json")
+    assert "ROC" in plots.stdout
+    runs = mlflow_runs(p)
+    assert runs[-1]["params"]["train.n_estimators"] == "10"
+    assert runs[-1]["tags"]["git_dirty"] == "true"  # params.yaml differs from the commit
+    p.git("checkout", "--", ".")
+    p.dvc("checkout", "--force")
+
+
+def write_landing(project: Project, frames: dict[str, pd.DataFrame]) -> None:
+    landing = project.root / "landing"
+    landing.mkdir()
+    for day, frame in frames.items():
+        frame.to_csv(landing / f"{day}.csv", index=False)
+
+    def use_files(params: dict[str, Any]) -> None:
+        params["source"].update(kind="files", path="landing")
+        params["window"].update(start="2026-01-05", end="2026-01-26")
+
+    project.set_params(use_files)
+
+
+@pytest.mark.parametrize("corruption, column, rule", [
+    ("wrong_type", "loan_amount", "type numeric"),
+    ("out_of_range", "age", "range [18.0, 100.0]"),
+    ("missing_column", "credit_score", "column present"),
+    ("unknown_category", "purpose", "allowed categories"),
+])
+def test_corrupted_batch_stops_the_pipeline_at_validate(project: Project, corruption: str,
+                                                        column: str, rule: str) -> None:
+    from mlpipeline.config import load_params
+    from mlpipeline.source import synthetic_batch
+
+    source = load_params(project.root).source
+    frames = {str(source.start_date + pd.Timedelta(days=7 * i).to_pytimedelta()):
+              synthetic_batch(source, i) for i in range(4)}
+    bad = frames["2026-01-19"]
+    if corruption == "wrong_type":
+        bad["loan_amount"] = bad["loan_amount"].astype(object)
+        bad.loc[10:14, "loan_amount"] = "12k"
+    elif corruption == "out_of_range":
+        bad.loc[:2, "age"] = 150
+    elif corruption == "missing_column":
+        frames["2026-01-19"] = bad.drop(columns=["credit_score"])
+    else:
+        bad.loc[:99, "purpose"] = "crypto"
+    write_landing(project, frames)
+
+    result = project.dvc("repro", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "validate: FAILED" in output
+    assert f"column {column!r}, rule {rule}" in output
+    expected_rows = {"wrong_type": "5 of 6000", "out_of_range": "3 of 6000",
+                     "missing_column": "6000 of 6000", "unknown_category": "100 of 6000"}
+    assert expected_rows[corruption] in output
+    assert "Traceback" not in output
+    for downstream in ["data/prepared", "models", "reports/metrics.json", "mlflow.db"]:
+        assert not (project.root / downstream).exists(), downstream
+    report = json.loads(project.read("reports/validation.json"))
+    assert report["passed"] is False
+
+
+def test_second_dataset_runs_through_the_same_stages(project: Project) -> None:
+    """scikit-learn's breast-cancer data: only params change (source, window, schema)."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer(as_frame=True).frame
+    data.columns = [c.replace(" ", "_") for c in data.columns]
+    features = [{"name": c, "type": "numeric", "min": 0.0,
+                 "max": round(float(data[c].max()) * 2, 4)} for c in data.columns[:-1]]
+
+    def breast_cancer(params: dict[str, Any]) -> None:
+        params["source"].update(kind="breast_cancer", batch_rows=100, n_batches=6)
+        params["window"].update(start="2026-01-05", end="2026-02-09")
+        params["validate"]["min_rows"] = 300
+        params["prepare"]["reference_rows"] = 200
+        params["schema"] = {"target": "target", "classes": [0, 1], "time_column": "observed_at",
+                            "features": features}
+        params["mlflow"]["experiment"] = "breast-cancer"
+
+    project.set_params(breast_cancer)
+    project.dvc("repro")
+    metrics = json.loads(project.read("reports/metrics.json"))
+    assert metrics["rows"] > 50
+    assert metrics["roc_auc"] > 0.9
+    [run] = mlflow_runs(project)
+    assert run["params"]["source.kind"] == "breast_cancer"

@@ -1,0 +1,102 @@
+"""Each stage's function on small data, in process: fast checks of what the stages decide."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlpipeline.config import Params, TrainParams, load_params
+from mlpipeline.evaluate import classification_metrics, evaluate
+from mlpipeline.ingest import batches_in_window
+from mlpipeline.loans import make_batch
+from mlpipeline.prepare import reference_sample, time_split
+from mlpipeline.schema import coerce
+from mlpipeline.train import MODELS, build_pipeline, fit
+from tests.conftest import REPO
+
+PARAMS: Params = load_params(REPO)
+
+
+@pytest.fixture(scope="module")
+def typed() -> pd.DataFrame:
+    frames = [make_batch(i, seed=3, start_date=dt.date(2026, 1, 5), batch_days=7, rows=800)
+              for i in range(3)]
+    return coerce(pd.concat(frames, ignore_index=True), PARAMS.schema)
+
+
+def test_ingest_takes_only_batches_inside_the_window(tmp_path: Path) -> None:
+    for name in ["2026-01-05.csv", "2026-01-12.csv", "2026-01-19.parquet", "2026-01-26.csv",
+                 "notes.txt"]:
+        (tmp_path / name).write_text("x\n1\n")
+    chosen = batches_in_window(tmp_path, dt.date(2026, 1, 12), dt.date(2026, 1, 19))
+    assert [p.name for p in chosen] == ["2026-01-12.csv", "2026-01-19.parquet"]
+
+
+def test_ingest_refuses_an_undated_batch(tmp_path: Path) -> None:
+    (tmp_path / "latest.csv").write_text("x\n1\n")
+    with pytest.raises(SystemExit, match=r"cannot date latest\.csv"):
+        batches_in_window(tmp_path, dt.date(2026, 1, 1), dt.date(2026, 2, 1))
+
+
+def test_time_split_has_no_leakage_from_the_future(typed: pd.DataFrame) -> None:
+    shuffled = typed.sample(frac=1.0, random_state=0)
+    train, test = time_split(shuffled, "application_date", 0.25)
+    assert train["application_date"].max() < test["application_date"].min()
+    assert len(train) + len(test) == len(typed)
+    assert abs(len(test) / len(typed) - 0.25) < 0.01
+
+
+def test_reference_sample_is_seeded_and_bounded(typed: pd.DataFrame) -> None:
+    a, b = reference_sample(typed, 500, seed=1), reference_sample(typed, 500, seed=1)
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == 500
+    assert len(reference_sample(typed, 10_000, seed=1)) == len(typed)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_model_type_trains_on_raw_features_with_nulls(typed: pd.DataFrame, model: str
+                                                             ) -> None:
+    params = PARAMS.model_copy(update={"train": TrainParams(
+        model=model, seed=1, hyperparams=PARAMS.train.hyperparams)})
+    pipeline, info = fit(typed, params)
+    sample = typed[PARAMS.schema.feature_names].head(20).copy()
+    sample.loc[0, "region"] = "atlantis"  # unknown category: encoded as zeros, no error
+    proba = pipeline.predict_proba(sample)
+    assert proba.shape == (20, 2)
+    assert info["train_rows"] == len(typed) and info["model"] == model
+
+
+def test_training_is_seeded(typed: pd.DataFrame) -> None:
+    a = build_pipeline(PARAMS.schema, PARAMS.train).fit(typed[PARAMS.schema.feature_names],
+                                                         typed["default"])
+    b = build_pipeline(PARAMS.schema, PARAMS.train).fit(typed[PARAMS.schema.feature_names],
+                                                         typed["default"])
+    X = typed[PARAMS.schema.feature_names]
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_metrics_on_known_predictions() -> None:
+    y = np.array([0, 0, 1, 1])
+    perfect = classification_metrics(y, np.array([0.1, 0.2, 0.8, 0.9]), 0.5)
+    assert perfect["roc_auc"] == 1.0 and perfect["precision"] == 1.0
+    assert perfect["recall"] == 1.0 and perfect["log_loss"] < 0.25
+    inverted = classification_metrics(y, np.array([0.9, 0.8, 0.2, 0.1]), 0.5)
+    assert inverted["roc_auc"] == 0.0 and inverted["precision"] == 0.0
+    assert set(perfect) == {"roc_auc", "pr_auc", "precision", "recall", "f1", "log_loss",
+                            "positive_rate", "rows"}
+
+
+def test_evaluate_produces_metrics_predictions_and_curves(typed: pd.DataFrame) -> None:
+    train, test = time_split(typed, "application_date", 0.3)
+    pipeline, _ = fit(train, PARAMS)
+    metrics, predictions, tables = evaluate(pipeline, test, PARAMS)
+    assert 0.6 < metrics["roc_auc"] <= 1.0
+    assert len(predictions) == len(test) == metrics["rows"]
+    assert set(predictions["predicted"]) <= {0, 1}
+    assert set(tables) == {"roc", "pr", "calibration"}
+    roc = tables["roc"]
+    assert roc["fpr"].is_monotonic_increasing and roc["tpr"].iloc[-1] == 1.0
