@@ -13,9 +13,12 @@ import yaml
 from mlpipeline.config import RAW_DIR, Params
 
 
+PIPELINE_OUTPUTS = ("dvc.lock", "reports", "models", "data")
+
+
 def git_state(root: Path) -> tuple[str, bool]:
-    """(commit, dirty). Dirty means tracked files differ from the commit; dvc.lock is left out
-    because DVC rewrites it while the pipeline runs."""
+    """(commit, dirty). Dirty means code or params differ from the commit; what the pipeline
+    itself writes while it runs (dvc.lock, reports/, models/, data/) does not count."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -23,7 +26,8 @@ def git_state(root: Path) -> tuple[str, bool]:
         commit = git("rev-parse", "HEAD")
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "none", True
-    changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                  *(f":!{path}" for path in PIPELINE_OUTPUTS))
     return commit, bool(changes)
 
 
