@@ -18,13 +18,16 @@ export ITERATIVE_DO_NOT_TRACK := 1
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: help setup demo repro test lint ui clean
+.PHONY: help setup demo repro test lint ui models lineage rollback clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
 	@echo "make test   set up, run lint-free tests (pytest)"
 	@echo "make lint   ruff"
 	@echo "make ui     MLflow UI on http://127.0.0.1:$(UI_PORT) for the embedded store"
+	@echo "make models                 registered versions, aliases, metrics, promotion history"
+	@echo "make lineage V=3            where version 3 came from"
+	@echo "make rollback [TO=3]        champion back to 'previous' (or to version 3)"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -42,6 +45,7 @@ demo: repro
 	@echo "  metrics:    $(RUN) dvc metrics show     (reports/metrics.json)"
 	@echo "  plots:      $(RUN) dvc plots show       (writes dvc_plots/index.html)"
 	@echo "  validation: reports/validation.json"
+	@echo "  gate:       reports/gate.json; registry: make models; make lineage V=<version>"
 	@echo "  MLflow UI:  make ui                    (http://127.0.0.1:$(UI_PORT))"
 
 test: setup
@@ -53,6 +57,15 @@ lint: setup
 ui: setup
 	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db \
 	  --default-artifact-root ./mlartifacts --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+models: setup
+	$(RUN) python -m mlpipeline.registry list
+
+lineage: setup
+	$(RUN) python -m mlpipeline.registry lineage $(V)
+
+rollback: setup
+	$(RUN) python -m mlpipeline.registry rollback $(if $(TO),--to $(TO))
 
 clean:
 	rm -rf .venv $(TOOLS) mlflow.db mlartifacts data/raw data/interim data/prepared models reports dvc_plots

@@ -15,7 +15,7 @@ from tests.conftest import Project
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["generate", "ingest", "validate", "prepare", "train", "evaluate"]
+STAGES = ["generate", "ingest", "validate", "prepare", "train", "evaluate", "register"]
 
 
 def mlflow_runs(project: Project) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ import yaml
 
 from mlpipeline.config import RAW_DIR, Params
 
-
 PIPELINE_OUTPUTS = ("dvc.lock", "reports", "models", "data")
 
 
@@ -58,7 +57,8 @@ def params_dict(params: Params) -> dict[str, Any]:
 
 
 def params_hash(params: Params) -> str:
-    canonical = json.dumps(params_dict(params), sort_keys=True)
+    """Hash of the params that shape the model (not of gate or tracking settings)."""
+    canonical = json.dumps(flat_params(params), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

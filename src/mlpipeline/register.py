@@ -1,0 +1,85 @@
+"""Stage `register`: register the new model, gate it against the floors and the champion, and
+promote it when it passes.
+
+Every trained model becomes a new version with alias `challenger`. The champion is scored
+again on the current test split, so the comparison is like for like. A rejected model is a
+normal outcome: the stage succeeds, the champion stays exactly as it was, and
+reports/gate.json says why.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from mlpipeline.config import GATE_REPORT, METRICS, RUN_INFO, TEST_SPLIT, load_params
+from mlpipeline.evaluate import evaluate
+from mlpipeline.gate import decide, format_table
+
+
+def main() -> None:
+    params = load_params()
+    run = json.loads(params.path(RUN_INFO).read_text())
+    challenger_metrics = json.loads(params.path(METRICS).read_text())
+    test = pd.read_parquet(params.path(TEST_SPLIT))
+
+    from mlpipeline import tracking  # mlflow: only the stages that need it pay the import
+    from mlpipeline.registry import CHAMPION, Registry
+
+    registry = Registry(params)
+    champion = registry.version_by_alias(CHAMPION)
+    version = registry.register(run)
+
+    champion_metrics, champion_error = None, ""
+    if champion is not None:
+        try:
+            model = tracking.mlflow.sklearn.load_model(
+                f"models:/{registry.name}/{champion.version}")
+            champion_metrics, _, _ = evaluate(model, test, params)
+        except Exception as error:  # e.g. the schema changed under the champion
+            champion_error = f"{type(error).__name__}: {error}"
+    same_lineage = champion is not None and all(
+        champion.tags.get(key) == run[key] for key in ("data_version", "params_hash"))
+
+    verdict = decide(challenger_metrics, champion_metrics, params.gate,
+                     champion_version=str(champion.version) if champion else None,
+                     same_lineage_as_champion=same_lineage, champion_error=champion_error)
+
+    registry.tag_version(version, {"gate": "passed" if verdict.promote else "rejected",
+                                   "gate_reason": verdict.reason})
+    if verdict.promote:
+        registry.set_champion(version, "gate pass", note=verdict.reason)
+    now = registry.version_by_alias(CHAMPION)
+
+    report = {
+        "model": registry.name,
+        "version": version,
+        "promoted": verdict.promote,
+        "reason": verdict.reason,
+        "checks": verdict.as_dict()["checks"],
+        "challenger_metrics": challenger_metrics,
+        "champion_before": None if champion is None else {
+            "version": str(champion.version), "metrics_on_current_test": champion_metrics},
+        "champion_after": None if now is None else str(now.version),
+        "run_id": run["run_id"],
+    }
+    params.path(GATE_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    with tracking.mlflow.start_run(run_id=run["run_id"]):
+        tracking.mlflow.set_tags({"gate": "passed" if verdict.promote else "rejected",
+                                  "gate_reason": verdict.reason,
+                                  "registered_version": version})
+        if champion_metrics:
+            tracking.mlflow.log_metrics({f"champion_{k}": v for k, v in champion_metrics.items()})
+        tracking.mlflow.log_dict(report, "gate.json")
+
+    print(f"register: {registry.name} v{version} (alias challenger), gate "
+          f"{'PASSED' if verdict.promote else 'REJECTED'}")
+    print(format_table(verdict))
+    before = f"v{champion.version}" if champion else "none"
+    after = f"v{now.version}" if now else "none"
+    print(f"register: {verdict.reason}; champion {before} -> {after} -> {GATE_REPORT}")
+
+
+if __name__ == "__main__":
+    main()

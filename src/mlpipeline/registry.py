@@ -1,0 +1,217 @@
+"""The model registry: versions, aliases, lineage and the promotion history, over MLflow's
+client API only (nothing edits the store by hand).
+
+Aliases: `champion` is what production serves, `challenger` the newest registered version,
+`previous` the champion before the last change. MLflow keeps no history of where an alias
+pointed, so every champion change is also written as an append-only registered-model tag
+`promotion.NNNNNN` = {"time", "from", "to", "reason", "note"}.
+
+CLI (`python -m mlpipeline.registry ...`):
+  list                      versions with aliases, key metrics and gate result, then history
+  lineage VERSION           where one version came from
+  history [--at TIME]       promotion history, or which version was champion at TIME
+  rollback [--to VERSION]   champion back to `previous` (or to VERSION)
+  promote VERSION           manual promotion
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mlpipeline import tracking
+from mlpipeline.config import Params, load_params
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+HISTORY_PREFIX = "promotion."
+LINEAGE_TAGS = ["run_id", "git_commit", "git_dirty", "data_version", "raw_data_version",
+                "training_window", "params_hash", "gate", "gate_reason"]
+KEY_METRICS = ["roc_auc", "pr_auc", "precision", "recall"]
+
+
+@dataclass(frozen=True)
+class Promotion:
+    time: str  # ISO 8601, UTC
+    from_version: str | None
+    to_version: str
+    reason: str  # gate pass | rollback | manual
+    note: str = ""
+
+    def as_tag(self) -> str:
+        return json.dumps({"time": self.time, "from": self.from_version, "to": self.to_version,
+                           "reason": self.reason, "note": self.note})
+
+    @classmethod
+    def from_tag(cls, value: str) -> Promotion:
+        data = json.loads(value)
+        return cls(data["time"], data["from"], data["to"], data["reason"], data.get("note", ""))
+
+
+def champion_at(history: list[Promotion], when: dt.datetime) -> str | None:
+    """Which version was champion at `when`, from the promotion history (oldest first)."""
+    current = None
+    for event in history:
+        if dt.datetime.fromisoformat(event.time) <= when:
+            current = event.to_version
+    return current
+
+
+class Registry:
+    """One registered model in the configured MLflow registry."""
+
+    def __init__(self, params: Params) -> None:
+        tracking.connect(params)
+        self.client = tracking.mlflow.MlflowClient()
+        self.name = params.mlflow.registered_model
+
+    def version_by_alias(self, alias: str) -> Any | None:
+        try:
+            return self.client.get_model_version_by_alias(self.name, alias)
+        except tracking.mlflow.exceptions.MlflowException:
+            return None  # no such alias yet, or no such model yet
+
+    def register(self, run: dict[str, str]) -> str:
+        """A new version from a logged model, tagged with its lineage, alias `challenger`."""
+        try:
+            self.client.get_registered_model(self.name)
+        except tracking.mlflow.exceptions.MlflowException:
+            self.client.create_registered_model(
+                self.name, description="Managed by the pipeline's `register` stage; "
+                                       "see the `promotion.*` tags for the champion history.")
+        version = self.client.create_model_version(self.name, run["model_uri"],
+                                                   run_id=run["run_id"])
+        for key in LINEAGE_TAGS:
+            if key in run:
+                self.client.set_model_version_tag(self.name, version.version, key, run[key])
+        self.client.set_registered_model_alias(self.name, CHALLENGER, version.version)
+        return str(version.version)
+
+    def tag_version(self, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, version, key, value)
+
+    def history(self) -> list[Promotion]:
+        tags = self.client.get_registered_model(self.name).tags
+        return [Promotion.from_tag(tags[k]) for k in sorted(tags) if k.startswith(HISTORY_PREFIX)]
+
+    def set_champion(self, version: str, reason: str, note: str = "") -> Promotion:
+        """Move `champion` to `version`; the old champion becomes `previous`; log the change."""
+        self.client.get_model_version(self.name, version)  # fails clearly if it does not exist
+        old = self.version_by_alias(CHAMPION)
+        old_version = str(old.version) if old else None
+        if old_version == version:
+            raise SystemExit(f"registry: v{version} is already the champion")
+        if old_version:
+            self.client.set_registered_model_alias(self.name, PREVIOUS, old_version)
+        self.client.set_registered_model_alias(self.name, CHAMPION, version)
+        event = Promotion(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), old_version,
+                          version, reason, note)
+        key = f"{HISTORY_PREFIX}{len(self.history()) + 1:06d}"
+        self.client.set_registered_model_tag(self.name, key, event.as_tag())
+        return event
+
+    def rollback(self, to: str | None = None) -> Promotion:
+        if to is None:
+            previous = self.version_by_alias(PREVIOUS)
+            if previous is None:
+                raise SystemExit("registry: no `previous` version to roll back to; "
+                                 "name one with --to VERSION")
+            to = str(previous.version)
+        return self.set_champion(to, "rollback")
+
+    def versions(self) -> list[Any]:
+        found = self.client.search_model_versions(f"name = '{self.name}'")
+        return sorted(found, key=lambda v: int(v.version))
+
+    def aliases(self) -> dict[str, list[str]]:
+        by_version: dict[str, list[str]] = {}
+        for alias, version in self.client.get_registered_model(self.name).aliases.items():
+            by_version.setdefault(str(version), []).append(alias)
+        return by_version
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return self.client.get_run(run_id).data.metrics
+
+    def lineage(self, version: str) -> dict[str, Any]:
+        mv = self.client.get_model_version(self.name, version)
+        metrics = self.run_metrics(mv.run_id) if mv.run_id else {}
+        return {
+            "model": self.name,
+            "version": str(mv.version),
+            "aliases": self.aliases().get(str(mv.version), []),
+            "created": _time(mv.creation_timestamp),
+            "source": mv.source,
+            **{key: mv.tags.get(key, "") for key in LINEAGE_TAGS},
+            "run_id": mv.run_id,
+            "metrics": {k: metrics[k] for k in KEY_METRICS if k in metrics},
+            "promotions": [vars(p) for p in self.history()
+                           if version in (p.from_version, p.to_version)],
+        }
+
+
+def _time(millis: int) -> str:
+    return dt.datetime.fromtimestamp(millis / 1000, dt.UTC).isoformat(timespec="seconds")
+
+
+def _print_history(history: list[Promotion]) -> None:
+    print("promotion history (champion changes, oldest first):")
+    if not history:
+        print("  (none)")
+    for p in history:
+        source = f"v{p.from_version}" if p.from_version else "-"
+        print(f"  {p.time}  {source} -> v{p.to_version}  {p.reason}"
+              + (f"  ({p.note})" if p.note else ""))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mlpipeline.registry",
+                                     description="Inspect and steer the model registry.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="versions, aliases, key metrics, gate result, history")
+    lineage = sub.add_parser("lineage", help="where a version came from")
+    lineage.add_argument("version")
+    history = sub.add_parser("history", help="champion changes, or the champion at a time")
+    history.add_argument("--at", help="ISO time, e.g. 2026-11-22T10:00+00:00")
+    rollback = sub.add_parser("rollback", help="champion back to `previous` or --to VERSION")
+    rollback.add_argument("--to")
+    promote = sub.add_parser("promote", help="make VERSION the champion by hand")
+    promote.add_argument("version")
+    promote.add_argument("--note", default="")
+    args = parser.parse_args(argv)
+
+    registry = Registry(load_params())
+    if args.command == "list":
+        aliases = registry.aliases()
+        header = f"{'version':>7}  {'aliases':<28}  " + "  ".join(f"{m:>9}" for m in KEY_METRICS)
+        print(f"{registry.name}:\n{header}  gate")
+        for mv in registry.versions():
+            metrics = registry.run_metrics(mv.run_id) if mv.run_id else {}
+            figures = "  ".join(f"{metrics.get(m, float('nan')):>9.4f}" for m in KEY_METRICS)
+            names = ",".join(sorted(aliases.get(str(mv.version), []))) or "-"
+            print(f"{mv.version:>7}  {names:<28}  {figures}  {mv.tags.get('gate', '-')}")
+        _print_history(registry.history())
+    elif args.command == "lineage":
+        print(json.dumps(registry.lineage(args.version), indent=2))
+    elif args.command == "history":
+        events = registry.history()
+        if args.at:
+            when = dt.datetime.fromisoformat(args.at)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+            version = champion_at(events, when)
+            print(f"champion at {when.isoformat()}: " + (f"v{version}" if version else "none"))
+        else:
+            _print_history(events)
+    elif args.command == "rollback":
+        event = registry.rollback(args.to)
+        print(f"registry: champion v{event.from_version} -> v{event.to_version} (rollback)")
+    elif args.command == "promote":
+        event = registry.set_champion(args.version, "manual", args.note)
+        print(f"registry: champion v{event.from_version} -> v{event.to_version} (manual)")
+
+
+if __name__ == "__main__":
+    main()
