@@ -18,13 +18,14 @@ export ITERATIVE_DO_NOT_TRACK := 1
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: help setup demo repro test lint ui models lineage rollback clean
+.PHONY: help setup demo repro test lint ui serve fuzz bench models lineage rollback clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
 	@echo "make test   set up, run lint-free tests (pytest)"
 	@echo "make lint   ruff"
 	@echo "make ui     MLflow UI on http://127.0.0.1:$(UI_PORT) for the embedded store"
+	@echo "make serve  the champion over REST on http://127.0.0.1:8000 (PORT=... to change)"
 	@echo "make models                 registered versions, aliases, metrics, promotion history"
 	@echo "make lineage V=3            where version 3 came from"
 	@echo "make rollback [TO=3]        champion back to 'previous' (or to version 3)"
@@ -57,6 +58,9 @@ lint: setup
 ui: setup
 	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db \
 	  --default-artifact-root ./mlartifacts --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+serve: setup
+	$(RUN) python -m serving $(if $(PORT),--port $(PORT))
 
 models: setup
 	$(RUN) python -m mlpipeline.registry list

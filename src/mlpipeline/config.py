@@ -95,6 +95,18 @@ class MlflowParams(_Strict):
     registered_model: str = "model"
 
 
+class ServingParams(_Strict):
+    host: str = "127.0.0.1"  # loopback by default; expose deliberately
+    port: int = 8000
+    poll_seconds: float = Field(10.0, gt=0)  # how often to check where `champion` points
+    max_records: int = Field(1000, gt=0)  # per request
+    max_body_bytes: int = Field(2_000_000, gt=0)
+    prediction_log_dir: str = "logs/predictions"
+    log_flush_records: int = Field(500, gt=0)  # write a Parquet part every N records ...
+    log_flush_seconds: float = Field(5.0, gt=0)  # ... or every T seconds, whichever first
+    admin_token_env: str = "SERVING_ADMIN_TOKEN"  # env var holding the /admin bearer token
+
+
 class Params(_Strict):
     source: SourceParams
     window: WindowParams
@@ -105,6 +117,7 @@ class Params(_Strict):
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     mlflow: MlflowParams = MlflowParams()
+    serving: ServingParams = ServingParams()
     root: Path = Path(".")  # folder of params.yaml; relative paths resolve against it
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -24,6 +24,14 @@ class FeatureSpec(BaseModel):
     categories: list[str] | None = None
     max_null_share: float = Field(0.0, ge=0, le=1)
     description: str = ""
+    example: float | str | None = None  # a typical value, shown in the API's examples
+
+    def example_value(self) -> float | str:
+        if self.example is not None:
+            return self.example
+        if self.type == "categorical":
+            return (self.categories or [""])[0]
+        return self.min if self.min is not None else (self.max if self.max is not None else 0.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureSpec:

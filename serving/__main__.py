@@ -1,0 +1,26 @@
+"""`python -m serving [--port N]`: run the service under uvicorn on serving.host (127.0.0.1)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from mlpipeline.config import load_params
+from serving.app import create_app
+
+
+def main() -> None:
+    params = load_params()
+    parser = argparse.ArgumentParser(prog="python -m serving")
+    parser.add_argument("--host", default=params.serving.host)
+    parser.add_argument("--port", type=int, default=params.serving.port)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    uvicorn.run(create_app(params), host=args.host, port=args.port, access_log=False,
+                log_level="info")
+
+
+if __name__ == "__main__":
+    main()

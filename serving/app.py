@@ -1,0 +1,192 @@
+"""The FastAPI application that serves the registry's champion.
+
+Endpoints: POST /predict (one record or a batch), GET /health, /ready, /model, /metrics,
+POST /admin/reload (bearer token). Nothing lets a caller name a model URI or a file: the
+service serves `models:/<registered_model>@champion` from params.yaml and nothing else.
+"""
+
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import pandas as pd
+from fastapi import Body, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mlpipeline.config import Params, load_params
+from serving.champion import Champion
+from serving.metrics import MetricsAndLimits, ServiceMetrics
+from serving.prediction_log import PredictionLog
+from serving.schemas import PredictResponse, record_model, request_body
+
+log = logging.getLogger("serving")
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(json.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's errors, with the record index and field spelled out for the caller."""
+    errors = []
+    for error in exc.errors():
+        loc = [p for p in error["loc"] if p not in ("single", "batch")]
+        record = next((p for p in loc[1:] if isinstance(p, int)), None)
+        field = next((p for p in reversed(loc) if isinstance(p, str) and p != "body"), None)
+        errors.append({"loc": loc, "record": record, "field": field, "msg": error["msg"],
+                       "type": error["type"]})
+    return errors
+
+
+def create_app(params: Params | None = None, *, start_poller: bool = True) -> FastAPI:
+    params = params or load_params()
+    settings = params.serving
+    schema = params.schema
+    features = schema.feature_names
+    threshold = params.evaluate.threshold
+    negative_class = next(c for c in schema.classes if c != schema.positive_class)
+    Record = record_model(schema)
+    Body_ = request_body(Record)
+    metrics = ServiceMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        champion = Champion(params)
+        app.state.champion = champion
+        app.state.prediction_log = PredictionLog(
+            params.path(settings.prediction_log_dir), settings.log_flush_records,
+            settings.log_flush_seconds)
+        await check_champion(app)
+        poller = asyncio.create_task(poll(app)) if start_poller else None
+        try:
+            yield
+        finally:
+            if poller:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            await asyncio.to_thread(app.state.prediction_log.close)
+
+    async def check_champion(app: FastAPI) -> str:
+        outcome = await asyncio.to_thread(app.state.champion.check)
+        metrics.reload_checks.labels(outcome).inc()
+        current = app.state.champion.current
+        metrics.model_loaded.set(1 if current else 0)
+        if current and outcome == "loaded":
+            metrics.model_info.info({"name": current.name, "version": current.version,
+                                     "run_id": current.run_id})
+        return outcome
+
+    async def poll(app: FastAPI) -> None:
+        while True:
+            await asyncio.sleep(settings.poll_seconds)
+            await check_champion(app)
+
+    app = FastAPI(
+        title="Model service",
+        description=f"Serves `models:/{params.mlflow.registered_model}@champion` from the "
+                    "MLflow registry; requests are validated against the training schema.",
+        version="1.0",
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsAndLimits, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.state.metrics = metrics
+    app.state.params = params
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
+
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses={413: {"description": "too many records or too large a body"},
+                   422: {"description": "a record breaks the schema; `detail` names the "
+                                        "record index and the field"},
+                   503: {"description": "no champion model is loaded"}},
+        summary="Predict one record or a batch",
+    )
+    def predict(request: Request, body: Annotated[Body_, Body()]) -> Response:
+        records = body if isinstance(body, list) else [body]
+        if len(records) > settings.max_records:
+            return _json({"detail": f"{len(records)} records in one request; the limit is "
+                                    f"{settings.max_records} (serving.max_records)"}, 413)
+        if not records:
+            return _json({"detail": [{"loc": ["body"], "record": None, "field": None,
+                                      "msg": "the batch is empty", "type": "too_short"}]}, 422)
+        model = request.app.state.champion.current  # one reference for the whole request
+        if model is None:
+            return _json({"detail": "no model to serve: "
+                                    f"{request.app.state.champion.not_ready_reason}"}, 503)
+        frame = pd.DataFrame([r.__dict__ for r in records], columns=features)
+        proba = model.positive_proba(frame)
+        labels = [schema.positive_class if p >= threshold else negative_class for p in proba]
+        probabilities = [round(float(p), 6) for p in proba]
+        request_id = uuid.uuid4().hex
+        request.app.state.prediction_log.append(frame, labels, probabilities, model.version,
+                                                request_id)
+        for label in set(labels):
+            metrics.predictions.labels(str(label), model.version).inc(labels.count(label))
+        return _json({
+            "model": {"name": model.name, "version": model.version},
+            "request_id": request_id,
+            "predictions": [{"label": lab, "probability": p}
+                            for lab, p in zip(labels, probabilities, strict=True)],
+        })
+
+    @app.get("/health", summary="The process is alive")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="A model is loaded and predictions will be served",
+             responses={503: {"description": "not ready, with the reason"}})
+    def ready(request: Request) -> Response:
+        champion = request.app.state.champion
+        if champion.current is None:
+            return _json({"ready": False, "reason": champion.not_ready_reason}, 503)
+        return _json({"ready": True, "model": champion.current.name,
+                      "version": champion.current.version})
+
+    @app.get("/model", summary="The served model and where it came from",
+             responses={503: {"description": "no model loaded"}})
+    def model_info(request: Request) -> Response:
+        champion = request.app.state.champion
+        if champion.current is None:
+            return _json({"detail": champion.not_ready_reason}, 503)
+        return _json({**champion.current.metadata,
+                      "last_reload_error": champion.last_check_error or None})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    def prometheus(request: Request) -> Response:
+        plog = request.app.state.prediction_log
+        metrics.log_written.set(plog.written)
+        metrics.log_failures.set(plog.failures)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload", summary="Check the champion alias now (bearer token)",
+              responses={401: {"description": "missing or wrong token"},
+                         403: {"description": "no admin token configured"}})
+    async def reload(request: Request,
+                     authorization: Annotated[str | None, Header()] = None) -> Response:
+        expected = os.environ.get(settings.admin_token_env, "")
+        if not expected:
+            return _json({"detail": f"admin endpoints are disabled: set "
+                                    f"{settings.admin_token_env} to enable them"}, 403)
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not secrets.compare_digest(given.encode(), expected.encode()):
+            return _json({"detail": "missing or wrong bearer token"}, 401)
+        outcome = await check_champion(request.app)
+        current = request.app.state.champion.current
+        return _json({"outcome": outcome, "version": current.version if current else None,
+                      "error": request.app.state.champion.last_check_error or None})
+
+    return app

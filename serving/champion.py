@@ -1,0 +1,121 @@
+"""The served model: whatever the registry's `champion` alias points to, swapped atomically
+when the alias moves.
+
+A request takes one reference to the current `LoadedModel` and uses it to the end, so a swap
+never changes the model under a request in flight; the old model is dropped once no request
+holds it. Loading happens off the request path (in a worker thread).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlpipeline.config import Params
+
+log = logging.getLogger("serving.champion")
+
+# A tracking server that is down must not stall a reload check for minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: str
+    run_id: str
+    model: Any
+    positive_index: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def positive_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.model.predict_proba(frame)[:, self.positive_index]
+
+
+class Champion:
+    """Holds the current champion; `check()` reloads it when the alias has moved."""
+
+    def __init__(self, params: Params) -> None:
+        import mlflow  # the service pays this once, at start-up
+
+        self._mlflow = mlflow
+        self.params = params
+        self.name = params.mlflow.registered_model
+        self.client = mlflow.MlflowClient(tracking_uri=params.tracking_uri(),
+                                          registry_uri=params.tracking_uri())
+        self.current: LoadedModel | None = None
+        self.not_ready_reason = "the model has not been loaded yet"
+        self.last_check_error = ""
+        self._lock = threading.Lock()  # one reload at a time (poller and /admin/reload)
+
+    def check(self) -> str:
+        """Look where `champion` points; load and swap if it moved. Returns what happened:
+        'loaded', 'unchanged', 'no-champion' or 'error' (the current model stays)."""
+        with self._lock:
+            try:
+                try:
+                    version = self.client.get_model_version_by_alias(self.name, "champion")
+                except self._mlflow.exceptions.MlflowException as error:
+                    if _is_missing(error):
+                        if self.current is None:
+                            self.not_ready_reason = (
+                                f"no champion yet for model {self.name!r}: run the pipeline "
+                                "(`make demo`) so a model passes the gate")
+                        return "no-champion"
+                    raise
+                if self.current is not None and self.current.version == str(version.version):
+                    self.last_check_error = ""
+                    return "unchanged"
+                loaded = self._load(version)
+            except Exception as error:
+                self.last_check_error = f"{type(error).__name__}: {error}"
+                log.warning("champion check failed, keeping %s: %s",
+                            f"v{self.current.version}" if self.current else "no model",
+                            self.last_check_error)
+                if self.current is None:
+                    self.not_ready_reason = f"registry unreachable: {self.last_check_error}"
+                return "error"
+            old = self.current
+            self.current = loaded  # the swap: one reference assignment
+            self.last_check_error = ""
+            log.info("serving %s v%s (was %s)", self.name, loaded.version,
+                     f"v{old.version}" if old else "none")
+            return "loaded"
+
+    def _load(self, version: Any) -> LoadedModel:
+        model = self._mlflow.sklearn.load_model(f"models:/{self.name}/{version.version}")
+        schema = self.params.schema
+        run = self.client.get_run(version.run_id) if version.run_id else None
+        metrics = run.data.metrics if run else {}
+        tags = version.tags
+        metadata = {
+            "name": self.name,
+            "version": str(version.version),
+            "run_id": version.run_id,
+            "data_version": tags.get("data_version", ""),
+            "raw_data_version": tags.get("raw_data_version", ""),
+            "training_window": tags.get("training_window", ""),
+            "git_commit": tags.get("git_commit", ""),
+            "gate": tags.get("gate", ""),
+            "gate_reason": tags.get("gate_reason", ""),
+            "metrics": {k: metrics[k] for k in
+                        ("roc_auc", "pr_auc", "precision", "recall", "f1", "log_loss")
+                        if k in metrics},
+            "loaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        return LoadedModel(self.name, str(version.version), version.run_id or "", model,
+                           list(model.classes_).index(schema.positive_class), metadata)
+
+
+def _is_missing(error: Exception) -> bool:
+    code = getattr(error, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or (
+        "not found" in str(error).lower())

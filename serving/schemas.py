@@ -1,0 +1,77 @@
+"""Request and response models, generated from the training schema in params.yaml.
+
+No feature list is written here: add a feature to the schema and the API accepts it.
+Validation is strict: a number must be a JSON number (not "42"), a category one of the
+schema's, a value inside the schema's range; nullable only where the schema allows nulls;
+unknown fields are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+)
+
+from mlpipeline.schema import FeatureSpec, Schema
+
+
+def _field(spec: FeatureSpec) -> tuple[Any, Any]:
+    description = spec.description or (
+        f"{spec.type}" + (f" in [{spec.min}, {spec.max}]" if spec.type == "numeric" else "")
+        + ("; null allowed" if spec.max_null_share > 0 else ""))
+    if spec.type == "numeric":
+        kind: Any = Annotated[float, Field(ge=spec.min, le=spec.max, allow_inf_nan=False)]
+    else:
+        kind = Literal[tuple(spec.categories or [])]
+    if spec.max_null_share > 0:
+        kind = kind | None  # required key, but the value may be null, as in training data
+    return kind, Field(..., description=description, examples=[spec.example_value()])
+
+
+def record_model(schema: Schema) -> type[BaseModel]:
+    fields = {spec.name: _field(spec) for spec in schema.features}
+    example = {spec.name: spec.example_value() for spec in schema.features}
+    return create_model(
+        "Record",
+        __config__=ConfigDict(strict=True, extra="forbid",
+                              json_schema_extra={"examples": [example]}),
+        **fields,
+    )
+
+
+def request_body(record: type[BaseModel]) -> Any:
+    """One record (a JSON object) or a batch (a JSON array of records).
+
+    The discriminator looks at the JSON type, so a bad record gets the errors of its own
+    shape only, not the union's.
+    """
+    def shape(value: Any) -> str:
+        return "batch" if isinstance(value, list) else "single"
+
+    return Annotated[
+        Annotated[record, Tag("single")] | Annotated[list[record], Tag("batch")],
+        Discriminator(shape),
+    ]
+
+
+class Prediction(BaseModel):
+    label: int = Field(description="predicted class (the schema's `classes`)")
+    probability: float = Field(description="probability of the positive class")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class PredictResponse(BaseModel):
+    model: ModelRef
+    request_id: str
+    predictions: list[Prediction]

@@ -1,0 +1,183 @@
+"""The service against a registry made by the real pipeline: predictions, validation errors,
+limits, readiness, metadata, metrics, the prediction log, admin reload and registry outages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from mlpipeline.config import Params, ServingParams, load_params
+from serving.app import create_app
+from serving.prediction_log import read_log
+from tests.conftest import Project
+
+pytestmark = pytest.mark.slow
+
+RECORD = {"age": 41, "annual_income": 58000, "employment_years": None, "credit_score": 690,
+          "loan_amount": 14000, "interest_rate": 12.5, "debt_to_income": 18.2,
+          "open_accounts": 8, "delinquencies_2y": 0, "term": "36 months",
+          "home_ownership": "RENT", "purpose": "car", "region": "north"}
+
+
+def service_params(project: Project, tmp_path: Path, **serving: Any) -> Params:
+    params = load_params(project.root)
+    settings = ServingParams(**{"prediction_log_dir": str(tmp_path / "log"), **serving})
+    return params.model_copy(update={"serving": settings})
+
+
+def champion_version(params: Params) -> str:
+    from mlpipeline.registry import CHAMPION, Registry
+
+    return str(Registry(params).version_by_alias(CHAMPION).version)
+
+
+@pytest.fixture
+def client(trained_project: Project, tmp_path: Path) -> Iterator[TestClient]:
+    app = create_app(service_params(trained_project, tmp_path, max_records=5,
+                                    max_body_bytes=20_000), start_poller=False)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_single_and_batch_predictions(client: TestClient) -> None:
+    params = client.app.state.params
+    one = client.post("/predict", json=RECORD)
+    assert one.status_code == 200
+    body = one.json()
+    assert body["model"] == {"name": "loan-default", "version": champion_version(params)}
+    [prediction] = body["predictions"]
+    assert prediction["label"] in (0, 1) and 0 <= prediction["probability"] <= 1
+    batch = client.post("/predict", json=[RECORD, {**RECORD, "credit_score": 420,
+                                                    "debt_to_income": 55}]).json()
+    assert len(batch["predictions"]) == 2
+    # A riskier applicant gets a higher probability of default.
+    assert batch["predictions"][1]["probability"] > batch["predictions"][0]["probability"]
+    assert batch["request_id"] != body["request_id"]
+
+
+@pytest.mark.parametrize("change, field, kind", [
+    ({"age": "41"}, "age", "float_type"),  # a number as text
+    ({"age": True}, "age", "float_type"),
+    ({"region": "atlantis"}, "region", "literal_error"),
+    ({"age": 130}, "age", "less_than_equal"),
+    ({"annual_income": -5}, "annual_income", "greater_than_equal"),
+    ({"age": None}, "age", "float_type"),  # nullable only where the schema allows nulls
+    ({"model_uri": "models:/other/1"}, "model_uri", "extra_forbidden"),
+    ({"term": None, "__drop__": "term"}, "term", "missing"),
+])
+def test_bad_record_gets_422_naming_record_and_field(client: TestClient, change: dict,
+                                                     field: str, kind: str) -> None:
+    bad = {**RECORD, **change}
+    if "__drop__" in change:
+        bad.pop("__drop__")
+        bad.pop(change["__drop__"])
+    response = client.post("/predict", json=[RECORD, RECORD, bad])
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["record"], error["field"], error["type"]) == (2, field, kind)
+    single = client.post("/predict", json=bad).json()["detail"][0]
+    assert (single["record"], single["field"]) == (None, field)
+
+
+def test_limits_answer_413(client: TestClient) -> None:
+    too_many = client.post("/predict", json=[RECORD] * 6)
+    assert too_many.status_code == 413 and "limit is 5" in too_many.json()["detail"]
+    too_big = client.post("/predict", content=json.dumps([RECORD] * 200),
+                          headers={"content-type": "application/json"})
+    assert too_big.status_code == 413 and "20000 bytes" in too_big.json()["detail"]
+    assert client.post("/predict", json=[]).status_code == 422
+
+
+def test_no_champion_yet_means_not_ready_and_503(trained_project: Project,
+                                                 tmp_path: Path) -> None:
+    params = service_params(trained_project, tmp_path)
+    params = params.model_copy(update={"mlflow": params.mlflow.model_copy(
+        update={"registered_model": "not-trained-yet"})})
+    with TestClient(create_app(params, start_poller=False)) as c:
+        assert c.get("/health").status_code == 200
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and "no champion yet" in ready.json()["reason"]
+        predict = c.post("/predict", json=RECORD)
+        assert predict.status_code == 503 and "no champion yet" in predict.json()["detail"]
+
+
+def test_model_endpoint_matches_the_registry(client: TestClient) -> None:
+    from mlpipeline.registry import Registry
+
+    params = client.app.state.params
+    lineage = Registry(params).lineage(champion_version(params))
+    info = client.get("/model").json()
+    for key in ("version", "run_id", "data_version", "training_window", "git_commit", "gate"):
+        assert info[key] == lineage[key], key
+    assert info["metrics"]["roc_auc"] == pytest.approx(lineage["metrics"]["roc_auc"])
+
+
+def test_metrics_are_prometheus_text(client: TestClient) -> None:
+    client.post("/predict", json=[RECORD, RECORD])
+    client.post("/predict", json={**RECORD, "age": "x"})
+    client.get("/health")
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    requests = {(s.labels["endpoint"], s.labels["status"]): s.value
+                for s in families["http_requests"].samples if s.name == "http_requests_total"}
+    assert requests[("/predict", "200")] == 1 and requests[("/predict", "422")] == 1
+    assert requests[("/health", "200")] == 1
+    latency = [s for s in families["http_request_duration_seconds"].samples
+               if s.name.endswith("_count") and s.labels["endpoint"] == "/predict"]
+    assert latency and latency[0].value == 2
+    predicted = sum(s.value for s in families["predictions"].samples
+                    if s.name == "predictions_total")
+    assert predicted == 2
+    [info] = families["served_model_info"].samples
+    assert info.labels["version"] == champion_version(client.app.state.params)
+
+
+def test_prediction_log_holds_every_served_record(trained_project: Project,
+                                                  tmp_path: Path) -> None:
+    params = service_params(trained_project, tmp_path, log_flush_records=7,
+                            log_flush_seconds=60)
+    request_ids = []
+    with TestClient(create_app(params, start_poller=False)) as c:
+        for size in (1, 3, 5, 2, 1):
+            request_ids += [c.post("/predict", json=[RECORD] * size).json()["request_id"]] * size
+        c.post("/predict", json={**RECORD, "age": "bad"})  # refused: not logged
+    log = read_log(Path(params.serving.prediction_log_dir))  # after a clean shutdown
+    assert len(log) == 12
+    assert sorted(log["request_id"]) == sorted(request_ids)
+    assert set(log.columns) >= {*RECORD, "prediction", "probability", "model_version",
+                                "served_at"}
+    assert log["credit_score"].iloc[0] == 690 and log["region"].iloc[0] == "north"
+
+
+def test_admin_reload_needs_a_configured_token(client: TestClient,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    assert client.post("/admin/reload").status_code == 403
+    monkeypatch.setenv("SERVING_ADMIN_TOKEN", "s3cret")
+    assert client.post("/admin/reload").status_code == 401
+    wrong = client.post("/admin/reload", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    ok = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200 and ok.json()["outcome"] == "unchanged"
+
+
+def test_unreachable_registry_keeps_the_current_model(client: TestClient,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    monkeypatch.setenv("SERVING_ADMIN_TOKEN", "s3cret")
+    champion = client.app.state.champion
+    version = champion.current.version
+    # A real client for a tracking server that is not there (nothing listens on port 9).
+    champion.client = mlflow.MlflowClient(tracking_uri="http://127.0.0.1:9",
+                                          registry_uri="http://127.0.0.1:9")
+    response = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"}).json()
+    assert response["outcome"] == "error" and response["version"] == version
+    assert client.post("/predict", json=RECORD).json()["model"]["version"] == version
+    assert client.get("/model").json()["last_reload_error"]
+    metrics = client.get("/metrics").text
+    assert 'model_reload_checks_total{outcome="error"} 1.0' in metrics
