@@ -1,4 +1,4 @@
-"""`python -m serving [--port N]`: run the service under uvicorn on serving.host (127.0.0.1)."""
+"""`python -m serving [--port N] [--poll-seconds S]`: run the service under uvicorn on serving.host (127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m serving")
     parser.add_argument("--host", default=params.serving.host)
     parser.add_argument("--port", type=int, default=params.serving.port)
+    parser.add_argument("--poll-seconds", type=float, default=params.serving.poll_seconds)
     args = parser.parse_args()
+    params = params.model_copy(update={"serving": params.serving.model_copy(
+        update={"poll_seconds": args.poll_seconds})})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     uvicorn.run(create_app(params), host=args.host, port=args.port, access_log=False,
                 log_level="info")
