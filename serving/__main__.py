@@ -1,4 +1,7 @@
-"""`python -m serving [--port N] [--poll-seconds S]`: run the service under uvicorn on serving.host (127.0.0.1)."""
+"""`python -m serving [--port N] [--poll-seconds S]`: the service under uvicorn.
+
+Binds serving.host (127.0.0.1 by default); every other setting comes from params.yaml.
+"""
 
 from __future__ import annotations
 
