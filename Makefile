@@ -62,6 +62,9 @@ ui: setup
 serve: setup
 	$(RUN) python -m serving $(if $(PORT),--port $(PORT))
 
+bench: setup
+	$(RUN) python benchmarks/serve_bench.py
+
 models: setup
 	$(RUN) python -m mlpipeline.registry list
 

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import pandas as pd
 from fastapi import Body, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -51,7 +50,6 @@ def create_app(params: Params | None = None, *, start_poller: bool = True) -> Fa
     params = params or load_params()
     settings = params.serving
     schema = params.schema
-    features = schema.feature_names
     threshold = params.evaluate.threshold
     negative_class = next(c for c in schema.classes if c != schema.positive_class)
     Record = record_model(schema)
@@ -127,12 +125,12 @@ def create_app(params: Params | None = None, *, start_poller: bool = True) -> Fa
         if model is None:
             return _json({"detail": "no model to serve: "
                                     f"{request.app.state.champion.not_ready_reason}"}, 503)
-        frame = pd.DataFrame([r.__dict__ for r in records], columns=features)
-        proba = model.positive_proba(frame)
+        rows = [r.__dict__ for r in records]
+        proba = model.positive_proba(rows)
         labels = [schema.positive_class if p >= threshold else negative_class for p in proba]
         probabilities = [round(float(p), 6) for p in proba]
         request_id = uuid.uuid4().hex
-        request.app.state.prediction_log.append(frame, labels, probabilities, model.version,
+        request.app.state.prediction_log.append(rows, labels, probabilities, model.version,
                                                 request_id)
         for label in set(labels):
             metrics.predictions.labels(str(label), model.version).inc(labels.count(label))

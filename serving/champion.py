@@ -11,14 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mlpipeline import onnx_export
 from mlpipeline.config import Params
+from mlpipeline.schema import Schema
 
 log = logging.getLogger("serving.champion")
 
@@ -32,11 +36,23 @@ class LoadedModel:
     name: str
     version: str
     run_id: str
-    model: Any
+    model: Any  # the scikit-learn pipeline as registered
     positive_index: int
+    schema: Schema
+    onnx_session: Any = None  # its verified ONNX twin, when the version ships one
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    def positive_proba(self, frame: pd.DataFrame) -> np.ndarray:
+    @property
+    def runtime(self) -> str:
+        return "onnxruntime" if self.onnx_session is not None else "scikit-learn"
+
+    def positive_proba(self, records: list[dict[str, Any]]) -> np.ndarray:
+        """Probability of the positive class for validated records (dicts by feature name)."""
+        if self.onnx_session is not None:
+            return onnx_export.positive_proba(
+                self.onnx_session, onnx_export.onnx_inputs(records, self.schema),
+                self.positive_index)
+        frame = pd.DataFrame(records, columns=self.schema.feature_names)
         return self.model.predict_proba(frame)[:, self.positive_index]
 
 
@@ -91,7 +107,12 @@ class Champion:
             return "loaded"
 
     def _load(self, version: Any) -> LoadedModel:
-        model = self._mlflow.sklearn.load_model(f"models:/{self.name}/{version.version}")
+        local = Path(self._mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{self.name}/{version.version}", dst_path=self._scratch()))
+        model = self._mlflow.sklearn.load_model(str(local))
+        twin = local / "extra_files" / onnx_export.FILE_NAME
+        onnx_session = onnx_export.session(twin.read_bytes()) if twin.is_file() else None
+        shutil.rmtree(local, ignore_errors=True)  # both are in memory now
         schema = self.params.schema
         run = self.client.get_run(version.run_id) if version.run_id else None
         metrics = run.data.metrics if run else {}
@@ -111,8 +132,16 @@ class Champion:
                         if k in metrics},
             "loaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
-        return LoadedModel(self.name, str(version.version), version.run_id or "", model,
-                           list(model.classes_).index(schema.positive_class), metadata)
+        loaded = LoadedModel(self.name, str(version.version), version.run_id or "", model,
+                             list(model.classes_).index(schema.positive_class), schema,
+                             onnx_session, metadata)
+        metadata["runtime"] = loaded.runtime
+        return loaded
+
+    def _scratch(self) -> str:
+        import tempfile
+
+        return tempfile.mkdtemp(prefix="champion-")
 
 
 def _is_missing(error: Exception) -> bool:

@@ -40,9 +40,9 @@ def test_lower_is_better_metrics() -> None:
     assert not verdict.promote and verdict.checks[0].name == "log_loss <= floor"
 
 
-def test_same_data_and_params_as_champion_is_not_promoted_again() -> None:
-    verdict = decide(GOOD, GOOD, GATE, champion_version="2", same_lineage_as_champion=True)
-    assert not verdict.promote and "same data version and params" in verdict.reason
+def test_the_champion_itself_is_not_promoted_again() -> None:
+    verdict = decide(GOOD, GOOD, GATE, champion_version="2", same_model_as_champion=True)
+    assert not verdict.promote and "same trained model" in verdict.reason
 
 
 def test_unscorable_champion_blocks_automatic_promotion() -> None:

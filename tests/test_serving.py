@@ -116,6 +116,7 @@ def test_model_endpoint_matches_the_registry(client: TestClient) -> None:
     for key in ("version", "run_id", "data_version", "training_window", "git_commit", "gate"):
         assert info[key] == lineage[key], key
     assert info["metrics"]["roc_auc"] == pytest.approx(lineage["metrics"]["roc_auc"])
+    assert info["runtime"] == "onnxruntime"  # the random forest ships a verified ONNX twin
 
 
 def test_metrics_are_prometheus_text(client: TestClient) -> None:

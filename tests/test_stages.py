@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import make_pipeline
 
 from mlpipeline.config import Params, TrainParams, load_params
 from mlpipeline.evaluate import classification_metrics, evaluate
@@ -100,3 +102,45 @@ def test_evaluate_produces_metrics_predictions_and_curves(typed: pd.DataFrame) -
     assert set(tables) == {"roc", "pr", "calibration"}
     roc = tables["roc"]
     assert roc["fpr"].is_monotonic_increasing and roc["tpr"].iloc[-1] == 1.0
+
+
+@pytest.mark.parametrize("model", ["random_forest", "logistic_regression"])
+def test_onnx_twin_is_verified_against_sklearn(typed: pd.DataFrame, model: str) -> None:
+    from mlpipeline.onnx_export import export, frame_records, onnx_inputs, positive_proba, session
+
+    train, test = time_split(typed, "application_date", 0.3)
+    params = PARAMS.model_copy(update={"train": TrainParams(
+        model=model, seed=1, hyperparams=PARAMS.train.hyperparams)})
+    pipeline, _ = fit(train, params)
+    onnx_bytes, figures = export(pipeline, PARAMS.schema, test, 0.5, 1)
+    assert figures["onnx"] == "verified" and onnx_bytes is not None
+    assert figures["onnx_checked_rows"] == len(test) and figures["onnx_label_flips"] == 0
+    # Missing values and unknown categories go through the twin as through sklearn.
+    rows = frame_records(test.head(3), PARAMS.schema)
+    rows[0]["credit_score"], rows[1]["region"] = None, "atlantis"
+    twin = positive_proba(session(onnx_bytes), onnx_inputs(rows, PARAMS.schema), 1)
+    frame = pd.DataFrame(rows, columns=PARAMS.schema.feature_names)
+    np.testing.assert_allclose(twin, pipeline.predict_proba(frame)[:, 1], atol=1e-6)
+
+
+def test_onnx_twin_that_drifts_from_sklearn_is_not_shipped(typed: pd.DataFrame) -> None:
+    """Scaling in float32 before tree thresholds shifts a few probabilities: refused."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from mlpipeline.onnx_export import export
+
+    schema = PARAMS.schema
+    pipeline = Pipeline([
+        ("features", ColumnTransformer([
+            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()),
+             schema.numeric),
+            ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+             schema.categorical)])),
+        ("model", RandomForestClassifier(n_estimators=50, max_depth=12, random_state=0)),
+    ]).fit(typed[schema.feature_names], typed["default"])
+    onnx_bytes, figures = export(pipeline, schema, typed, 0.5, 1)
+    assert onnx_bytes is None and figures["onnx"] == "rejected"
+    assert figures["onnx_max_abs_diff"] > 1e-6

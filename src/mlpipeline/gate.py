@@ -40,16 +40,16 @@ def decide(
     gate: GateParams,
     *,
     champion_version: str | None = None,
-    same_lineage_as_champion: bool = False,
+    same_model_as_champion: bool = False,
     champion_error: str = "",
 ) -> GateVerdict:
     """Floors first, then no regression against the champion scored on the same test rows.
 
     `champion` is None when there is none yet: then clearing the floors is enough.
-    `same_lineage_as_champion` (same data version and params) means the challenger would be
-    the champion again: nothing to promote. `champion_error` says the champion exists but could
-    not be scored on the current rows (e.g. the schema changed): then nothing is promoted
-    automatically, as no like-for-like comparison is possible.
+    `same_model_as_champion` (the same trained artefact, byte for byte) means the challenger
+    would be the champion again: nothing to promote. `champion_error` says the champion exists
+    but could not be scored on the current rows (e.g. the schema changed): then nothing is
+    promoted automatically, as no like-for-like comparison is possible.
     """
     checks = []
     for metric, floor in gate.min_metrics.items():
@@ -75,9 +75,9 @@ def decide(
                                   f"on the current test split ({champion_error})", checks)
     if champion is None:
         return GateVerdict(True, "promoted: first model to clear the floors", checks)
-    if same_lineage_as_champion:
-        return GateVerdict(False, f"kept champion v{champion_version}: same data version and "
-                                  "params, nothing new to promote", checks)
+    if same_model_as_champion:
+        return GateVerdict(False, f"kept champion v{champion_version}: the challenger is the "
+                                  "same trained model, nothing new to promote", checks)
     return GateVerdict(True, f"promoted: clears the floors and does not regress against "
                              f"champion v{champion_version}", checks)
 

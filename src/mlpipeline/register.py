@@ -39,12 +39,12 @@ def main() -> None:
             champion_metrics, _, _ = evaluate(model, test, params)
         except Exception as error:  # e.g. the schema changed under the champion
             champion_error = f"{type(error).__name__}: {error}"
-    same_lineage = champion is not None and all(
-        champion.tags.get(key) == run[key] for key in ("data_version", "params_hash"))
+    # Training is deterministic: the same artefact bytes mean the same model as the champion.
+    same_model = champion is not None and champion.tags.get("model_md5") == run["model_md5"]
 
     verdict = decide(challenger_metrics, champion_metrics, params.gate,
                      champion_version=str(champion.version) if champion else None,
-                     same_lineage_as_champion=same_lineage, champion_error=champion_error)
+                     same_model_as_champion=same_model, champion_error=champion_error)
 
     registry.tag_version(version, {"gate": "passed" if verdict.promote else "rejected",
                                    "gate_reason": verdict.reason})

@@ -28,7 +28,7 @@ from mlpipeline.config import Params, load_params
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 HISTORY_PREFIX = "promotion."
 LINEAGE_TAGS = ["run_id", "git_commit", "git_dirty", "data_version", "raw_data_version",
-                "training_window", "params_hash", "gate", "gate_reason"]
+                "training_window", "params_hash", "model_md5", "gate", "gate_reason"]
 KEY_METRICS = ["roc_auc", "pr_auc", "precision", "recall"]
 
 

@@ -18,12 +18,14 @@ import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
 
-from mlpipeline.config import REFERENCE, TRAIN_SPLIT, Params
+from mlpipeline import onnx_export
+from mlpipeline.config import MODEL_FILE, REFERENCE, TRAIN_SPLIT, Params
 from mlpipeline.lineage import file_md5, flat_params, git_state, params_hash, raw_data_version
 
 # What the served model needs at load time, pinned to the versions the lock installed.
 # Passing them saves MLflow ~10 s of inferring requirements in a subprocess.
-MODEL_REQUIREMENTS = ["mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops", "joblib"]
+MODEL_REQUIREMENTS = ["mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops", "joblib",
+                      "onnxruntime"]
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # We pass pip_requirements from the lock ourselves: skip MLflow's uv project detection.
@@ -112,6 +114,8 @@ def log_training_run(
         "raw_data_version": raw_data_version(params.root),
         "training_window": window,
         "params_hash": params_hash(params),
+        # The trained artefact's own hash (as in dvc.lock): same bytes, same model.
+        "model_md5": file_md5(params.path(MODEL_FILE)),
     }
     features = train[schema.feature_names]
     with mlflow.start_run(experiment_id=experiment_id,
@@ -139,15 +143,27 @@ def log_training_run(
             mlflow.log_artifacts(tmp, "plots")
         # Monitoring compares production data with the reference of the model it serves.
         mlflow.log_artifact(str(params.path(REFERENCE)), "reference")
+        positive_index = list(model.classes_).index(schema.positive_class)
+        onnx_bytes, onnx_figures = onnx_export.export(
+            model, schema, test, params.evaluate.threshold, positive_index)
+        mlflow.set_tags({k: v for k, v in onnx_figures.items() if isinstance(v, str)})
+        mlflow.log_metrics({k: v for k, v in onnx_figures.items() if not isinstance(v, str)})
         example = features.head(5)
-        logged = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, model.predict(example)),
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            skops_trusted_types=trusted_types(model),
-            tags=lineage,
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            extra_files = []
+            if onnx_bytes is not None:  # the verified twin travels inside the model
+                onnx_path = Path(tmp) / onnx_export.FILE_NAME
+                onnx_path.write_bytes(onnx_bytes)
+                extra_files.append(str(onnx_path))
+            logged = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=infer_signature(example, model.predict(example)),
+                input_example=example,
+                pip_requirements=pip_requirements(),
+                skops_trusted_types=trusted_types(model),
+                extra_files=extra_files or None,
+                tags={**lineage, "onnx": onnx_figures["onnx"]},
+            )
     return {"run_id": run.info.run_id, "experiment_id": experiment_id,
             "model_uri": logged.model_uri, **lineage}

@@ -32,13 +32,19 @@ MODELS: dict[str, Any] = {
 }
 
 
+# Models that need standardised inputs. Trees do not, and leaving them unscaled keeps their
+# ONNX twin exact: both runtimes compare the same float32 inputs with the same thresholds.
+SCALED = {"logistic_regression"}
+
+
 def build_pipeline(schema: Schema, train: TrainParams) -> Pipeline:
-    numeric = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
-    categorical = make_pipeline(
-        SimpleImputer(strategy="most_frequent"),
-        # Unknown categories (allowed up to a threshold by `validate`) encode as all zeros.
-        OneHotEncoder(handle_unknown="ignore", sparse_output=False),
-    )
+    numeric_steps: list[Any] = [SimpleImputer(strategy="median")]
+    if train.model in SCALED:
+        numeric_steps.append(StandardScaler())
+    numeric = make_pipeline(*numeric_steps)
+    # Missing and unknown categories (the latter allowed up to a threshold by `validate`)
+    # both encode as all zeros.
+    categorical = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
     features = ColumnTransformer([
         ("numeric", numeric, schema.numeric),
         ("categorical", categorical, schema.categorical),

@@ -1,0 +1,209 @@
+"""Benchmark: this service vs `mlflow models serve` on the same champion, same machine, one run.
+
+Measures, for single-record requests at concurrency 1 and 16: requests/s, p50 and p99
+latency; the in-process one-record `predict_proba` time as the floor; and batch throughput
+(records/s) for 1,000-record requests against in-process predict on the same rows.
+Prints a table with the ratios. Load comes from wrk (Debian package `wrk`) when installed,
+otherwise from a Python load generator (slower: it shares the two cores with the servers).
+
+Run from the project folder after `make demo`: `make bench`
+(or `uv run python benchmarks/serve_bench.py`).
+Everything listens on 127.0.0.1 and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+
+from mlpipeline.config import TEST_SPLIT, load_params
+from mlpipeline.onnx_export import frame_records
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited early ({process.returncode}) while waiting for {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{url} not ready after {timeout} s")
+
+
+def run_wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                     f"wrk.body = {json.dumps(body)}\n")
+    threads = min(connections, 2)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
+                          "--latency", "-s", script.name, url],
+                         capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"{url}: {errors.group(1)} failed responses under load:\n{out}")
+
+    def latency(pct: str) -> float:
+        value, unit = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50": latency("50"), "p99": latency("99")}
+
+
+def run_python(url: str, body: str, connections: int, seconds: int) -> dict[str, float]:
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    latencies: list[float] = []
+    stop = time.monotonic() + seconds
+    payload = body.encode()
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            conn.request("POST", parts.path, payload, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"{url}: HTTP {response.status}")
+            latencies.append((time.perf_counter() - started) * 1e3)
+
+    workers = [threading.Thread(target=worker) for _ in range(connections)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    latencies.sort()
+    return {"rps": len(latencies) / seconds, "p50": latencies[len(latencies) // 2],
+            "p99": latencies[int(len(latencies) * 0.99)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="per load run")
+    args = parser.parse_args()
+    params = load_params()
+    load = run_wrk if shutil.which("wrk") else run_python
+    print(f"load generator: {'wrk' if load is run_wrk else 'python (install wrk for less noise)'}")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": params.tracking_uri()}
+
+    name = params.mlflow.registered_model
+    from serving.champion import Champion
+
+    champion = Champion(params)  # loads exactly what the service loads
+    if champion.check() != "loaded":
+        raise SystemExit(f"no champion to benchmark: {champion.not_ready_reason}")
+    served = champion.current
+    schema = params.schema
+    test = pd.read_parquet(params.path(TEST_SPLIT))[schema.feature_names]
+    one = test.head(1)
+    batch = test.head(1000)
+
+    def median_ms(call, repeat: int) -> float:
+        for _ in range(5):
+            call()
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - started) * 1e3)
+        return statistics.median(times)
+
+    def floor(frame: pd.DataFrame, repeat: int) -> float:
+        """In-process predict with the runtime the service uses (records in, probabilities out)."""
+        rows = frame_records(frame, schema)
+        return median_ms(lambda: served.positive_proba(rows), repeat)
+
+    record = json.loads(one.to_json(orient="records"))[0]
+    batch_records = json.loads(batch.to_json(orient="records"))
+    ours_port, mlflow_port = free_port(), free_port()
+    servers = {
+        "this service": (
+            [sys.executable, "-m", "serving", "--port", str(ours_port)],
+            f"http://127.0.0.1:{ours_port}", "/ready", "/predict",
+            json.dumps(record), json.dumps(batch_records)),
+        "mlflow models serve": (
+            [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)],
+            f"http://127.0.0.1:{mlflow_port}", "/ping", "/invocations",
+            json.dumps({"dataframe_records": [record]}),
+            json.dumps({"dataframe_records": batch_records})),
+    }
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for label, (cmd, url, health, path, single, many) in servers.items():
+        process = subprocess.Popen(cmd, cwd=params.root, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            wait_for(url + health, process)
+            load(url + path, single, 1, 2)  # warm-up
+            results[label] = {
+                "c1": load(url + path, single, 1, args.seconds),
+                "c16": load(url + path, single, 16, args.seconds),
+                "batch": load(url + path, many, 1, args.seconds),
+            }
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+    floor_one = floor(one, 300)
+    floor_batch = floor(batch, 30)
+    sklearn_one = median_ms(lambda: served.model.predict_proba(one), 100)
+    ours, theirs = results["this service"], results["mlflow models serve"]
+    print(f"\nmodel: {name}@champion ({params.train.model}), {os.cpu_count()} cores, "
+          f"{args.seconds} s per run\n")
+    print("| measure | this service | mlflow models serve | ratio |")
+    print("|---|---|---|---|")
+    for c in ("c1", "c16"):
+        n = c[1:]
+        print(f"| requests/s, 1 record, concurrency {n} | {ours[c]['rps']:.0f} | "
+              f"{theirs[c]['rps']:.0f} | {ours[c]['rps'] / theirs[c]['rps']:.2f}x |")
+        for p in ("p50", "p99"):
+            print(f"| {p} latency ms, concurrency {n} | {ours[c][p]:.2f} | {theirs[c][p]:.2f} | "
+                  f"{ours[c][p] / theirs[c][p]:.2f} |")
+    print(f"| records/s, 1,000-record requests | {ours['batch']['rps'] * 1000:.0f} | "
+          f"{theirs['batch']['rps'] * 1000:.0f} | "
+          f"{ours['batch']['rps'] / theirs['batch']['rps']:.2f}x |")
+    print(f"\nserved runtime: {served.runtime}; scikit-learn predict_proba on 1 record: "
+          f"{sklearn_one:.2f} ms (what mlflow models serve runs)")
+    print(f"in-process floor: predict on 1 record with {served.runtime} {floor_one:.3f} ms; "
+          f"service overhead above it at concurrency 1: {ours['c1']['p50'] - floor_one:.2f} ms "
+          f"(mlflow models serve: {theirs['c1']['p50'] - sklearn_one:.2f} ms above scikit-learn's)")
+    in_process = 1000 / (floor_batch / 1e3)
+    print(f"in-process predict on the same 1,000 rows: {in_process:.0f} records/s; the service "
+          f"reaches {ours['batch']['rps'] * 1000 / in_process:.0%} of it")
+
+
+if __name__ == "__main__":
+    main()
