@@ -18,43 +18,21 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 
 from mlpipeline.config import TEST_SPLIT, load_params
 from mlpipeline.onnx_export import frame_records
+from serving.launch import free_port, wait_http_ok
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited early ({process.returncode}) while waiting for {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"{url} not ready after {timeout} s")
 
 
 def run_wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float]:
@@ -166,7 +144,7 @@ def main() -> None:
         process = subprocess.Popen(cmd, cwd=params.root, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         try:
-            wait_for(url + health, process)
+            wait_http_ok(url + health, process)
             load(url + path, single, 1, 2)  # warm-up
             results[label] = {
                 "c1": load(url + path, single, 1, args.seconds),

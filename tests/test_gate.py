@@ -65,3 +65,4 @@ def test_champion_at_a_time_follows_the_history() -> None:
     assert champion_at(history, at("2026-02-02T00:00:00+00:00")) == "3"
     assert champion_at(history, at("2026-03-01T00:00:00+00:00")) == "1"
     assert Promotion.from_tag(history[1].as_tag()) == history[1]
+

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,31 +19,12 @@ from hypothesis import HealthCheck, given, settings
 
 from mlpipeline.config import ServingParams, load_params
 from serving.app import create_app
+from serving.launch import free_port, wait_http_ok
 from serving.prediction_log import read_log
 from tests.conftest import ENV, Project
 from tests.test_serving import RECORD
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the service exited"
-        try:
-            response = httpx.get(f"{url}/ready", timeout=2)
-            if response.status_code == 200:
-                return response.json()
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError("the service did not become ready")
 
 
 def test_champion_change_is_served_without_restart_or_failed_requests(
@@ -59,7 +39,8 @@ def test_champion_change_is_served_without_restart_or_failed_requests(
         [sys.executable, "-m", "serving", "--port", str(port), "--poll-seconds", "0.3"],
         cwd=root, env=ENV, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        old = wait_ready(url, process)["version"]
+        wait_http_ok(f"{url}/ready", process, timeout=90)
+        old = httpx.get(f"{url}/ready").json()["version"]
         results: list[tuple[int, str | None, str | None]] = []
         stop = threading.Event()
 
@@ -81,6 +62,7 @@ def test_champion_change_is_served_without_restart_or_failed_requests(
         time.sleep(1.0)
         registry = Registry(load_params(root))
         run = json.loads((root / "reports/run.json").read_text())
+        assert registry.client.tracking_uri.endswith(f"{root}/mlflow.db")
         new = registry.register(run)
         registry.set_champion(new, "manual", note="hot reload test")
         deadline = time.monotonic() + 30

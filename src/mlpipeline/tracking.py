@@ -47,7 +47,15 @@ def display_uri(params: Params) -> str:
 
 def connect(params: Params) -> str:
     """Point MLflow at the configured store; return the experiment id (created if new)."""
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(params.tracking_uri())
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which `Params.tracking_uri` reads as
+    # the user's override: put the environment back so the next project in this process (a
+    # test, a notebook) is not pinned to this store.
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
     name = params.mlflow.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
