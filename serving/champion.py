@@ -107,8 +107,10 @@ class Champion:
             return "loaded"
 
     def _load(self, version: Any) -> LoadedModel:
+        # Resolve through our own client, never MLflow's global URI (it may name another store).
+        location = self.client.get_model_version_download_uri(self.name, version.version)
         local = Path(self._mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{self.name}/{version.version}", dst_path=self._scratch()))
+            artifact_uri=location, dst_path=self._scratch()))
         model = self._mlflow.sklearn.load_model(str(local))
         twin = local / "extra_files" / onnx_export.FILE_NAME
         onnx_session = onnx_export.session(twin.read_bytes()) if twin.is_file() else None

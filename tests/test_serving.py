@@ -182,3 +182,16 @@ def test_unreachable_registry_keeps_the_current_model(client: TestClient,
     assert client.get("/model").json()["last_reload_error"]
     metrics = client.get("/metrics").text
     assert 'model_reload_checks_total{outcome="error"} 1.0' in metrics
+
+
+def test_champion_loads_from_the_configured_store_not_mlflows_global(
+        trained_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from serving.champion import Champion
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/some-other-store.db")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    champion = Champion(service_params(trained_project, tmp_path))
+    assert champion.check() == "loaded"
+    assert champion.current.version == champion_version(load_params(trained_project.root))
