@@ -22,8 +22,9 @@ export UV_PYTHON := $(PYTHON)
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
-	@echo "make test   set up, run lint-free tests (pytest)"
+	@echo "make test   set up, run the tests (pytest)"
 	@echo "make lint   ruff"
+	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
 	@echo "make ui     MLflow UI on http://127.0.0.1:$(UI_PORT) for the embedded store"
 	@echo "make serve  the champion over REST on http://127.0.0.1:8000 (PORT=... to change)"
 	@echo "make models                 registered versions, aliases, metrics, promotion history"
