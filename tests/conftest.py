@@ -32,6 +32,13 @@ ENV = {
 ENV.pop("MLFLOW_TRACKING_URI", None)  # each project copy uses its own embedded store
 
 
+@pytest.fixture(autouse=True)
+def no_tracking_uri_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts without MLFLOW_TRACKING_URI: mlflow.set_tracking_uri exports it, and
+    a leftover would point the next test's project at another project's store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 class Project:
     """A copy of the project in its own folder, with its own git repo, DVC cache and MLflow."""
 
