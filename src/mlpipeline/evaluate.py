@@ -116,7 +116,7 @@ def main() -> None:
           f"precision {metrics['precision']:.4f}, recall {metrics['recall']:.4f} on "
           f"{len(test)} test rows -> {METRICS}")
     print(f"evaluate: MLflow run {run['run_id']} in experiment {params.mlflow.experiment!r} "
-          f"({tracking.display_uri(params)})")
+          f"({params.tracking_uri()})")
 
 
 if __name__ == "__main__":

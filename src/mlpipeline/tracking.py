@@ -41,10 +41,6 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in MODEL_REQUIREMENTS]
 
 
-def display_uri(params: Params) -> str:
-    return params.tracking_uri()
-
-
 def connect(params: Params) -> str:
     """Point MLflow at the configured store; return the experiment id (created if new)."""
     exported = os.environ.get("MLFLOW_TRACKING_URI")
