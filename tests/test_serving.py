@@ -183,20 +183,3 @@ def test_unreachable_registry_keeps_the_current_model(client: TestClient,
     metrics = client.get("/metrics").text
     assert 'model_reload_checks_total{outcome="error"} 1.0' in metrics
 
-
-def test_champion_loads_from_the_configured_store_not_mlflows_global(
-        trained_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlflow
-
-    from serving.champion import Champion
-
-    previous = mlflow.get_tracking_uri()
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # first: teardown restores "unset"
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/some-other-store.db")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # MLflow's global only, not a user override
-    try:
-        champion = Champion(service_params(trained_project, tmp_path))
-        assert champion.check() == "loaded"
-        assert champion.current.version == champion_version(load_params(trained_project.root))
-    finally:
-        mlflow.set_tracking_uri(previous)

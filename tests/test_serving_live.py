@@ -4,6 +4,7 @@ And schemathesis fuzzes the OpenAPI document: no input may produce a 5xx."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -97,6 +98,10 @@ def api_schema(trained_project: Project, tmp_path_factory: pytest.TempPathFactor
         prediction_log_dir=str(tmp_path_factory.mktemp("fuzzlog")), max_records=50)})
     app = create_app(params, start_poller=False)
     with TestClient(app):  # keeps the lifespan (loaded champion) up while schemathesis calls
+        champion = app.state.champion
+        assert champion.current is not None, (
+            params.tracking_uri(), champion.client.tracking_uri, champion.not_ready_reason,
+            champion.last_check_error, os.environ.get("MLFLOW_TRACKING_URI"))
         yield schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
@@ -121,7 +126,8 @@ def test_fuzzed_requests_never_get_a_5xx(api_schema) -> None:
             if case.path == "/predict":
                 predict_statuses.add(response.status_code)
             if response.status_code >= 500:
-                failures.append((case.method, case.path, case.body, response.status_code))
+                failures.append((case.method, case.path, response.status_code,
+                                 response.text[:300]))
 
         call()
     assert {op.path for op in operations} >= {"/predict", "/health", "/ready", "/model",
