@@ -4,6 +4,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The interpreter itself, not a launcher (pyenv shim): uv rebuilds .venv whenever the path it
+# is given differs from the one the venv was made from.
+PYTHON_EXE := $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 UV_VERSION := 0.13.8
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
@@ -16,7 +19,7 @@ export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export ITERATIVE_DO_NOT_TRACK := 1
 export UV_PYTHON_DOWNLOADS := never
-export UV_PYTHON := $(PYTHON)
+export UV_PYTHON := $(PYTHON_EXE)
 
 .PHONY: help setup demo repro test lint ui serve fuzz bench models lineage rollback clean
 
@@ -32,7 +35,7 @@ help:
 	@echo "make rollback [TO=3]        champion back to 'previous' (or to version 3)"
 
 $(UV):
-	$(PYTHON) -m venv $(TOOLS)
+	$(PYTHON_EXE) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 setup: $(UV)
