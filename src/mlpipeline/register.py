@@ -34,8 +34,7 @@ def main() -> None:
     champion_metrics, champion_error = None, ""
     if champion is not None:
         try:
-            model = tracking.mlflow.sklearn.load_model(
-                f"models:/{registry.name}/{champion.version}")
+            model = registry.load_sklearn(str(champion.version))
             champion_metrics, _, _ = evaluate(model, test, params)
         except Exception as error:  # e.g. the schema changed under the champion
             champion_error = f"{type(error).__name__}: {error}"

@@ -122,6 +122,18 @@ class Registry:
             to = str(previous.version)
         return self.set_champion(to, "rollback")
 
+    def load_sklearn(self, version: str) -> Any:
+        """The scikit-learn pipeline of one version (connect() set the store it comes from)."""
+        return tracking.mlflow.sklearn.load_model(f"models:/{self.name}/{version}")
+
+    def last_training_end(self) -> dt.date | None:
+        """The last day of the newest registered version's training window (None: none yet).
+
+        Any registered version counts, promoted or not: it is when training last ran."""
+        versions = self.versions()
+        window = versions[-1].tags.get("training_window", "") if versions else ""
+        return dt.date.fromisoformat(window.split("..")[1]) if ".." in window else None
+
     def versions(self) -> list[Any]:
         found = self.client.search_model_versions(f"name = '{self.name}'")
         return sorted(found, key=lambda v: int(v.version))

@@ -28,6 +28,7 @@ MODEL_REQUIREMENTS = ["mlflow", "scikit-learn", "pandas", "numpy", "scipy", "sko
                       "onnxruntime"]
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs, not a terminal
 # We pass pip_requirements from the lock ourselves: skip MLflow's uv project detection.
 os.environ.setdefault("MLFLOW_UV_AUTO_DETECT", "false")
 # MLflow's hints that do not apply here: a local path matches its local-artefact source

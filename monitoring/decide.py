@@ -1,0 +1,163 @@
+"""The monitoring decisions as plain functions on data: no files, no MLflow, no Evidently.
+
+- `feature_drift`: per-feature verdicts read from an Evidently report's results.
+- `performance`: the champion's real metrics on newly labelled data against the gate's floors.
+- `decide`: retrain or not, with every reason, after the guards against retraining storms.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+RETRAIN, NO_RETRAIN = "retrain", "no-retrain"
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    name: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    features: list[FeatureDrift]
+    drift_share: float  # the share of drifted features that counts as drift
+    reference_rows: int
+    current_rows: int
+
+    @property
+    def drifted(self) -> list[str]:
+        return [f.name for f in self.features if f.drifted]
+
+    @property
+    def share(self) -> float:
+        return len(self.drifted) / len(self.features) if self.features else 0.0
+
+    @property
+    def detected(self) -> bool:
+        return self.share >= self.drift_share
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"detected": self.detected, "share": round(self.share, 4),
+                "drift_share": self.drift_share, "drifted": self.drifted,
+                "reference_rows": self.reference_rows, "current_rows": self.current_rows,
+                "features": [asdict(f) for f in self.features]}
+
+
+def feature_drift(report: dict[str, Any], features: list[str]) -> list[FeatureDrift]:
+    """Per-feature verdicts from an Evidently 0.7 report (`snapshot.dict()`).
+
+    The verdict is the status of each column's drift test (FAIL = drifted), not a threshold
+    applied here: Evidently picks the method and threshold per column type and size unless
+    params.yaml names them, and the test carries whichever it used.
+    """
+    scores = {m["id"]: m["value"] for m in report["metrics"]}
+    found: dict[str, FeatureDrift] = {}
+    for test in report["tests"]:
+        config = test.get("metric_config", {})
+        spec = config.get("params", {})
+        if not spec.get("type", "").endswith(":ValueDrift"):
+            continue
+        found[spec["column"]] = FeatureDrift(
+            name=spec["column"], method=str(spec.get("method")),
+            score=float(scores[config["metric_id"]]), threshold=float(spec.get("threshold")),
+            drifted=test["status"] == "FAIL")
+    missing = [name for name in features if name not in found]
+    if missing:
+        raise ValueError(f"the drift report has no verdict for {missing}")
+    return [found[name] for name in features]
+
+
+@dataclass(frozen=True)
+class PerformanceResult:
+    rows: int
+    metrics: dict[str, float]
+    floors: dict[str, float]
+    below: list[str] = field(default_factory=list)  # metrics under their floor
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def performance(metrics: dict[str, float], rows: int, floors: dict[str, float]
+                ) -> PerformanceResult:
+    # `not >=` so that a missing or NaN metric (one class only in the data) fails too.
+    below = [name for name, floor in floors.items()
+             if not metrics.get(name, float("nan")) >= floor]
+    return PerformanceResult(rows, metrics, dict(floors), below)
+
+
+def batches_between(last_trained_end: dt.date | None, newest_batch: dt.date,
+                    batch_days: int) -> int | None:
+    """Batches that arrived after the newest trained-on batch (None: never trained)."""
+    if last_trained_end is None:
+        return None
+    return (newest_batch - last_trained_end).days // batch_days
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # retrain | no-retrain
+    reasons: list[str]
+    triggers: list[str]  # what asked for a retrain: drift, performance, force
+
+    @property
+    def retrain(self) -> bool:
+        return self.action == RETRAIN
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide(*, current_rows: int, min_rows: int, drift: DriftResult | None,
+           perf: PerformanceResult | None, batches_since_training: int | None,
+           cooldown_batches: int, force: bool = False) -> Verdict:
+    """Retrain or not. `force` (a scheduled retrain) skips the drift verdict and the cooldown;
+    the same-data guard runs later, once the new training split exists."""
+    triggers: list[str] = []
+    reasons: list[str] = []
+    if current_rows < min_rows:
+        reason = (f"current window has {current_rows} rows, fewer than "
+                  f"monitoring.min_rows={min_rows}: too few for a verdict")
+        if force:
+            return Verdict(RETRAIN, [reason, "forced: retrain regardless"], ["force"])
+        return Verdict(NO_RETRAIN, [reason], [])
+    if drift is not None:
+        figures = f"{len(drift.drifted)} of {len(drift.features)} features drifted " \
+                  f"({drift.share:.0%}, threshold {drift.drift_share:.0%})"
+        if drift.detected:
+            triggers.append("drift")
+            reasons.append(f"drift: {figures}: {', '.join(drift.drifted)}")
+        else:
+            reasons.append(f"no drift: {figures}")
+    if perf is not None:
+        shown = ", ".join(f"{k} {perf.metrics.get(k, float('nan')):.4f} (floor {v})"
+                          for k, v in perf.floors.items())
+        if perf.below:
+            triggers.append("performance")
+            reasons.append(f"performance below floor on {perf.rows} labelled rows: {shown}")
+        else:
+            reasons.append(f"performance holds on {perf.rows} labelled rows: {shown}")
+    if force:
+        return Verdict(RETRAIN, [*reasons, "forced: retrain regardless of drift and cooldown"],
+                       [*triggers, "force"])
+    if not triggers:
+        return Verdict(NO_RETRAIN, reasons, [])
+    if batches_since_training is not None and batches_since_training < cooldown_batches:
+        return Verdict(NO_RETRAIN, [*reasons, f"cooldown: the last training run ended "
+                                    f"{batches_since_training} batch(es) ago, "
+                                    f"ct.cooldown_batches={cooldown_batches}"], triggers)
+    return Verdict(RETRAIN, reasons, triggers)
+
+
+def same_data_reason(new_data_version: str, champion_data_version: str | None) -> str | None:
+    """The guard against retraining on exactly the champion's training data."""
+    if champion_data_version and new_data_version == champion_data_version:
+        return (f"the new training split is the champion's own data version "
+                f"({new_data_version}): nothing new to learn from")
+    return None

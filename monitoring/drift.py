@@ -1,0 +1,216 @@
+"""The drift check: production data against the champion's own training reference.
+
+`python -m monitoring.drift [--current batch|log] [--since T] [--until T]`
+
+- Reference: the sample `prepare` drew from the champion's training split, logged with the
+  champion's MLflow run; never whatever happens to be in data/prepared/.
+- Current window: the newest raw batch (`batch`), or the service's prediction log over a
+  time span (`log`; default the last `monitoring.log_window_hours`).
+- Columns and types come from the schema in params.yaml, as for `validate` and the service.
+- Evidently's DataDriftPreset runs one drift test per feature (method and threshold from
+  params.yaml, or Evidently's defaults); the HTML report is Evidently's own.
+- Performance: where the window carries outcomes (a raw batch does), the champion is scored
+  on them against gate.min_metrics: a drop below a floor is a second trigger.
+
+Writes <report_dir>/drift_report.html and drift.json (figures, window, verdict and reasons).
+Imports mlflow and evidently (~6 s each): it runs in its own process, never in the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlpipeline.config import RAW_DIR, Params, load_params
+from mlpipeline.schema import Schema, coerce
+from mlpipeline.source import BATCH_SUFFIXES, read_batch
+from monitoring import decide
+
+REPORT_HTML = "drift_report.html"
+REPORT_JSON = "drift.json"
+
+
+def newest_batch(raw_dir: Path) -> tuple[dt.date, Path] | None:
+    """The latest batch the source delivered, by the date in its name."""
+    dated = sorted((dt.date.fromisoformat(f.stem), f) for f in raw_dir.iterdir()
+                   if f.suffix in BATCH_SUFFIXES)
+    return dated[-1] if dated else None
+
+
+def typed_features(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """Schema-typed feature columns (and the target where present) of any table."""
+    numeric = {name: pd.to_numeric(frame[name], errors="coerce").astype("float64")
+               for name in schema.numeric}
+    categorical = {name: frame[name].where(frame[name].isna(), frame[name].astype(str))
+                   for name in schema.categorical}
+    return pd.DataFrame({**numeric, **categorical})[schema.feature_names]
+
+
+@dataclass
+class Window:
+    kind: str  # batch | log
+    description: str
+    frame: pd.DataFrame  # typed features; the target too for a labelled batch
+
+
+def batch_window(params: Params) -> Window:
+    found = newest_batch(params.path(RAW_DIR))
+    if found is None:
+        raise SystemExit(f"drift: no batch in {RAW_DIR}/: run the pipeline first (make demo)")
+    day, file = found
+    frame = coerce(read_batch(file), params.schema)
+    return Window("batch", f"batch {day} ({file.name})", frame)
+
+
+def log_window(params: Params, since: dt.datetime | None, until: dt.datetime | None) -> Window:
+    from serving.prediction_log import read_log  # reading Parquet parts: no service imports
+
+    until = until or dt.datetime.now(dt.UTC)
+    since = since or until - dt.timedelta(hours=params.monitoring.log_window_hours)
+    log = read_log(params.path(params.serving.prediction_log_dir))
+    if not log.empty:
+        served = pd.to_datetime(log["served_at"], utc=True)
+        log = log[(served >= since) & (served <= until)]
+    frame = (typed_features(log, params.schema) if not log.empty
+             else pd.DataFrame(columns=params.schema.feature_names))
+    return Window("log", f"prediction log {since.isoformat(timespec='seconds')} .. "
+                         f"{until.isoformat(timespec='seconds')}", frame)
+
+
+def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, params: Params
+                     ) -> tuple[Any, decide.DriftResult]:
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    schema, settings = params.schema, params.monitoring
+    definition = DataDefinition(numerical_columns=schema.numeric,
+                                categorical_columns=schema.categorical)
+
+    def dataset(frame: pd.DataFrame) -> Any:
+        return Dataset.from_pandas(typed_features(frame, schema), data_definition=definition)
+
+    preset = DataDriftPreset(columns=schema.feature_names, drift_share=settings.drift_share,
+                             method=settings.drift_method, threshold=settings.drift_threshold)
+    snapshot = Report([preset], include_tests=True).run(dataset(current), dataset(reference))
+    features = decide.feature_drift(snapshot.dict(), schema.feature_names)
+    return snapshot, decide.DriftResult(features, settings.drift_share, len(reference),
+                                        len(current))
+
+
+@dataclass
+class ChampionInfo:
+    version: str
+    run_id: str
+    training_window: str
+    data_version: str
+
+
+def run_check(params: Params, current: str | None = None, since: dt.datetime | None = None,
+              until: dt.datetime | None = None, force: bool = False) -> dict[str, Any]:
+    """The whole check; returns (and writes) the JSON summary."""
+    current = current or params.monitoring.current
+    window = batch_window(params) if current == "batch" else log_window(params, since, until)
+
+    from mlpipeline.evaluate import evaluate
+    from mlpipeline.registry import CHAMPION, Registry
+
+    registry = Registry(params)
+    champion = registry.version_by_alias(CHAMPION)
+    if champion is None:
+        raise SystemExit("drift: the registry has no champion to compare with: "
+                         "run the pipeline first (make demo)")
+    info = ChampionInfo(str(champion.version), champion.run_id,
+                        champion.tags.get("training_window", ""),
+                        champion.tags.get("data_version", ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = registry.client.download_artifacts(info.run_id, "reference/reference.parquet",
+                                                   tmp)
+        reference = pd.read_parquet(local)
+
+    settings = params.monitoring
+    drift_result, snapshot = None, None
+    if len(window.frame) >= settings.min_rows:
+        snapshot, drift_result = evidently_report(reference, window.frame, params)
+
+    perf = None
+    target = params.schema.target
+    if target in window.frame.columns:
+        labelled = window.frame[window.frame[target].notna()]
+        if len(labelled) >= settings.min_labelled_rows:
+            model = registry.load_sklearn(info.version)
+            metrics, _, _ = evaluate(model, labelled, params)
+            perf = decide.performance(metrics, len(labelled), params.gate.min_metrics)
+
+    newest = newest_batch(params.path(RAW_DIR))
+    last_end = registry.last_training_end()
+    since_training = (decide.batches_between(last_end, newest[0], params.source.batch_days)
+                      if newest else None)
+    verdict = decide.decide(current_rows=len(window.frame), min_rows=settings.min_rows,
+                            drift=drift_result, perf=perf,
+                            batches_since_training=since_training,
+                            cooldown_batches=params.ct.cooldown_batches, force=force)
+
+    out_dir = params.path(settings.report_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html = out_dir / REPORT_HTML
+    html.unlink(missing_ok=True)  # never leave an old report beside a new verdict
+    if snapshot is not None:
+        snapshot.save_html(str(html))
+    summary = {
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "window": {"kind": window.kind, "description": window.description,
+                   "rows": len(window.frame)},
+        "reference": {"model": registry.name, "champion": info.version, "run_id": info.run_id,
+                      "training_window": info.training_window, "rows": len(reference)},
+        "drift": drift_result.as_dict() if drift_result else None,
+        "performance": perf.as_dict() if perf else None,
+        "batches_since_training": since_training,
+        "decision": verdict.as_dict(),
+        "report_html": str(html.relative_to(params.root)) if snapshot is not None else None,
+        "champion_data_version": info.data_version,
+    }
+    (out_dir / REPORT_JSON).write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """Two or three lines a person can follow."""
+    window, reference, verdict = summary["window"], summary["reference"], summary["decision"]
+    lines = [f"drift: {window['description']}, {window['rows']} rows vs the reference of "
+             f"champion v{reference['champion']} ({reference['training_window']}, "
+             f"{reference['rows']} rows)"]
+    lines += [f"drift: {reason}" for reason in verdict["reasons"]]
+    lines.append(f"drift: decision {verdict['action'].upper()}"
+                 + (f"; report {summary['report_html']}" if summary["report_html"] else ""))
+    return "\n".join(lines)
+
+
+def _time(text: str) -> dt.datetime:
+    when = dt.datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.drift",
+                                     description="Compare production data with the champion's "
+                                                 "training reference.")
+    parser.add_argument("--current", choices=["batch", "log"],
+                        help="newest raw batch, or the prediction log (monitoring.current)")
+    parser.add_argument("--since", type=_time, help="log window start (ISO time, UTC)")
+    parser.add_argument("--until", type=_time, help="log window end (ISO time, UTC)")
+    args = parser.parse_args(argv)
+    params = load_params()
+    summary = run_check(params, args.current, args.since, args.until)
+    print(describe(summary))
+    print(f"drift: summary -> {Path(params.monitoring.report_dir) / REPORT_JSON}")
+
+
+if __name__ == "__main__":
+    main()
