@@ -7,7 +7,9 @@ fails at start-up with the key's name instead of deep inside a stage.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,6 +97,22 @@ class MlflowParams(_Strict):
     registered_model: str = "model"
 
 
+class MonitoringParams(_Strict):
+    current: Literal["batch", "log"] = "batch"  # newest raw batch, or the prediction log
+    log_window_hours: float = Field(168.0, gt=0)
+    min_rows: int = Field(500, gt=0)  # fewer current rows: no verdict, no retrain
+    drift_method: str | None = None  # Evidently stat test name; None = its default per column
+    drift_threshold: float | None = None
+    drift_share: float = Field(0.3, gt=0, le=1)  # share of drifted features that means drift
+    min_labelled_rows: int = Field(200, gt=0)  # for the performance check on new outcomes
+    report_dir: str = "reports/monitoring"
+
+
+class CtParams(_Strict):
+    cooldown_batches: int = Field(2, ge=0)  # batches between automatic retrains
+    summary_dir: str = "reports/ct"
+
+
 class ServingParams(_Strict):
     host: str = "127.0.0.1"  # loopback by default; expose deliberately
     port: int = 8000
@@ -117,6 +135,8 @@ class Params(_Strict):
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     mlflow: MlflowParams = MlflowParams()
+    monitoring: MonitoringParams = MonitoringParams()
+    ct: CtParams = CtParams()
     serving: ServingParams = ServingParams()
     root: Path = Path(".")  # folder of params.yaml; relative paths resolve against it
 
@@ -174,3 +194,36 @@ PREDICTIONS = Path("reports/predictions.csv")
 PLOTS_DIR = Path("reports/plots")
 RUN_INFO = Path("reports/run.json")
 GATE_REPORT = Path("reports/gate.json")
+
+
+def set_values(text: str, updates: dict[str, Any]) -> str:
+    """params.yaml text with `section.key` values replaced, comments and layout kept.
+
+    CT moves the source clock and the training window this way, so the file a person wrote
+    stays readable and a diff shows only the values that moved.
+    """
+    lines = text.splitlines(keepends=True)
+    for dotted, value in updates.items():
+        section, key = dotted.split(".")
+        literal = json.dumps(value) if isinstance(value, str) else str(value)
+        line_re = re.compile(rf"^(  {re.escape(key)}:[ \t]*)([^#\n]*?)([ \t]*)(#.*)?(\n?)$")
+        current = None
+        for i, line in enumerate(lines):
+            top = re.match(r"^([A-Za-z_]\w*):", line)
+            if top:
+                current = top.group(1)
+            elif current == section and (match := line_re.match(line)):
+                head, old, gap, comment, end = match.groups()
+                # Keep a trailing comment in its column when the value's width changes.
+                pad = " " * max(1, len(old) + len(gap) - len(literal)) if comment else ""
+                lines[i] = f"{head}{literal}{pad}{comment or ''}{end}"
+                break
+        else:
+            raise KeyError(f"params.yaml has no {dotted}")
+    out = "".join(lines)
+    data = yaml.safe_load(out)
+    for dotted, value in updates.items():
+        section, key = dotted.split(".")
+        if str(data[section][key]) != str(value):
+            raise ValueError(f"params.yaml: could not set {dotted} to {value!r}")
+    return out
