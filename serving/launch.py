@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -29,3 +31,14 @@ def wait_http_ok(url: str, process: subprocess.Popen, timeout: float = 120) -> N
             pass
         time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer 200 within {timeout} s")
+
+
+def start_service(root: Path, port: int, poll_seconds: float, log: Path,
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python -m serving` for the project in `root`, as a child process logging to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:  # the child keeps its own handle
+        return subprocess.Popen(
+            [sys.executable, "-m", "serving", "--port", str(port),
+             "--poll-seconds", str(poll_seconds)],
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
