@@ -13,11 +13,15 @@ from typing import Any
 import pytest
 import yaml
 
+from mlpipeline.config import set_values
+
 REPO = Path(__file__).resolve().parents[1]
 # What a pipeline run needs from the repository; src/ because dvc.yaml hashes stage code.
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config",
                  ".dvc/.gitignore", "src"]
 BIN = Path(sys.executable).parent
+# The source clock and training window that params.yaml ships with (CT moves them).
+INITIAL_STATE = {"source.n_batches": 8, "window.start": "2026-01-05", "window.end": "2026-02-23"}
 
 ENV = {
     **os.environ,
@@ -85,6 +89,9 @@ def make_project(root: Path) -> Project:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
+    # Tests start from the initial state whatever CT (or `make demo`) moved in the working copy.
+    params = root / "params.yaml"
+    params.write_text(set_values(params.read_text(), INITIAL_STATE))
     project = Project(root)
     project.git("init", "-q", "-b", "main")
     project.commit("project copy")
@@ -103,3 +110,4 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     project.dvc("repro")
     project.commit("trained")
     return project
+

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 
 from mlpipeline.config import ServingParams, load_params
 from serving.app import create_app
-from serving.launch import free_port, wait_http_ok
+from serving.launch import free_port, start_service, wait_http_ok
 from serving.prediction_log import read_log
 from tests.conftest import ENV, Project
 from tests.test_serving import RECORD
@@ -35,10 +33,7 @@ def test_champion_change_is_served_without_restart_or_failed_requests(
     root = trained_project.root
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log_file = (tmp_path / "service.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--port", str(port), "--poll-seconds", "0.3"],
-        cwd=root, env=ENV, stdout=log_file, stderr=subprocess.STDOUT)
+    process = start_service(root, port, 0.3, tmp_path / "service.log", env=ENV)
     try:
         wait_http_ok(f"{url}/ready", process, timeout=90)
         old = httpx.get(f"{url}/ready").json()["version"]
@@ -77,7 +72,6 @@ def test_champion_change_is_served_without_restart_or_failed_requests(
     finally:
         if process.poll() is None:
             process.kill()
-        log_file.close()
 
     failures = [r for r in results if r[0] != 200]
     assert failures == [], failures[:5]

@@ -1,0 +1,138 @@
+"""The whole loop, end to end, with every component real: DVC pipeline, MLflow registry, a
+uvicorn process serving the champion, Evidently drift checks and CT cycles as a user runs them
+(`python -m monitoring.ct`), against the synthetic source's drift scenario (drift from batch 9).
+
+v1 trained on batches 0-7 is served. Batch 8 (no drift, sent to the service as traffic and
+checked from the prediction log) changes nothing. Batch 9 (drifted) retrains, v2 passes the
+gate and the running service answers with v2. Batch 10 is drifted too, but within the cooldown.
+Batch 11 retrains a worse model: the gate rejects it and v2 stays. A cycle that fails restores
+params, dvc.lock and data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mlpipeline.config import load_params, set_values
+from monitoring.demo import send, upcoming_traffic, wait_for_version
+from serving.launch import free_port, start_service, wait_http_ok
+from serving.prediction_log import read_log
+from tests.conftest import ENV, Project, make_project
+from tests.test_serving import RECORD
+
+pytestmark = pytest.mark.slow
+
+
+def ct(project: Project, *args: str, check: bool = True) -> tuple[dict[str, Any], str]:
+    result = project.run(sys.executable, "-m", "monitoring.ct", *args, check=check)
+    summary = json.loads(project.read("reports/ct/summary.json"))
+    return summary, result.stdout + result.stderr
+
+
+def set_param(project: Project, dotted: str, value: Any) -> None:
+    path = project.root / "params.yaml"
+    path.write_text(set_values(path.read_text(), {dotted: value}))
+
+
+def served_version(url: str) -> str:
+    return httpx.get(f"{url}/model").json()["version"]
+
+
+def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    set_param(project, "serving.log_flush_seconds", 0.5)
+    project.commit("test settings")
+    project.dvc("repro")
+    project.commit("v1")
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    service = start_service(project.root, port, 0.5, tmp_path / "service.log", env=ENV)
+    try:
+        wait_http_ok(f"{url}/ready", service, timeout=90)
+        assert served_version(url) == "1"
+
+        # Batch 8, no drift: the service's traffic is the current window.
+        traffic = upcoming_traffic(load_params(project.root))  # batch 8's applications
+        sent = len(traffic)
+        assert send(url, traffic, 500) == {"1"}
+        deadline = time.monotonic() + 30
+        while len(read_log(project.root / "logs/predictions")) < sent:
+            assert time.monotonic() < deadline, "the prediction log never caught up"
+            time.sleep(0.2)
+        lock_before = project.read("dvc.lock")
+        summary, out = ct(project, "--current", "log")
+        assert summary["status"] == "ok", out
+        assert summary["window"]["kind"] == "log" and summary["window"]["rows"] == sent
+        assert summary["drift"]["detected"] is False and summary["drift"]["share"] < 0.3
+        assert summary["performance"] is None  # the log carries no outcomes
+        assert summary["decision"]["action"] == "no-retrain"
+        assert summary["champion_after"] == "1" and served_version(url) == "1"
+        assert load_params(project.root).window.end.isoformat() == "2026-02-23"
+        assert load_params(project.root).source.n_batches == 9  # the clock moved ...
+        assert project.read("dvc.lock") != lock_before  # ... and DVC versioned the new batch
+        assert (project.root / summary["report_html"]).stat().st_size > 10_000
+        assert "no drift" in project.read("reports/ct/summary.md")
+
+        # Batch 9, drifted (and the champion's real performance on its outcomes drops).
+        summary, out = ct(project)
+        assert summary["status"] == "ok", out
+        assert summary["drift"]["detected"] is True, summary["drift"]
+        assert {"annual_income", "credit_score", "debt_to_income"} <= set(
+            summary["drift"]["drifted"])
+        assert "performance" in summary["decision"]["triggers"]
+        assert summary["decision"]["action"] == "retrain"
+        assert summary["gate"]["promoted"] is True
+        assert (summary["champion_before"], summary["champion_after"]) == ("1", "2")
+        assert summary["window_after"] == "2026-01-19..2026-03-09"
+        wait_for_version(url, "2", timeout=30)
+        response = httpx.post(f"{url}/predict", json=RECORD)
+        assert response.json()["model"]["version"] == "2"
+        assert service.poll() is None  # the same process, never restarted
+        markdown = project.read("reports/ct/summary.md")
+        assert "v1 -> v2" in markdown and "| debt_to_income |" in markdown
+
+        # Batch 10: drift persists, but v2 trained on data up to batch 9: cooldown.
+        summary, out = ct(project)
+        assert summary["status"] == "ok", out
+        assert summary["decision"]["action"] == "no-retrain"
+        assert "drift" in summary["decision"]["triggers"]
+        assert any(r.startswith("cooldown") for r in summary["decision"]["reasons"])
+        assert summary["champion_after"] == "2"
+
+        # Batch 11: drift triggers a retrain, but the new model is worse: the gate says no.
+        set_param(project, "train.model", "dummy")
+        summary, out = ct(project)
+        assert summary["status"] == "ok", out
+        assert summary["decision"]["action"] == "retrain"
+        assert summary["gate"]["promoted"] is False
+        assert "floor" in summary["gate"]["reason"]
+        assert summary["champion_after"] == "2"
+        time.sleep(1.5)  # three poll periods: nothing to pick up
+        assert served_version(url) == "2"
+        assert service.poll() is None
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+
+    # A cycle that fails part-way puts everything back and names the step.
+    set_param(project, "train.model", "random_forest")
+    set_param(project, "monitoring.drift_method", "no_such_test")
+    params_before = project.read("params.yaml")
+    lock_before = project.read("dvc.lock")
+    batches_before = sorted(p.name for p in (project.root / "data/raw").iterdir())
+    summary, out = ct(project, check=False)
+    assert summary["status"] == "failed" and summary["failed_step"] == "drift check", out
+    assert "FAILED at step 'drift check'" in out
+    assert project.read("params.yaml") == params_before
+    assert project.read("dvc.lock") == lock_before
+    assert sorted(p.name for p in (project.root / "data/raw").iterdir()) == batches_before
+    assert summary["champion_after"] == "2"
+

@@ -1,0 +1,149 @@
+"""Monitoring decisions as plain functions, the Evidently reading on real reports, the CT
+lock and the params.yaml editing CT relies on. The whole loop is in test_loop.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import sys
+
+import pandas as pd
+import pytest
+
+from mlpipeline.config import load_params, set_values
+from mlpipeline.source import synthetic_batch
+from monitoring import ct, decide
+from monitoring.drift import evidently_report
+from tests.conftest import REPO, Project
+
+PARAMS = load_params(REPO)
+
+
+def drift_result(drifted: int, total: int = 10, share: float = 0.3) -> decide.DriftResult:
+    features = [decide.FeatureDrift(f"f{i}", "ks", 0.9 if i < drifted else 0.01, 0.1, i < drifted)
+                for i in range(total)]
+    return decide.DriftResult(features, share, 5000, 1500)
+
+
+def verdict(**overrides) -> decide.Verdict:
+    arguments = dict(current_rows=1500, min_rows=500, drift=drift_result(0), perf=None,
+                     batches_since_training=5, cooldown_batches=2, force=False)
+    return decide.decide(**{**arguments, **overrides})
+
+
+def test_no_drift_means_no_retrain() -> None:
+    result = verdict()
+    assert result.action == "no-retrain" and result.triggers == []
+    assert "0 of 10 features drifted" in result.reasons[0]
+
+
+def test_drift_share_at_the_threshold_retrains_and_names_the_features() -> None:
+    assert verdict(drift=drift_result(2)).action == "no-retrain"
+    result = verdict(drift=drift_result(3))
+    assert result.action == "retrain" and result.triggers == ["drift"]
+    assert "f0, f1, f2" in result.reasons[0]
+
+
+def test_too_few_rows_is_no_retrain_with_that_reason_even_when_drifted() -> None:
+    result = verdict(current_rows=120, drift=drift_result(9))
+    assert result.action == "no-retrain"
+    assert result.reasons == ["current window has 120 rows, fewer than monitoring.min_rows=500: "
+                              "too few for a verdict"]
+
+
+def test_performance_below_a_floor_is_a_second_trigger() -> None:
+    floors = {"roc_auc": 0.7, "precision": 0.3}
+    holds = decide.performance({"roc_auc": 0.78, "precision": 0.4}, 1500, floors)
+    drops = decide.performance({"roc_auc": 0.66, "precision": 0.4}, 1500, floors)
+    one_class = decide.performance({"roc_auc": float("nan"), "precision": 0.4}, 1500, floors)
+    assert holds.below == [] and drops.below == ["roc_auc"] and one_class.below == ["roc_auc"]
+    assert verdict(perf=holds).action == "no-retrain"
+    result = verdict(perf=drops)
+    assert result.action == "retrain" and result.triggers == ["performance"]
+
+
+def test_cooldown_holds_back_a_retrain_until_enough_batches_arrived() -> None:
+    blocked = verdict(drift=drift_result(5), batches_since_training=1)
+    assert blocked.action == "no-retrain" and blocked.triggers == ["drift"]
+    assert blocked.reasons[-1].startswith("cooldown")
+    assert verdict(drift=drift_result(5), batches_since_training=2).action == "retrain"
+    assert verdict(drift=drift_result(5), batches_since_training=None).action == "retrain"
+
+
+def test_force_retrains_without_drift_and_inside_the_cooldown() -> None:
+    result = verdict(force=True, batches_since_training=0)
+    assert result.action == "retrain" and result.triggers == ["force"]
+
+
+def test_same_data_guard() -> None:
+    assert decide.same_data_reason("abc", "abc") is not None
+    assert decide.same_data_reason("abc", "def") is None
+    assert decide.same_data_reason("abc", None) is None
+
+
+def test_batches_between_counts_whole_batches_since_training() -> None:
+    assert decide.batches_between(dt.date(2026, 3, 9), dt.date(2026, 3, 16), 7) == 1
+    assert decide.batches_between(dt.date(2026, 3, 9), dt.date(2026, 3, 9), 7) == 0
+    assert decide.batches_between(None, dt.date(2026, 3, 9), 7) is None
+
+
+def test_evidently_flags_the_shifted_features_and_only_them() -> None:
+    source = PARAMS.source  # drift from batch 9 on
+    reference = pd.concat([synthetic_batch(source, i) for i in range(4)], ignore_index=True)
+    same, shifted = synthetic_batch(source, 4), synthetic_batch(source, 9)
+    _, calm = evidently_report(reference, same, PARAMS)
+    _, drifted = evidently_report(reference, shifted, PARAMS)
+    assert [f.name for f in calm.features] == PARAMS.schema.feature_names
+    assert not calm.detected and calm.drifted == []
+    assert drifted.detected
+    assert {"annual_income", "credit_score", "loan_amount", "debt_to_income"} <= set(
+        drifted.drifted)
+    assert not {"age", "region", "term"} & set(drifted.drifted)
+
+
+def test_method_and_threshold_come_from_params() -> None:
+    params = PARAMS.model_copy(update={"monitoring": PARAMS.monitoring.model_copy(
+        update={"drift_method": "psi", "drift_threshold": 0.2})})
+    reference, current = synthetic_batch(params.source, 0), synthetic_batch(params.source, 1)
+    _, result = evidently_report(reference, current, params)
+    assert {f.threshold for f in result.features} == {0.2}
+    assert {f.method for f in result.features} == {"psi"}
+
+
+def test_a_report_without_a_feature_verdict_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no verdict for"):
+        decide.feature_drift({"metrics": [], "tests": []}, ["age"])
+
+
+def test_set_values_moves_values_and_keeps_comments() -> None:
+    text = ('source:\n  n_batches: 8      # the clock\n  seed: 7\nwindow:\n'
+            '  start: "2026-01-05"\n  end: "2026-02-23"\n')
+    out = set_values(text, {"source.n_batches": 10, "window.end": "2026-03-09"})
+    assert out == ('source:\n  n_batches: 10     # the clock\n  seed: 7\nwindow:\n'
+                   '  start: "2026-01-05"\n  end: "2026-03-09"\n')
+    with pytest.raises(KeyError, match=r"window\.middle"):
+        set_values(text, {"window.middle": 1})
+
+
+def test_window_slides_forward_keeping_its_length() -> None:
+    start, end = ct.window_ending_at(dt.date(2026, 1, 5), dt.date(2026, 2, 23),
+                                     dt.date(2026, 3, 9))
+    assert (start, end) == (dt.date(2026, 1, 19), dt.date(2026, 3, 9))
+
+
+def test_failed_cycle_summary_names_the_step() -> None:
+    summary = {"time": "t", "status": "failed", "failed_step": "retrain",
+               "error": "`dvc repro` exited with 1", "champion_before": "2",
+               "champion_after": "2", "window_before": "a..b", "window_after": "a..b",
+               "seconds": 3.0}
+    markdown = ct.to_markdown(summary)
+    assert "failed at step 'retrain'" in markdown and "v2 (unchanged)" in markdown
+
+
+def test_a_second_cycle_waits_for_the_first(project: Project) -> None:
+    with (project.root / ct.LOCK_FILE).open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = project.run(sys.executable, "-m", "monitoring.ct", check=False)
+    assert result.returncode == ct.LOCK_BUSY
+    assert "another CT cycle holds .ct.lock" in result.stderr
+    assert load_params(project.root).source.n_batches == 8  # nothing moved
