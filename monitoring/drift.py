@@ -186,7 +186,7 @@ def describe(summary: dict[str, Any]) -> str:
     lines = [f"drift: {window['description']}, {window['rows']} rows vs the reference of "
              f"champion v{reference['champion']} ({reference['training_window']}, "
              f"{reference['rows']} rows)"]
-    lines += [f"drift: {reason}" for reason in verdict["reasons"]]
+    lines += [f"  - {reason}" for reason in verdict["reasons"]]
     lines.append(f"drift: decision {verdict['action'].upper()}"
                  + (f"; report {summary['report_html']}" if summary["report_html"] else ""))
     return "\n".join(lines)
