@@ -78,18 +78,19 @@ class PerformanceResult:
     rows: int
     metrics: dict[str, float]
     floors: dict[str, float]
+    source: str  # what was scored: the served predictions, or the champion re-scored
     below: list[str] = field(default_factory=list)  # metrics under their floor
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def performance(metrics: dict[str, float], rows: int, floors: dict[str, float]
-                ) -> PerformanceResult:
+def performance(metrics: dict[str, float], rows: int, floors: dict[str, float],
+                source: str = "champion re-scored") -> PerformanceResult:
     # `not >=` so that a missing or NaN metric (one class only in the data) fails too.
     below = [name for name, floor in floors.items()
              if not metrics.get(name, float("nan")) >= floor]
-    return PerformanceResult(rows, metrics, dict(floors), below)
+    return PerformanceResult(rows, metrics, dict(floors), source, below)
 
 
 def batches_between(last_trained_end: dt.date | None, newest_batch: dt.date,
@@ -140,9 +141,9 @@ def decide(*, current_rows: int, min_rows: int, drift: DriftResult | None,
                           for k, v in perf.floors.items())
         if perf.below:
             triggers.append("performance")
-            reasons.append(f"performance below floor on {perf.rows} labelled rows: {shown}")
+            reasons.append(f"performance below floor ({perf.source}, {perf.rows} rows): {shown}")
         else:
-            reasons.append(f"performance holds on {perf.rows} labelled rows: {shown}")
+            reasons.append(f"performance holds ({perf.source}, {perf.rows} rows): {shown}")
     if force:
         return Verdict(RETRAIN, [*reasons, "forced: retrain regardless of drift and cooldown"],
                        [*triggers, "force"])

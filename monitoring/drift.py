@@ -9,8 +9,10 @@
 - Columns and types come from the schema in params.yaml, as for `validate` and the service.
 - Evidently's DataDriftPreset runs one drift test per feature (method and threshold from
   params.yaml, or Evidently's defaults); the HTML report is Evidently's own.
-- Performance: where the window carries outcomes (a raw batch does), the champion is scored
-  on them against gate.min_metrics: a drop below a floor is a second trigger.
+- Performance: where the window carries outcomes (a raw batch does), the predictions the
+  service logged for those rows are joined with them (on the feature values) and scored
+  against gate.min_metrics; with no logged traffic, the champion is re-scored on them. A drop
+  below a floor is a second trigger.
 
 Writes <report_dir>/drift_report.html and drift.json (figures, window, verdict and reasons).
 Imports mlflow and evidently (~6 s each): it runs in its own process, never in the service.
@@ -32,6 +34,7 @@ from mlpipeline.config import RAW_DIR, Params, load_params
 from mlpipeline.schema import Schema, coerce
 from mlpipeline.source import BATCH_SUFFIXES, read_batch
 from monitoring import decide
+from serving.prediction_log import read_log  # the service's log format (Parquet, no server)
 
 REPORT_HTML = "drift_report.html"
 REPORT_JSON = "drift.json"
@@ -53,6 +56,20 @@ def typed_features(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     return pd.DataFrame({**numeric, **categorical})[schema.feature_names]
 
 
+def logged_outcomes(log: pd.DataFrame, labelled: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """The served predictions of the rows whose outcomes arrived, joined on the feature values
+    (the request carries no id that the source also knows). The latest answer per row wins."""
+    keys = schema.feature_names
+    if log.empty or not set(keys) <= set(log.columns):
+        return pd.DataFrame(columns=[*keys, schema.target, "probability", "model_version"])
+    served = typed_features(log, schema).assign(
+        probability=log["probability"].to_numpy(), model_version=log["model_version"].to_numpy())
+    served = served.drop_duplicates(keys, keep="last")
+    outcomes = typed_features(labelled, schema).assign(
+        **{schema.target: labelled[schema.target].to_numpy()})
+    return outcomes.merge(served, on=keys, how="inner")
+
+
 @dataclass
 class Window:
     kind: str  # batch | log
@@ -70,8 +87,6 @@ def batch_window(params: Params) -> Window:
 
 
 def log_window(params: Params, since: dt.datetime | None, until: dt.datetime | None) -> Window:
-    from serving.prediction_log import read_log  # reading Parquet parts: no service imports
-
     until = until or dt.datetime.now(dt.UTC)
     since = since or until - dt.timedelta(hours=params.monitoring.log_window_hours)
     log = read_log(params.path(params.serving.prediction_log_dir))
@@ -118,7 +133,7 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
     current = current or params.monitoring.current
     window = batch_window(params) if current == "batch" else log_window(params, since, until)
 
-    from mlpipeline.evaluate import evaluate
+    from mlpipeline.evaluate import classification_metrics, evaluate
     from mlpipeline.registry import CHAMPION, Registry
 
     registry = Registry(params)
@@ -140,13 +155,23 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
         snapshot, drift_result = evidently_report(reference, window.frame, params)
 
     perf = None
-    target = params.schema.target
-    if target in window.frame.columns:
-        labelled = window.frame[window.frame[target].notna()]
-        if len(labelled) >= settings.min_labelled_rows:
+    schema = params.schema
+    if schema.target in window.frame.columns:
+        labelled = window.frame[window.frame[schema.target].notna()]
+        served = logged_outcomes(read_log(params.path(params.serving.prediction_log_dir)),
+                                 labelled, schema)
+        if len(served) >= settings.min_labelled_rows:
+            # What production actually answered, whichever version and runtime answered it.
+            actual = (served[schema.target] == schema.positive_class).astype(int).to_numpy()
+            metrics = classification_metrics(actual, served["probability"].to_numpy(),
+                                             params.evaluate.threshold)
+            perf = decide.performance(metrics, len(served), params.gate.min_metrics,
+                                      "served predictions joined with outcomes")
+        elif len(labelled) >= settings.min_labelled_rows:  # no traffic logged for this batch
             model = registry.load_sklearn(info.version)
             metrics, _, _ = evaluate(model, labelled, params)
-            perf = decide.performance(metrics, len(labelled), params.gate.min_metrics)
+            perf = decide.performance(metrics, len(labelled), params.gate.min_metrics,
+                                      f"champion v{info.version} re-scored on outcomes")
 
     newest = newest_batch(params.path(RAW_DIR))
     last_end = registry.last_training_end()

@@ -13,7 +13,7 @@ import pytest
 from mlpipeline.config import load_params, set_values
 from mlpipeline.source import synthetic_batch
 from monitoring import ct, decide
-from monitoring.drift import evidently_report
+from monitoring.drift import evidently_report, logged_outcomes
 from tests.conftest import REPO, Project
 
 PARAMS = load_params(REPO)
@@ -53,11 +53,12 @@ def test_too_few_rows_is_no_retrain_with_that_reason_even_when_drifted() -> None
 
 def test_performance_below_a_floor_is_a_second_trigger() -> None:
     floors = {"roc_auc": 0.7, "precision": 0.3}
-    holds = decide.performance({"roc_auc": 0.78, "precision": 0.4}, 1500, floors)
+    holds = decide.performance({"roc_auc": 0.78, "precision": 0.4}, 1500, floors, "served")
     drops = decide.performance({"roc_auc": 0.66, "precision": 0.4}, 1500, floors)
     one_class = decide.performance({"roc_auc": float("nan"), "precision": 0.4}, 1500, floors)
     assert holds.below == [] and drops.below == ["roc_auc"] and one_class.below == ["roc_auc"]
     assert verdict(perf=holds).action == "no-retrain"
+    assert verdict(perf=holds).reasons[-1].startswith("performance holds (served, 1500 rows)")
     result = verdict(perf=drops)
     assert result.action == "retrain" and result.triggers == ["performance"]
 
@@ -108,6 +109,20 @@ def test_method_and_threshold_come_from_params() -> None:
     _, result = evidently_report(reference, current, params)
     assert {f.threshold for f in result.features} == {0.2}
     assert {f.method for f in result.features} == {"psi"}
+
+
+def test_served_predictions_are_joined_with_the_outcomes_that_arrived_later() -> None:
+    schema = PARAMS.schema
+    batch = synthetic_batch(PARAMS.source, 0).head(3)
+    batch.loc[0, "credit_score"] = float("nan")  # a missing value still matches itself
+    served = batch[schema.feature_names].astype(object).where(batch.notna(), None)
+    log = pd.concat([served.iloc[[0, 1]], served.iloc[[1]]], ignore_index=True).assign(
+        probability=[0.1, 0.2, 0.3], model_version=["1", "1", "2"])
+    joined = logged_outcomes(log, batch, schema)
+    assert len(joined) == 2  # row 2 was never served
+    assert list(joined["probability"]) == [0.1, 0.3]  # the latest answer for row 1
+    assert list(joined[schema.target]) == list(batch[schema.target].iloc[:2])
+    assert logged_outcomes(pd.DataFrame(), batch, schema).empty
 
 
 def test_a_report_without_a_feature_verdict_is_an_error() -> None:
