@@ -49,9 +49,10 @@ class Project:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(list(args), cwd=self.root, env=ENV, capture_output=True,
-                                text=True)
+    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(list(args), cwd=self.root, env={**ENV, **(env or {})},
+                                capture_output=True, text=True)
         if check and result.returncode != 0:
             raise AssertionError(f"{args} failed ({result.returncode}):\n"
                                  f"{result.stdout}\n{result.stderr}")

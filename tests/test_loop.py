@@ -3,14 +3,16 @@ uvicorn process serving the champion, Evidently drift checks and CT cycles as a 
 (`python -m monitoring.ct`), against the synthetic source's drift scenario (drift from batch 9).
 
 v1 trained on batches 0-7 is served. Batch 8 (no drift, sent to the service as traffic and
-checked from the prediction log) changes nothing. Batch 9 (drifted) retrains, v2 passes the
-gate and the running service answers with v2. Batch 10 is drifted too, but within the cooldown.
-Batch 11 retrains a worse model: the gate rejects it and v2 stays. A cycle that fails restores
-params, dvc.lock and data.
+checked from the prediction log; data pushed to a DVC remote) changes nothing. Batch 9
+(drifted) retrains, v2 passes the gate and the running service answers with v2. Batch 10 is
+drifted too, but within the cooldown. Batch 11 retrains a worse model: the gate rejects it and
+v2 stays. A cycle that fails restores params, dvc.lock and data. A log span without traffic
+gives no verdict.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import time
@@ -22,6 +24,7 @@ import pytest
 
 from mlpipeline.config import load_params, set_values
 from monitoring.demo import send, upcoming_traffic, wait_for_version
+from monitoring.drift import run_check
 from serving.launch import free_port, start_service, wait_http_ok
 from serving.prediction_log import read_log
 from tests.conftest import ENV, Project, make_project
@@ -30,8 +33,9 @@ from tests.test_serving import RECORD
 pytestmark = pytest.mark.slow
 
 
-def ct(project: Project, *args: str, check: bool = True) -> tuple[dict[str, Any], str]:
-    result = project.run(sys.executable, "-m", "monitoring.ct", *args, check=check)
+def ct(project: Project, *args: str, check: bool = True, env: dict[str, str] | None = None
+       ) -> tuple[dict[str, Any], str]:
+    result = project.run(sys.executable, "-m", "monitoring.ct", *args, check=check, env=env)
     summary = json.loads(project.read("reports/ct/summary.json"))
     return summary, result.stdout + result.stderr
 
@@ -68,7 +72,8 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
             assert time.monotonic() < deadline, "the prediction log never caught up"
             time.sleep(0.2)
         lock_before = project.read("dvc.lock")
-        summary, out = ct(project, "--current", "log")
+        remote = tmp_path / "dvc-remote"  # as the CT workflow's DVC_REMOTE_URL secret
+        summary, out = ct(project, "--current", "log", env={"DVC_REMOTE_URL": str(remote)})
         assert summary["status"] == "ok", out
         assert summary["window"]["kind"] == "log" and summary["window"]["rows"] == sent
         assert summary["drift"]["detected"] is False and summary["drift"]["share"] < 0.3
@@ -80,14 +85,20 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
         assert project.read("dvc.lock") != lock_before  # ... and DVC versioned the new batch
         assert (project.root / summary["report_html"]).stat().st_size > 10_000
         assert "no drift" in project.read("reports/ct/summary.md")
+        assert len([f for f in remote.rglob("*") if f.is_file()]) > 10  # the data was pushed
 
-        # Batch 9, drifted (and the champion's real performance on its outcomes drops).
+        # Batch 9, drifted: its applications are served first, its outcomes come with the batch.
+        assert send(url, upcoming_traffic(load_params(project.root)), 500) == {"1"}
+        time.sleep(1.5)  # the prediction log flushes every 0.5 s
         summary, out = ct(project)
         assert summary["status"] == "ok", out
         assert summary["drift"]["detected"] is True, summary["drift"]
         assert {"annual_income", "credit_score", "debt_to_income"} <= set(
             summary["drift"]["drifted"])
-        assert "performance" in summary["decision"]["triggers"]
+        assert "performance" in summary["decision"]["triggers"]  # v1's served answers, scored
+        assert summary["performance"]["source"] == "served predictions joined with outcomes"
+        assert summary["performance"]["rows"] == 1500
+        assert summary["performance"]["metrics"]["roc_auc"] < 0.70
         assert summary["decision"]["action"] == "retrain"
         assert summary["gate"]["promoted"] is True
         assert (summary["champion_before"], summary["champion_after"]) == ("1", "2")
@@ -135,4 +146,11 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
     assert project.read("dvc.lock") == lock_before
     assert sorted(p.name for p in (project.root / "data/raw").iterdir()) == batches_before
     assert summary["champion_after"] == "2"
+
+    # The prediction log over a span without traffic: no verdict on zero rows.
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    check = run_check(load_params(project.root), "log", since=later)
+    assert check["window"]["rows"] == 0 and check["drift"] is None
+    assert check["decision"]["action"] == "no-retrain"
+    assert "fewer than monitoring.min_rows" in check["decision"]["reasons"][0]
 
