@@ -90,7 +90,10 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
         # Batch 9, drifted: its applications are served first, its outcomes come with the batch.
         assert send(url, upcoming_traffic(load_params(project.root)), 500) == {"1"}
         time.sleep(1.5)  # the prediction log flushes every 0.5 s
-        summary, out = ct(project)
+        outputs, step_summary = tmp_path / "github_output", tmp_path / "step_summary.md"
+        head = project.git("rev-parse", "HEAD").stdout.strip()
+        summary, out = ct(project, "--commit", "--outputs", str(outputs),  # as ct.yml runs it
+                          "--summary-to", str(step_summary))
         assert summary["status"] == "ok", out
         assert summary["drift"]["detected"] is True, summary["drift"]
         assert {"annual_income", "credit_score", "debt_to_income"} <= set(
@@ -109,6 +112,13 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
         assert service.poll() is None  # the same process, never restarted
         markdown = project.read("reports/ct/summary.md")
         assert "v1 -> v2" in markdown and "| debt_to_income |" in markdown
+        assert step_summary.read_text() == markdown
+        assert outputs.read_text() == "status=ok\ndecision=retrain\npromoted=true\nchampion=2\n"
+        committed = project.git("show", "--name-only", "--format=%s", "HEAD").stdout
+        assert project.git("rev-parse", "HEAD~1").stdout.strip() == head
+        assert committed.startswith("CT: champion v1 -> v2")
+        assert {"params.yaml", "dvc.lock", "reports/gate.json"} <= set(committed.split())
+        assert project.git("status", "--porcelain", "params.yaml", "dvc.lock").stdout == ""
 
         # Batch 10: drift persists, but v2 trained on data up to batch 9: cooldown.
         summary, out = ct(project)
