@@ -26,7 +26,10 @@ def read_log(folder: Path) -> pd.DataFrame:
     parts = sorted(folder.glob("date=*/*.parquet"))
     if not parts:
         return pd.DataFrame()
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    # Concatenate as Arrow: a part whose column is all null has type null, which
+    # Arrow promotes cleanly (pandas warns and may change the dtype).
+    tables = [pq.read_table(p) for p in parts]
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
 class PredictionLog:

@@ -8,12 +8,15 @@ import fcntl
 import sys
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from mlpipeline.config import load_params, set_values
 from mlpipeline.source import synthetic_batch
 from monitoring import ct, decide
 from monitoring.drift import evidently_report, logged_outcomes
+from serving.prediction_log import read_log
 from tests.conftest import REPO, Project
 
 PARAMS = load_params(REPO)
@@ -123,6 +126,17 @@ def test_served_predictions_are_joined_with_the_outcomes_that_arrived_later() ->
     assert list(joined["probability"]) == [0.1, 0.3]  # the latest answer for row 1
     assert list(joined[schema.target]) == list(batch[schema.target].iloc[:2])
     assert logged_outcomes(pd.DataFrame(), batch, schema).empty
+
+
+def test_log_parts_with_an_all_missing_column_read_as_one_frame(tmp_path) -> None:
+    part = tmp_path / "date=2026-03-02"
+    part.mkdir()
+    pq.write_table(pa.table({"age": [30.0, 41.0], "purpose": pa.array([None, None])}),
+                   part / "1.parquet")  # a flush where every purpose was missing
+    pq.write_table(pa.table({"age": [52.0], "purpose": ["car"]}), part / "2.parquet")
+    log = read_log(tmp_path)
+    assert list(log["age"]) == [30.0, 41.0, 52.0]
+    assert list(log["purpose"]) == [None, None, "car"]
 
 
 def test_a_report_without_a_feature_verdict_is_an_error() -> None:
