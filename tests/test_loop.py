@@ -6,7 +6,8 @@ v1 trained on batches 0-7 is served. Batch 8 (no drift, sent to the service as t
 checked from the prediction log; data pushed to a DVC remote) changes nothing. Batch 9
 (drifted) retrains, v2 passes the gate and the running service answers with v2. Batch 10 is
 drifted too, but within the cooldown. Batch 11 retrains a worse model: the gate rejects it and
-v2 stays. A cycle that fails restores params, dvc.lock and data. A log span without traffic
+v2 stays. A forced cycle whose new champion v4 cannot be pushed to the DVC remote fails: v2
+is champion again and params, dvc.lock and data are restored. A log span without traffic
 gives no verdict.
 """
 
@@ -50,6 +51,8 @@ def served_version(url: str) -> str:
 
 
 def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path) -> None:
+    from mlpipeline.registry import Registry  # mlflow: not at collection time
+
     project = make_project(tmp_path / "project")
     set_param(project, "serving.log_flush_seconds", 0.5)
     project.commit("test settings")
@@ -143,19 +146,27 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
         service.terminate()
         service.wait(timeout=30)
 
-    # A cycle that fails part-way puts everything back and names the step.
+    # A cycle that fails after its new model was promoted (the DVC remote is a file, so the
+    # last step, `push data`, fails) moves the champion back and restores params and data.
     set_param(project, "train.model", "random_forest")
-    set_param(project, "monitoring.drift_method", "no_such_test")
-    params_before = project.read("params.yaml")
-    lock_before = project.read("dvc.lock")
+    params_before, lock_before = project.read("params.yaml"), project.read("dvc.lock")
     batches_before = sorted(p.name for p in (project.root / "data/raw").iterdir())
-    summary, out = ct(project, check=False)
-    assert summary["status"] == "failed" and summary["failed_step"] == "drift check", out
-    assert "FAILED at step 'drift check'" in out
+    not_a_folder = tmp_path / "remote-is-a-file"
+    not_a_folder.write_text("a DVC remote cannot live here\n")
+    summary, out = ct(project, "--force", check=False, env={"DVC_REMOTE_URL": str(not_a_folder)})
+    assert summary["status"] == "failed" and summary["failed_step"] == "push data", out
+    assert "FAILED at step 'push data'" in out
+    assert summary["gate"]["promoted"] is True  # v4 was champion when the push failed ...
+    assert summary["champion_before"] == summary["champion_after"] == "2"  # ... and is no more
+    assert summary["restore_problems"] == []
+    last = Registry(load_params(project.root)).history()[-1]
+    assert (last.from_version, last.to_version, last.reason) == ("4", "2", "rollback")
+    assert "push data" in last.note
     assert project.read("params.yaml") == params_before
     assert project.read("dvc.lock") == lock_before
     assert sorted(p.name for p in (project.root / "data/raw").iterdir()) == batches_before
-    assert summary["champion_after"] == "2"
+    status = project.dvc("status", "--json")  # every stage's outputs match dvc.lock again
+    assert json.loads(status.stdout) == {}, status.stdout
 
     # The prediction log over a span without traffic: no verdict on zero rows.
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
