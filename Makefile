@@ -86,7 +86,9 @@ bench: setup
 ct: setup
 	$(RUN) python -m monitoring.ct $(if $(FORCE),--force) $(CT_ARGS)
 
+# `dvc repro validate` first: a batch that just landed is versioned and checked, not skipped.
 drift: setup
+	$(RUN) dvc repro validate
 	$(RUN) python -m monitoring.drift $(if $(CURRENT),--current $(CURRENT))
 
 models: setup

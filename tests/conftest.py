@@ -18,7 +18,7 @@ from mlpipeline.config import set_values
 REPO = Path(__file__).resolve().parents[1]
 # What a pipeline run needs from the repository; src/ because dvc.yaml hashes stage code.
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config",
-                 ".dvc/.gitignore", "src"]
+                 ".dvc/.gitignore", "data/.gitignore", "data/landing/.gitkeep", "src"]
 BIN = Path(sys.executable).parent
 # The source clock and training window that params.yaml ships with (CT moves them).
 INITIAL_STATE = {"source.n_batches": 8, "window.start": "2026-01-05", "window.end": "2026-02-23"}

@@ -153,9 +153,13 @@ def test_corrupted_batch_stops_the_pipeline_at_validate(project: Project, corrup
     output = result.stdout + result.stderr
     assert "validate: FAILED" in output
     assert f"column {column!r}, rule {rule}" in output
-    expected_rows = {"wrong_type": "5 of 6000", "out_of_range": "3 of 6000",
-                     "missing_column": "6000 of 6000", "unknown_category": "100 of 6000"}
-    assert expected_rows[corruption] in output
+    # Counted in the batch that broke the rule (1500 rows), not over the whole window.
+    expected = {"wrong_type": "5 of 1500 rows", "out_of_range": "3 of 1500 rows",
+                "missing_column": "missing from this batch (1500 rows)",
+                "unknown_category": "100 of 1500 rows"}
+    assert f"batch 2026-01-19.csv: column {column!r}, rule {rule}: {expected[corruption]}" \
+        in output
+    assert "landing folder landing/" in output  # where to fix it, not data/raw
     assert "Traceback" not in output
     for downstream in ["data/prepared", "models", "reports/metrics.json", "mlflow.db"]:
         assert not (project.root / downstream).exists(), downstream
@@ -175,7 +179,7 @@ def test_second_dataset_runs_through_the_same_stages(project: Project) -> None:
     def breast_cancer(params: dict[str, Any]) -> None:
         params["source"].update(kind="breast_cancer", batch_rows=100, n_batches=6)
         params["window"].update(start="2026-01-05", end="2026-02-09")
-        params["validate"]["min_rows"] = 300
+        params["validate"].update(min_rows=300, min_batch_rows=50)  # the last batch has 69
         params["prepare"]["reference_rows"] = 200
         params["schema"] = {"target": "target", "classes": [0, 1], "time_column": "observed_at",
                             "features": features}

@@ -40,7 +40,9 @@ class SourceParams(_Strict):
     batch_days: int = Field(7, gt=0)
     batch_rows: int = Field(1500, gt=0)
     n_batches: int = Field(8, gt=0)
-    path: str | None = None  # kind=files: folder of YYYY-MM-DD.csv|parquet batches
+    # The landing folder: kind=files copies its YYYY-MM-DD.csv|parquet batches. dvc.yaml
+    # declares it as a dependency of `generate` for every kind, so it must exist.
+    path: str = "data/landing"
     drift: DriftScenario = DriftScenario()
 
 
@@ -58,13 +60,22 @@ class WindowParams(_Strict):
 
 
 class ValidateParams(_Strict):
-    min_rows: int = 100
+    min_rows: int = 100  # in the whole window
+    min_batch_rows: int = Field(1, ge=1)  # in each batch
+    # Shares of rows allowed to break a rule, in each batch and over the window.
     max_unknown_category_share: float = 0.01
     max_out_of_range_share: float = 0.0
+    max_misdated_share: float = 0.0  # rows dated outside their batch (name .. next batch)
+    # Two batches for one day, or rows a batch repeats from an earlier one: refuse the batch,
+    # or drop the repeated rows (and count them in the report).
+    repeated_rows: Literal["refuse", "drop"] = "refuse"
 
 
 class PrepareParams(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    # Coarse batches (monthly, yearly) cannot be cut near test_fraction: set this to make the
+    # last N batches of the window the test split instead. null = the time cut.
+    test_batches: int | None = Field(None, gt=0)
     reference_rows: int = Field(5000, gt=0)
     seed: int = 7
 
@@ -82,6 +93,7 @@ class TrainParams(_Strict):
 class EvaluateParams(_Strict):
     threshold: float = Field(0.5, gt=0, lt=1)
     calibration_bins: int = Field(10, gt=1)
+    curve_points: int = Field(200, ge=10)  # ROC and PR curves are thinned to about this many
 
 
 class GateParams(_Strict):
@@ -182,6 +194,7 @@ def load_params(root: Path | None = None) -> Params:
 # Where each stage reads and writes, relative to the project root (dvc.yaml names the same).
 RAW_DIR = Path("data/raw")
 DATASET = Path("data/interim/dataset.parquet")
+BATCHES = Path("data/interim/batches.json")
 VALIDATED = Path("data/interim/validated.parquet")
 TRAIN_SPLIT = Path("data/prepared/train.parquet")
 TEST_SPLIT = Path("data/prepared/test.parquet")

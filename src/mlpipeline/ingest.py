@@ -1,59 +1,119 @@
-"""Stage `ingest`: collect the raw batches inside the training window into one table."""
+"""Stage `ingest`: read the raw batches from the window's start on into one table.
+
+Every batch file dated from `window.start` on is read: the window's batches are what the
+model trains on, later ones are what the drift check compares next, so both must pass
+`validate`. Older batches are listed but not read. A file that cannot be read does not stop
+this stage: it is recorded with its reason in data/interim/batches.json, beside each file's
+hash, row count and columns, and `validate` refuses it with everything else it finds.
+
+Each row keeps where it came from (`_batch`: the file name, `_row`: its row in that file), so
+every validation message can name the file and the row to fix.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from mlpipeline.config import DATASET, RAW_DIR, Params, load_params
-from mlpipeline.source import BATCH_SUFFIXES, read_batch
+from mlpipeline.config import BATCHES, DATASET, RAW_DIR, Params, load_params
+from mlpipeline.lineage import file_md5
+from mlpipeline.schema import BATCH_COLUMN, ROW_COLUMN
+from mlpipeline.source import BATCH_SUFFIXES, UnreadableBatch, read_batch
 
 
-def batches_in_window(raw_dir: Path, start: dt.date, end: dt.date) -> list[Path]:
-    """Batch files dated (by name) from `start` to `end`, both inclusive, oldest first."""
-    chosen = []
+@dataclass(frozen=True)
+class BatchFile:
+    """One batch file as delivered: what `validate` judges before looking at its values."""
+
+    file: str
+    date: str  # from the name: the batch's first day
+    next_date: str | None  # the next batch's first day: this batch's rows are dated before it
+    md5: str
+    bytes: int
+    role: str  # before window (not read) | window | after window
+    rows: int = 0
+    columns: tuple[str, ...] = ()
+    error: str = ""  # why the file could not be read; "" = read
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BatchFile:
+        return cls(**{**data, "columns": tuple(data["columns"])})
+
+
+def dated_batches(raw_dir: Path) -> list[tuple[dt.date, Path]]:
+    """Batch files by the date in their names, oldest first."""
+    dated = []
     for file in sorted(raw_dir.iterdir()):
         if file.suffix not in BATCH_SUFFIXES:
             continue
         try:
-            day = dt.date.fromisoformat(file.stem)
+            dated.append((dt.date.fromisoformat(file.stem), file))
         except ValueError:
             raise SystemExit(
                 f"ingest: cannot date {file.name}: name batches YYYY-MM-DD.csv"
             ) from None
-        if start <= day <= end:
-            chosen.append(file)
-    return chosen
+    return sorted(dated, key=lambda pair: (pair[0], pair[1].name))
 
 
-def ingest(params: Params) -> tuple[pd.DataFrame, list[Path]]:
-    files = batches_in_window(params.path(RAW_DIR), params.window.start, params.window.end)
-    if not files:
+def batches_in_window(raw_dir: Path, start: dt.date, end: dt.date) -> list[Path]:
+    """Batch files dated (by name) from `start` to `end`, both inclusive, oldest first."""
+    return [file for day, file in dated_batches(raw_dir) if start <= day <= end]
+
+
+def ingest(params: Params) -> tuple[pd.DataFrame, list[BatchFile]]:
+    window = params.window
+    dated = dated_batches(params.path(RAW_DIR))
+    if not any(window.start <= day <= window.end for day, _ in dated):
         raise SystemExit(
-            f"ingest: no batch in {RAW_DIR}/ between {params.window.start} and "
-            f"{params.window.end}: move `window` in params.yaml or add batches"
+            f"ingest: no batch in {RAW_DIR}/ between {window.start} and {window.end}: "
+            "move `window` in params.yaml or add batches"
         )
-    batches = [read_batch(f) for f in files]
-    # Keep only the columns every batch has: a column one batch lacks must reach `validate`
-    # as missing, not as a block of nulls that hides which rule broke.
-    frame = pd.concat(batches, ignore_index=True, join="inner")
-    for file, batch in zip(files, batches, strict=True):
-        lacking = sorted(set().union(*(b.columns for b in batches)) - set(batch.columns))
-        if lacking:
-            print(f"ingest: {file.name} lacks columns {lacking}; dropped from the table")
-    return frame, files
+    days = sorted({day for day, _ in dated})
+    following = dict(zip(days, [*days[1:], None], strict=True))
+    ignored = set(params.schema.ignore_columns)
+    frames, batches = [], []
+    for day, file in dated:
+        role = ("before window" if day < window.start
+                else "window" if day <= window.end else "after window")
+        nxt = following[day]
+        info = BatchFile(file.name, day.isoformat(), nxt.isoformat() if nxt else None,
+                         file_md5(file), file.stat().st_size, role)
+        if role != "before window":
+            try:
+                frame = read_batch(file)
+            except UnreadableBatch as error:
+                info = BatchFile(**{**asdict(info), "error": str(error)})
+            else:
+                frame = frame.drop(columns=[c for c in frame.columns if c in ignored])
+                info = BatchFile(**{**asdict(info), "rows": len(frame),
+                                    "columns": tuple(frame.columns)})
+                frames.append(frame.assign(**{BATCH_COLUMN: file.name,
+                                              ROW_COLUMN: range(1, len(frame) + 1)}))
+        batches.append(info)
+    # The union of every batch's columns: a column one batch lacks is null there, and
+    # `validate` reports it for that batch from its delivered column list.
+    table = (pd.concat(frames, ignore_index=True, join="outer") if frames
+             else pd.DataFrame(columns=[BATCH_COLUMN, ROW_COLUMN]))
+    return table, batches
 
 
 def main() -> None:
     params = load_params()
-    frame, files = ingest(params)
+    frame, batches = ingest(params)
     out = params.path(DATASET)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out, index=False)
-    print(f"ingest: {len(frame)} rows from {len(files)} batches "
-          f"({files[0].stem} .. {files[-1].stem}) -> {DATASET}")
+    params.path(BATCHES).write_text(json.dumps([asdict(b) for b in batches], indent=2) + "\n")
+    read = [b for b in batches if b.role != "before window"]
+    in_window = [b for b in read if b.role == "window"]
+    unreadable = sum(bool(b.error) for b in read)
+    print(f"ingest: {len(frame)} rows from {len(read)} batches ({len(in_window)} in the window "
+          f"{in_window[0].date} .. {in_window[-1].date}, {len(read) - len(in_window)} after it)"
+          + (f", {unreadable} unreadable" if unreadable else "") + f" -> {DATASET}")
 
 
 if __name__ == "__main__":

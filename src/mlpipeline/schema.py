@@ -8,10 +8,14 @@ The checks here are plain functions on a DataFrame: no files, no side effects.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Columns `ingest` adds to every row so a failing value can be traced to its file and row.
+BATCH_COLUMN = "_batch"  # the batch file's name, e.g. 2026-01-19.csv
+ROW_COLUMN = "_row"  # the row's number inside that file (1 = the first data row)
 
 
 class FeatureSpec(BaseModel):
@@ -46,13 +50,42 @@ class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     target: str
-    classes: list[int] = [0, 1]  # allowed label values; the last one is the positive class
+    # The two label values, as they appear in the data; the last one is the positive class
+    # (e.g. [0, 1] or [repaid, default]).
+    classes: list[int] | list[str] = [0, 1]
     time_column: str
     features: list[FeatureSpec]
+    # Columns the batches may carry that the model does not use (ids, free text): dropped
+    # by `ingest`. Any other column not named here is refused as unexpected.
+    ignore_columns: list[str] = []
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _two_plain_classes(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(isinstance(v, bool) for v in value):
+            raise ValueError("YAML reads yes/no/true/false as booleans: quote the class "
+                             "names, e.g. classes: ['no', 'yes']")
+        if isinstance(value, list) and len(set(map(str, value))) != 2:
+            raise ValueError(f"classes must name exactly two labels (binary classification), "
+                             f"got {value}")
+        return value
 
     @property
-    def positive_class(self) -> int:
+    def positive_class(self) -> int | str:
         return self.classes[-1]
+
+    @property
+    def negative_class(self) -> int | str:
+        return self.classes[0]
+
+    @property
+    def string_labels(self) -> bool:
+        return isinstance(self.classes[0], str)
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column a batch must have: time, target, features."""
+        return [self.time_column, self.target, *self.feature_names]
 
     @property
     def feature_names(self) -> list[str]:
@@ -82,31 +115,43 @@ class Check:
     passed: bool
     example: str = ""
     detail: str = ""  # replaces the row-share sentence for table-level rules
+    batch: str = ""  # the batch file checked on its own; "" = the whole window
 
     @property
     def message(self) -> str:
+        where = f"batch {self.batch}: " if self.batch else ""
+        if self.column != "*":  # "*": a rule about the whole file or table
+            where += f"column {self.column!r}, "
         if self.detail:
-            return f"column {self.column!r}, rule {self.rule}: {self.detail}"
+            return f"{where}rule {self.rule}: {self.detail}"
         share = self.failed_rows / self.total_rows if self.total_rows else 0.0
         text = (
-            f"column {self.column!r}, rule {self.rule}: {self.failed_rows} of "
+            f"{where}rule {self.rule}: {self.failed_rows} of "
             f"{self.total_rows} rows ({share:.2%}) broke it, allowed {self.threshold:.2%}"
         )
         return f"{text}; e.g. {self.example}" if self.example else text
 
 
-def _check(
-    column: str, rule: str, bad: pd.Series, threshold: float, values: pd.Series
-) -> Check:
+def row_location(frame: pd.DataFrame, position: int) -> str:
+    """Where row `position` of a table came from: `row R of FILE` once `ingest` has tagged
+    the rows, else its position in the table."""
+    if BATCH_COLUMN in frame.columns and ROW_COLUMN in frame.columns:
+        return f"row {frame[ROW_COLUMN].iloc[position]} of {frame[BATCH_COLUMN].iloc[position]}"
+    return f"row {position}"
+
+
+def rule_check(column: str, rule: str, bad: pd.Series, threshold: float, values: pd.Series,
+               frame: pd.DataFrame, batch: str = "") -> Check:
     """Count the rows flagged in `bad`; quote the first offending value from `values`."""
     total = len(values)
     n_bad = int(bad.sum())
     example = ""
     if n_bad:
         row = int(bad.to_numpy().nonzero()[0][0])
-        example = f"{values.iloc[row]!r} at row {row}"
+        example = f"{values.iloc[row]!r} at {row_location(frame, row)}"
     share = n_bad / total if total else 0.0
-    return Check(column, rule, n_bad, total, threshold, share <= threshold, example)
+    return Check(column, rule, n_bad, total, threshold, share <= threshold, example,
+                 batch=batch)
 
 
 def coerce(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
@@ -122,8 +167,22 @@ def coerce(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
         else:
             col = frame[spec.name]
             out[spec.name] = col.where(col.isna(), col.astype(str)).astype(object)
-    out[schema.target] = pd.to_numeric(frame[schema.target], errors="coerce")
+    out[schema.target] = coerce_labels(frame[schema.target], schema)
     return out
+
+
+def coerce_labels(values: pd.Series, schema: Schema) -> pd.Series:
+    """Labels typed like `schema.classes`: numbers for [0, 1], text for [repaid, default].
+    A value that does not parse (for numeric classes) becomes missing."""
+    if schema.string_labels:
+        return values.where(values.isna(), values.astype(str).str.strip()).astype(object)
+    return pd.to_numeric(values, errors="coerce")
+
+
+def training_labels(values: pd.Series, schema: Schema) -> pd.Series:
+    """Validated labels as the model learns them: ints for [0, 1], class names otherwise, so
+    the model's `classes_` (and what the service answers) are the schema's own values."""
+    return values.astype(str) if schema.string_labels else values.astype(int)
 
 
 def check_frame(
@@ -133,44 +192,53 @@ def check_frame(
     min_rows: int,
     max_unknown_category_share: float,
     max_out_of_range_share: float,
+    batch: str = "",
 ) -> list[Check]:
-    """Every schema rule on a raw (string or typed) table; the verdict is in each `Check.passed`."""
+    """Every schema rule on a raw (string or typed) table; the verdict is in each `Check.passed`.
+
+    `batch` names the file when the table is one batch, so every message says where to look.
+    """
     total = len(frame)
     enough = total >= min_rows
     checks = [Check("*", f"at least {min_rows} rows", 0 if enough else total, total, 0.0, enough,
-                    detail=f"the table has {total} rows")]
-    required = [schema.time_column, schema.target, *schema.feature_names]
-    missing = [c for c in required if c not in frame.columns]
-    checks += [Check(c, "column present", total, total, 0.0, False) for c in missing]
+                    detail=f"{'the batch' if batch else 'the table'} has {total} rows",
+                    batch=batch)]
+    missing = [c for c in schema.columns if c not in frame.columns]
+    checks += [Check(c, "column present", total, total, 0.0, False, batch=batch)
+               for c in missing]
     if missing:
         return checks  # the per-value rules need every column
 
+    def check(column: str, rule: str, bad: pd.Series, threshold: float) -> Check:
+        return rule_check(column, rule, bad, threshold, frame[column], frame, batch)
+
     typed = coerce(frame, schema)
-    for name in [schema.time_column, schema.target, *schema.numeric]:
+    numeric_columns = [schema.time_column, *schema.numeric]
+    if not schema.string_labels:
+        numeric_columns.insert(1, schema.target)
+    for name in numeric_columns:
         # A value that was there but did not parse is a type error, not a null.
         unparsable = frame[name].notna() & typed[name].isna()
         kind = "timestamp" if name == schema.time_column else "numeric"
-        checks.append(_check(name, f"type {kind}", unparsable, 0.0, frame[name]))
+        checks.append(check(name, f"type {kind}", unparsable, 0.0))
 
     for name in (schema.time_column, schema.target):
-        checks.append(_check(name, "not null", frame[name].isna(), 0.0, frame[name]))
+        checks.append(check(name, "not null", frame[name].isna(), 0.0))
     bad_label = typed[schema.target].notna() & ~typed[schema.target].isin(schema.classes)
-    checks.append(
-        _check(schema.target, f"label in {schema.classes}", bad_label, 0.0, frame[schema.target])
-    )
+    checks.append(check(schema.target, f"label in {schema.classes}", bad_label, 0.0))
 
     for spec in schema.features:
         value = typed[spec.name]
-        raw = frame[spec.name]
-        checks.append(_check(spec.name, "share of nulls", raw.isna(), spec.max_null_share, raw))
+        checks.append(check(spec.name, "share of nulls", frame[spec.name].isna(),
+                            spec.max_null_share))
         if spec.type == "numeric":
             lo = spec.min if spec.min is not None else -float("inf")
             hi = spec.max if spec.max is not None else float("inf")
             out = value.notna() & ((value < lo) | (value > hi))
             rule = f"range [{spec.min}, {spec.max}]"
-            checks.append(_check(spec.name, rule, out, max_out_of_range_share, raw))
+            checks.append(check(spec.name, rule, out, max_out_of_range_share))
         else:
             unknown = value.notna() & ~value.isin(spec.categories or [])
-            rule = "allowed categories"
-            checks.append(_check(spec.name, rule, unknown, max_unknown_category_share, raw))
+            checks.append(check(spec.name, "allowed categories", unknown,
+                                max_unknown_category_share))
     return checks

@@ -1,18 +1,21 @@
 """Stage `generate`: the data source. Writes the batches that have arrived to data/raw/.
 
 One file per batch, named by the batch's first day (`YYYY-MM-DD.csv`): that name is the
-contract `ingest` relies on. `source.n_batches` in params.yaml is the source's clock; moving it
-forward by one is "a new batch arrived", and DVC records the new version of data/raw.
+contract `ingest` relies on. data/raw is a DVC output: every version of it is in DVC's cache.
 
 Kinds (`source.kind`):
+- files: copies the YYYY-MM-DD.csv|parquet batches of the landing folder (`source.path`).
+  dvc.yaml declares that folder as a dependency, so a batch landed, corrected or removed
+  there is a change `dvc status` shows and `dvc repro` acts on.
 - synthetic_loans: the seeded loan-default stream of `mlpipeline.loans`, with optional drift.
+  `source.n_batches` is the simulated source's clock: one more is "a new batch arrived".
 - breast_cancer: scikit-learn's bundled breast-cancer data, cut into batches by row order.
-- files: copies the YYYY-MM-DD.csv|parquet batches of a landing folder (`source.path`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import shutil
 from pathlib import Path
 
@@ -62,13 +65,55 @@ def breast_cancer_batches(params: SourceParams) -> list[pd.DataFrame]:
     return batches
 
 
+class UnreadableBatch(Exception):
+    """A batch file that cannot be read as a table; the message says why, for a person."""
+
+
 def read_batch(file: Path) -> pd.DataFrame:
-    """One raw batch with every value as text (or missing): typing is `validate`'s job."""
+    """One raw batch with every value as text (or missing): typing is `validate`'s job.
+
+    Raises UnreadableBatch naming the reason (empty file, bad encoding, corrupt Parquet).
+    """
+    data = file.read_bytes()
+    if not data:
+        raise UnreadableBatch("empty file (0 bytes)")
     if file.suffix == ".csv":
-        return pd.read_csv(file, dtype=str)
-    frame = pd.read_parquet(file)
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            line = data.count(b"\n", 0, error.start) + 1
+            raise UnreadableBatch(f"not UTF-8 text: byte 0x{data[error.start]:02x} on line "
+                                  f"{line}; save the file as UTF-8") from None
+        try:
+            return pd.read_csv(io.StringIO(text), dtype=str)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            raise UnreadableBatch(f"not a readable CSV file: {_first_line(error)}") from None
+    try:
+        frame = pd.read_parquet(io.BytesIO(data))
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        raise UnreadableBatch(f"not a readable Parquet file: {type(error).__name__}: "
+                              f"{_first_line(error)}") from None
     return frame.astype(object).where(frame.notna(), None).map(
         lambda v: v if v is None else str(v))
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def landed_batches(folder: Path) -> list[Path]:
+    """The batch files of a landing folder, oldest first; fails on a name it cannot date."""
+    batches = []
+    for file in sorted(folder.iterdir()):
+        if file.name.startswith(".") or file.suffix not in BATCH_SUFFIXES:
+            continue  # .gitkeep, notes: not batches
+        try:
+            dt.date.fromisoformat(file.stem)
+        except ValueError:
+            raise SystemExit(f"generate: cannot date {file}: name each batch by its first day, "
+                             "YYYY-MM-DD.csv or YYYY-MM-DD.parquet") from None
+        batches.append(file)
+    return batches
 
 
 def write_batches(params: Params) -> list[Path]:
@@ -80,14 +125,13 @@ def write_batches(params: Params) -> list[Path]:
     raw.mkdir(parents=True)
     written = []
     if source.kind == "files":
-        if not source.path:
-            raise SystemExit("generate: source.kind is 'files' but source.path is not set")
         landing = params.path(source.path)
-        for file in sorted(landing.iterdir()):
-            if file.suffix in BATCH_SUFFIXES:
-                dt.date.fromisoformat(file.stem)  # fail early on a name ingest cannot date
-                written.append(Path(shutil.copy2(file, raw / file.name)))
-        return written
+        if not landing.is_dir():
+            raise SystemExit(f"generate: the landing folder {landing} (source.path) does not "
+                             "exist: create it and put the batches there")
+        # Copied as they are: reading and checking each file is `ingest` and `validate`'s job,
+        # so a bad file is reported with every other problem, naming the file.
+        return [Path(shutil.copy2(f, raw / f.name)) for f in landed_batches(landing)]
     if source.kind == "breast_cancer":
         frames = breast_cancer_batches(source)
     else:
@@ -102,8 +146,10 @@ def write_batches(params: Params) -> list[Path]:
 def main() -> None:
     params = load_params()
     files = write_batches(params)
-    rows = sum(len(read_batch(f)) for f in files)
-    print(f"generate: {len(files)} batches, {rows} rows ({params.source.kind}) -> {RAW_DIR}/")
+    size = sum(f.stat().st_size for f in files) / 1e6
+    origin = (f"landed in {params.source.path}/" if params.source.kind == "files"
+              else f"from the {params.source.kind} source")
+    print(f"generate: {len(files)} batches ({size:.1f} MB) {origin} -> {RAW_DIR}/")
 
 
 if __name__ == "__main__":

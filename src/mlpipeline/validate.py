@@ -1,58 +1,226 @@
-"""Stage `validate`: check the ingested table against the schema; write a typed copy.
+"""Stage `validate`: check each batch, then the window, against the schema; write a typed copy
+of the window.
 
-A JSON report lists every rule with its counts. On a hard failure the stage exits non-zero,
-naming the column, the rule and how many rows broke it, and writes no output, so DVC runs
-nothing downstream.
+Batch by batch (the window's and any newer one, which the drift check compares next):
+readable, enough rows, one batch per day, the schema's columns and no others, rows dated
+inside the batch, no rows repeated from an earlier batch, then every value rule (types,
+ranges, categories, shares of nulls, labels) on that batch alone, so one bad batch cannot
+hide among good ones. Then the same value rules over the whole window.
+
+reports/validation.json lists every batch with its verdict and the window's checks. On any
+failure the stage exits non-zero naming the batch file, the rule and how many rows broke it,
+and writes no output, so DVC runs nothing downstream and the champion cannot move.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import pandas as pd
 
-from mlpipeline.config import DATASET, VALIDATED, VALIDATION_REPORT, Params, load_params
-from mlpipeline.schema import Check, check_frame, coerce
+from mlpipeline.config import (
+    BATCHES,
+    DATASET,
+    VALIDATED,
+    VALIDATION_REPORT,
+    Params,
+    ValidateParams,
+    load_params,
+)
+from mlpipeline.ingest import BatchFile
+from mlpipeline.schema import (
+    BATCH_COLUMN,
+    ROW_COLUMN,
+    Check,
+    Schema,
+    check_frame,
+    coerce,
+    rule_check,
+)
+
+SHOWN_FAILURES = 20  # in the error message; the report has them all
 
 
-def validate(frame: pd.DataFrame, params: Params) -> list[Check]:
-    rules = params.validate_
-    return check_frame(
-        frame,
-        params.schema,
-        min_rows=rules.min_rows,
-        max_unknown_category_share=rules.max_unknown_category_share,
-        max_out_of_range_share=rules.max_out_of_range_share,
-    )
+@dataclass
+class BatchVerdict:
+    file: str
+    date: str
+    md5: str
+    role: str
+    rows: int
+    problems: list[str] = field(default_factory=list)
+    dropped_rows: int = 0  # repeated rows dropped (validate.repeated_rows: drop)
+    checked: bool = True  # False for batches older than the window (not read)
+
+    @property
+    def verdict(self) -> str:
+        if not self.checked:
+            return "not checked (before the window)"
+        return "refused" if self.problems else "accepted"
+
+
+@dataclass
+class Validation:
+    checks: list[Check]  # every batch check and the window's
+    batches: list[BatchVerdict]
+    keep: pd.Series  # rows of the table that go on (bool, aligned with the table)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+
+def _table_rule(batch: BatchFile, column: str, rule: str, rows: int, detail: str,
+                passed: bool = False) -> Check:
+    return Check(column, rule, rows if not passed else 0, rows, 0.0, passed, detail=detail,
+                 batch=batch.file)
+
+
+def file_checks(batch: BatchFile, schema: Schema, first_of_day: str | None,
+                rules: ValidateParams) -> list[Check]:
+    """What can be judged from the file as delivered: readable, its day, its columns."""
+    if batch.error:
+        return [_table_rule(batch, "*", "readable file", 0, batch.error)]
+    checks = []
+    if first_of_day is not None:
+        drop = rules.repeated_rows == "drop"
+        checks.append(_table_rule(
+            batch, "*", "one batch per day", batch.rows,
+            f"{first_of_day} is a batch of {batch.date} too ({batch.rows} rows here)"
+            + ("; rows they share are dropped" if drop else
+               ": keep one of them in the landing folder"), passed=drop))
+    known = {*schema.columns, *schema.ignore_columns}
+    for column in schema.columns:
+        if column not in batch.columns:
+            checks.append(_table_rule(batch, column, "column present", batch.rows,
+                                      f"missing from this batch ({batch.rows} rows)"))
+    for column in batch.columns:
+        if column not in known and column not in (BATCH_COLUMN, ROW_COLUMN):
+            checks.append(_table_rule(
+                batch, column, "column in the schema", batch.rows,
+                f"this batch ({batch.rows} rows) has a column the schema does not know: "
+                "remove it from the file, or list it in schema.ignore_columns"))
+    return checks
+
+
+def dating_check(rows: pd.DataFrame, typed_time: pd.Series, batch: BatchFile,
+                 schema: Schema, rules: ValidateParams) -> Check:
+    """Rows dated before the batch's name or on/after the next batch's first day."""
+    start = pd.Timestamp(batch.date)
+    misdated = typed_time.notna() & (typed_time < start)
+    if batch.next_date:
+        misdated |= typed_time.notna() & (typed_time >= pd.Timestamp(batch.next_date))
+    rule = f"dated in [{batch.date}, {batch.next_date or '...'})"
+    return rule_check(schema.time_column, rule, misdated, rules.max_misdated_share,
+                  rows[schema.time_column], rows, batch.file)
+
+
+def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
+                  ) -> Validation:
+    """Every rule, batch by batch and over the window. A plain function on data."""
+    schema, rules = params.schema, params.validate_
+    value_rules = {"max_unknown_category_share": rules.max_unknown_category_share,
+                   "max_out_of_range_share": rules.max_out_of_range_share}
+    checks: list[Check] = []
+    verdicts: list[BatchVerdict] = []
+    keep = pd.Series(False, index=table.index)
+    first_file_of_day: dict[str, str] = {}
+    earlier_rows: set[int] = set()  # hashes of the typed rows of earlier batches
+    for batch in batches:
+        verdict = BatchVerdict(batch.file, batch.date, batch.md5, batch.role, batch.rows)
+        verdicts.append(verdict)
+        if batch.role == "before window":
+            verdict.checked = False
+            continue
+        found = file_checks(batch, schema, first_file_of_day.get(batch.date), rules)
+        first_file_of_day.setdefault(batch.date, batch.file)
+        if not any(not c.passed for c in found):
+            rows = table[table[BATCH_COLUMN] == batch.file][
+                [*schema.columns, BATCH_COLUMN, ROW_COLUMN]]
+            found += check_frame(rows, schema, min_rows=rules.min_batch_rows, **value_rules,
+                                 batch=batch.file)
+            typed = coerce(rows, schema)
+            found.append(dating_check(rows, typed[schema.time_column], batch, schema, rules))
+            hashes = pd.util.hash_pandas_object(typed[schema.columns], index=False)
+            repeated = hashes.isin(earlier_rows)
+            earlier_rows.update(hashes.tolist())
+            n_repeated = int(repeated.sum())
+            if rules.repeated_rows == "drop":
+                verdict.dropped_rows = n_repeated
+            found.append(Check(
+                "*", "no rows repeated from earlier batches", n_repeated, len(rows), 0.0,
+                n_repeated == 0 or rules.repeated_rows == "drop", batch=batch.file,
+                detail=f"{n_repeated} of {len(rows)} rows repeat rows of earlier batches"
+                       + (" (dropped)" if rules.repeated_rows == "drop" else
+                          ": remove the repeated rows, or set validate.repeated_rows: drop")))
+            keep[rows.index[~repeated.to_numpy()]] = True
+        verdict.problems = [c.message for c in found if not c.passed]
+        checks += found
+
+    in_window = table[BATCH_COLUMN].isin([b.file for b in batches if b.role == "window"])
+    window = table[in_window & keep]
+    checks += check_frame(window[[*schema.columns, BATCH_COLUMN, ROW_COLUMN]]
+                          if set(schema.columns) <= set(window.columns) else window,
+                          schema, min_rows=rules.min_rows, **value_rules)
+    return Validation(checks, verdicts, in_window & keep)
+
+
+def landing_hint(params: Params) -> str:
+    """Where a person fixes a batch: never data/raw, which DVC rewrites from the source."""
+    if params.source.kind == "files":
+        return (f"Fix or remove the batch in the landing folder {params.source.path}/ "
+                "(source.path), or the schema in params.yaml, then run `dvc repro` again")
+    return (f"The batches come from the {params.source.kind} source: check `source` and "
+            "`schema` in params.yaml")
+
+
+def report(validation: Validation, window_rows: int) -> dict[str, Any]:
+    """The JSON report: each batch's verdict, the failed checks, the window's checks."""
+    window_checks = [c for c in validation.checks if not c.batch]
+    return {
+        "passed": not validation.failed,
+        "rows": window_rows,
+        "failed": len(validation.failed),
+        "batches": [{**asdict(b), "verdict": b.verdict} for b in validation.batches],
+        "failures": [asdict(c) | {"message": c.message} for c in validation.failed],
+        "checks": [asdict(c) for c in window_checks],
+    }
 
 
 def main() -> None:
     params = load_params()
-    frame = pd.read_parquet(params.path(DATASET))
-    checks = validate(frame, params)
-    failed = [c for c in checks if not c.passed]
-    report = params.path(VALIDATION_REPORT)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps({
-        "passed": not failed,
-        "rows": len(frame),
-        "failed": len(failed),
-        "checks": [asdict(c) for c in checks],
-    }, indent=2) + "\n")
+    table = pd.read_parquet(params.path(DATASET))
+    batches = [BatchFile.from_dict(b) for b in json.loads(params.path(BATCHES).read_text())]
+    validation = check_batches(table, batches, params)
+    window = table[validation.keep]
     out = params.path(VALIDATED)
+    report_path = params.path(VALIDATION_REPORT)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report(validation, len(window)), indent=2) + "\n")
+    failed = validation.failed
+    refused = [b.file for b in validation.batches if b.verdict == "refused"]
     if failed:
         out.unlink(missing_ok=True)
-        lines = "\n".join(f"  - {c.message}" for c in failed)
+        lines = "\n".join(f"  - {c.message}" for c in failed[:SHOWN_FAILURES])
+        more = (f"\n  ... and {len(failed) - SHOWN_FAILURES} more in {VALIDATION_REPORT}"
+                if len(failed) > SHOWN_FAILURES else "")
         sys.exit(
-            f"validate: FAILED {len(failed)} of {len(checks)} checks on {len(frame)} rows:\n"
-            f"{lines}\nFix the batch in data/raw (or the schema in params.yaml); "
-            f"report: {VALIDATION_REPORT}"
+            f"validate: FAILED {len(failed)} of {len(validation.checks)} checks; refused "
+            f"batches: {', '.join(refused) or 'none (the window as a whole failed)'}:\n"
+            f"{lines}{more}\n{landing_hint(params)}. Report: {VALIDATION_REPORT}"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    coerce(frame, params.schema).to_parquet(out, index=False)
-    print(f"validate: {len(frame)} rows passed {len(checks)} checks -> {VALIDATED}")
+    typed = coerce(window, params.schema)
+    typed[BATCH_COLUMN] = window[BATCH_COLUMN].to_numpy()  # for prepare.test_batches
+    typed.to_parquet(out, index=False)
+    checked = [b for b in validation.batches if b.checked]
+    dropped = sum(b.dropped_rows for b in checked)
+    print(f"validate: {len(checked)} batches accepted, {len(window)} window rows passed "
+          f"{len(validation.checks)} checks" + (f" ({dropped} repeated rows dropped)"
+                                                if dropped else "") + f" -> {VALIDATED}")
 
 
 if __name__ == "__main__":

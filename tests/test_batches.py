@@ -1,0 +1,225 @@
+"""Batch-by-batch validation as plain functions: `ingest` reads the files, `check_batches`
+judges them. Each bad batch is refused naming the file, the rule and the count in that file;
+good batches are never blamed. (The same cases through `dvc repro`: test_landing.py.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mlpipeline.config import Params, ValidateParams, WindowParams, load_params
+from mlpipeline.ingest import ingest
+from mlpipeline.schema import Schema
+from mlpipeline.source import UnreadableBatch, read_batch, synthetic_batch
+from mlpipeline.validate import Validation, check_batches, report
+from tests.conftest import REPO
+
+PARAMS = load_params(REPO)
+DAYS = [(dt.date(2026, 1, 5) + dt.timedelta(days=7 * i)).isoformat() for i in range(5)]
+BAD_DAY = DAYS[2]  # 2026-01-19
+
+
+def batch(index: int) -> pd.DataFrame:
+    return synthetic_batch(PARAMS.source, index)  # 1500 rows dated inside its week
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    """Four good weekly batches (the window), as `generate` leaves them in data/raw."""
+    folder = tmp_path / "data" / "raw"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        batch(i).to_csv(folder / f"{DAYS[i]}.csv", index=False)
+    return folder
+
+
+def params_for(raw: Path, **validate: object) -> Params:
+    return PARAMS.model_copy(update={
+        "root": raw.parents[1],
+        "window": WindowParams(start=dt.date(2026, 1, 5), end=dt.date(2026, 1, 26)),
+        "validate_": PARAMS.validate_.model_copy(update=validate)})
+
+
+def judge(raw: Path, **validate: object) -> Validation:
+    params = params_for(raw, **validate)
+    table, batches = ingest(params)
+    return check_batches(table, batches, params)
+
+
+def failures(validation: Validation) -> list[str]:
+    return [c.message for c in validation.failed]
+
+
+def refused(validation: Validation) -> list[str]:
+    return [b.file for b in validation.batches if b.verdict == "refused"]
+
+
+def test_good_batches_pass_and_each_is_listed(raw: Path) -> None:
+    validation = judge(raw)
+    assert failures(validation) == []
+    assert [(b.file, b.verdict, b.rows) for b in validation.batches] == [
+        (f"{day}.csv", "accepted", 1500) for day in DAYS[:4]]
+    assert int(validation.keep.sum()) == 6000
+    listed = report(validation, 6000)["batches"]
+    assert all(len(b["md5"]) == 32 for b in listed)
+
+
+def test_zero_byte_file_is_refused_by_name(raw: Path) -> None:
+    (raw / f"{BAD_DAY}.csv").write_bytes(b"")
+    validation = judge(raw)
+    assert refused(validation) == [f"{BAD_DAY}.csv"]
+    assert f"batch {BAD_DAY}.csv: rule readable file: empty file (0 bytes)" in failures(
+        validation)
+
+
+def test_header_only_file_is_refused(raw: Path) -> None:
+    header = ",".join(batch(0).columns) + "\n"
+    (raw / f"{BAD_DAY}.csv").write_text(header)
+    validation = judge(raw)
+    assert refused(validation) == [f"{BAD_DAY}.csv"]
+    assert f"batch {BAD_DAY}.csv: rule at least 100 rows: the batch has 0 rows" in failures(
+        validation)
+
+
+def test_non_utf8_byte_names_the_file_and_line(raw: Path) -> None:
+    path = raw / f"{BAD_DAY}.csv"
+    lines = path.read_bytes().split(b"\n")
+    lines[41] += b"\xe9"  # a Latin-1 byte at the end of data row 41
+    path.write_bytes(b"\n".join(lines))
+    validation = judge(raw)
+    assert refused(validation) == [f"{BAD_DAY}.csv"]
+    [message] = failures(validation)[:1]
+    assert message.startswith(f"batch {BAD_DAY}.csv: rule readable file: not UTF-8 text: "
+                              "byte 0xe9 on line 42")
+
+
+def test_corrupt_parquet_is_refused_by_name(raw: Path) -> None:
+    (raw / f"{BAD_DAY}.csv").unlink()
+    good = raw / f"{BAD_DAY}.parquet"
+    batch(2).to_parquet(good)
+    good.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # a cut-off upload
+    validation = judge(raw)
+    assert refused(validation) == [f"{BAD_DAY}.parquet"]
+    assert any(m.startswith(f"batch {BAD_DAY}.parquet: rule readable file: not a readable "
+                            "Parquet file") for m in failures(validation))
+    with pytest.raises(UnreadableBatch, match="not a readable Parquet file"):
+        read_batch(good)
+
+
+def test_two_files_for_one_day_are_refused(raw: Path) -> None:
+    batch(2).to_parquet(raw / f"{BAD_DAY}.parquet")  # the same day again, as Parquet
+    validation = judge(raw)
+    assert refused(validation) == [f"{BAD_DAY}.parquet"]
+    messages = failures(validation)
+    assert (f"batch {BAD_DAY}.parquet: rule one batch per day: {BAD_DAY}.csv is a batch of "
+            f"{BAD_DAY} too (1500 rows here): keep one of them in the landing folder") in messages
+    assert len(messages) == 1
+    # Told to drop what repeats, the copy's 1500 rows go and the window keeps 6000.
+    dropped = judge(raw, repeated_rows="drop")
+    assert failures(dropped) == []
+    assert [b.dropped_rows for b in dropped.batches if b.file == f"{BAD_DAY}.parquet"] == [1500]
+    assert int(dropped.keep.sum()) == 6000
+
+
+def test_rows_delivered_twice_are_refused_or_dropped_as_configured(raw: Path) -> None:
+    again = pd.concat([batch(2).head(100), batch(3)], ignore_index=True)  # 100 old rows again
+    again.to_csv(raw / f"{DAYS[3]}.csv", index=False)
+    validation = judge(raw)
+    assert refused(validation) == [f"{DAYS[3]}.csv"]
+    messages = failures(validation)
+    assert any(m.startswith(f"batch {DAYS[3]}.csv: rule no rows repeated from earlier batches: "
+                            "100 of 1600 rows") for m in messages)
+    # They are dated in the previous week, too: named with the row in the file.
+    assert (f"batch {DAYS[3]}.csv: column 'application_date', rule dated in [{DAYS[3]}, ...): "
+            f"100 of 1600 rows") in "\n".join(messages)
+    assert "at row 1 of 2026-01-26.csv" in "\n".join(messages)
+
+    dropped = judge(raw, repeated_rows="drop", max_misdated_share=0.1)
+    assert failures(dropped) == []
+    assert [b.dropped_rows for b in dropped.batches] == [0, 0, 0, 100]
+    assert int(dropped.keep.sum()) == 6000
+
+
+def test_missing_column_is_counted_in_its_batch_only(raw: Path) -> None:
+    batch(2).drop(columns=["credit_score"]).to_csv(raw / f"{BAD_DAY}.csv", index=False)
+    validation = judge(raw)
+    assert refused(validation) == [f"{BAD_DAY}.csv"]
+    messages = failures(validation)
+    assert messages == [f"batch {BAD_DAY}.csv: column 'credit_score', rule column present: "
+                        "missing from this batch (1500 rows)"]
+
+
+def test_extra_column_names_the_batch_that_has_it(raw: Path) -> None:
+    batch(2).assign(ssn="000-00-0000").to_csv(raw / f"{BAD_DAY}.csv", index=False)
+    validation = judge(raw)
+    assert refused(validation) == [f"{BAD_DAY}.csv"]
+    [message] = failures(validation)
+    assert message.startswith(f"batch {BAD_DAY}.csv: column 'ssn', rule column in the schema: "
+                              "this batch (1500 rows) has a column the schema does not know")
+    # Listed in schema.ignore_columns, it is dropped instead.
+    schema = Schema.model_validate({**PARAMS.schema.model_dump(), "ignore_columns": ["ssn"]})
+    params = params_for(raw).model_copy(update={"schema_": schema})
+    table, batches = ingest(params)
+    assert "ssn" not in table.columns and check_batches(table, batches, params).failed == []
+
+
+def test_unknown_categories_in_one_batch_cannot_hide_in_the_window(raw: Path) -> None:
+    bad = batch(2)
+    bad.loc[:44, "purpose"] = "crypto"  # 45 of 1500 = 3% here, 45 of 6000 = 0.75% overall
+    bad.to_csv(raw / f"{BAD_DAY}.csv", index=False)
+    validation = judge(raw)
+    assert refused(validation) == [f"{BAD_DAY}.csv"]
+    [message] = failures(validation)
+    assert message == (f"batch {BAD_DAY}.csv: column 'purpose', rule allowed categories: 45 of "
+                       f"1500 rows (3.00%) broke it, allowed 1.00%; e.g. 'crypto' at row 1 of "
+                       f"{BAD_DAY}.csv")
+    window = [c for c in validation.checks if not c.batch and c.column == "purpose"
+              and c.rule == "allowed categories"]
+    assert [(c.failed_rows, c.total_rows, c.passed) for c in window] == [(45, 6000, True)]
+
+
+def test_batches_after_the_window_are_checked_older_ones_are_not(raw: Path) -> None:
+    (raw / "2025-12-29.csv").write_bytes(b"")  # before the window: never read
+    late = batch(4)
+    late.loc[:2, "age"] = "old"
+    late.to_csv(raw / f"{DAYS[4]}.csv", index=False)  # after the window: the drift check's next
+    validation = judge(raw)
+    verdicts = {b.file: b.verdict for b in validation.batches}
+    assert verdicts["2025-12-29.csv"] == "not checked (before the window)"
+    assert verdicts[f"{DAYS[4]}.csv"] == "refused"
+    assert any("'old' at row 1 of 2026-02-02.csv" in m for m in failures(validation))
+    assert int(validation.keep.sum()) == 6000  # the window's rows only
+
+
+def test_string_labels_are_checked_by_name(raw: Path) -> None:
+    for i in range(4):
+        frame = batch(i)
+        frame["default"] = frame["default"].map({0: "repaid", 1: "default"})
+        if i == 2:
+            frame.loc[7, "default"] = "defualt"
+        frame.to_csv(raw / f"{DAYS[i]}.csv", index=False)
+    schema = Schema.model_validate({**PARAMS.schema.model_dump(),
+                                    "classes": ["repaid", "default"]})
+    params = params_for(raw).model_copy(update={"schema_": schema})
+    table, batches = ingest(params)
+    messages = [c.message for c in check_batches(table, batches, params).failed]
+    assert messages[0] == (f"batch {BAD_DAY}.csv: column 'default', rule label in ['repaid', "
+                           "'default']: 1 of 1500 rows (0.07%) broke it, allowed 0.00%; e.g. "
+                           f"'defualt' at row 8 of {BAD_DAY}.csv")
+
+
+def test_yes_no_classes_must_be_quoted() -> None:
+    with pytest.raises(ValueError, match="quote the class names"):
+        Schema.model_validate({**PARAMS.schema.model_dump(), "classes": [False, True]})
+    with pytest.raises(ValueError, match="exactly two labels"):
+        Schema.model_validate({**PARAMS.schema.model_dump(), "classes": ["a", "b", "c"]})
+    assert Schema.model_validate({**PARAMS.schema.model_dump(),
+                                  "classes": ["no", "yes"]}).positive_class == "yes"
+
+
+def test_validate_params_reject_unknown_duplicate_policy() -> None:
+    with pytest.raises(ValueError):
+        ValidateParams(repeated_rows="keep")
