@@ -51,7 +51,7 @@ def create_app(params: Params | None = None, *, start_poller: bool = True) -> Fa
     settings = params.serving
     schema = params.schema
     threshold = params.evaluate.threshold
-    negative_class = next(c for c in schema.classes if c != schema.positive_class)
+    negative_class = schema.negative_class
     Record = record_model(schema)
     Body_ = request_body(Record)
     metrics = ServiceMetrics()

@@ -44,7 +44,7 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def append(self, rows: list[dict], labels: list[int], probabilities: list[float],
+    def append(self, rows: list[dict], labels: list[int | str], probabilities: list[float],
                version: str, request_id: str) -> None:
         """Hand one request's records to the writer; costs a queue put on the request path."""
         self._queue.put((rows, labels, probabilities, version, request_id,

@@ -62,7 +62,7 @@ def request_body(record: type[BaseModel]) -> Any:
 
 
 class Prediction(BaseModel):
-    label: int = Field(description="predicted class (the schema's `classes`)")
+    label: int | str = Field(description="predicted class, as the schema's `classes` name it")
     probability: float = Field(description="probability of the positive class")
 
 

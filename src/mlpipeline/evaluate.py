@@ -53,35 +53,48 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: flo
     return {k: round(float(v), 6) for k, v in figures.items()}
 
 
-def curves(y_true: np.ndarray, proba: np.ndarray, bins: int) -> dict[str, pd.DataFrame]:
+def thin(table: pd.DataFrame, points: int) -> pd.DataFrame:
+    """About `points` rows of a curve, evenly spread along it, first and last kept: a ROC curve
+    has a point per distinct score, which at 70,000 test rows is a megabyte in git."""
+    if len(table) <= points:
+        return table.reset_index(drop=True)
+    keep = np.unique(np.linspace(0, len(table) - 1, points).round().astype(int))
+    return table.iloc[keep].reset_index(drop=True)
+
+
+def curves(y_true: np.ndarray, proba: np.ndarray, bins: int, points: int
+           ) -> dict[str, pd.DataFrame]:
     fpr, tpr, _ = roc_curve(y_true, proba)
     precision, recall, _ = precision_recall_curve(y_true, proba)
     observed, predicted = calibration_curve(y_true, proba, n_bins=bins, strategy="quantile")
     return {
-        "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr}),
-        "pr": pd.DataFrame({"recall": recall, "precision": precision}),
+        "roc": thin(pd.DataFrame({"fpr": fpr, "tpr": tpr}), points),
+        "pr": thin(pd.DataFrame({"recall": recall, "precision": precision}), points),
         "calibration": pd.DataFrame({"mean_predicted": predicted, "fraction_positive": observed}),
     }
 
 
-def positive_proba(model: Any, features: pd.DataFrame, positive_class: int) -> np.ndarray:
+def positive_proba(model: Any, features: pd.DataFrame, positive_class: int | str
+                   ) -> np.ndarray:
     classes = list(model.classes_)
     return model.predict_proba(features)[:, classes.index(positive_class)]
 
 
 def evaluate(model: Any, test: pd.DataFrame, params: Params
              ) -> tuple[dict[str, float], pd.DataFrame, dict[str, pd.DataFrame]]:
-    schema = params.schema
+    schema, settings = params.schema, params.evaluate
     y_true = (test[schema.target] == schema.positive_class).astype(int).to_numpy()
     proba = positive_proba(model, test[schema.feature_names], schema.positive_class)
-    metrics = classification_metrics(y_true, proba, params.evaluate.threshold)
-    predictions = pd.DataFrame({
+    metrics = classification_metrics(y_true, proba, settings.threshold)
+    classes = np.array([schema.negative_class, schema.positive_class])  # ints or names
+    predictions = pd.DataFrame({  # labels as the schema names them (the confusion matrix)
         schema.time_column: test[schema.time_column],
-        "actual": y_true,
-        "predicted": (proba >= params.evaluate.threshold).astype(int),
+        "actual": classes[y_true],
+        "predicted": classes[(proba >= settings.threshold).astype(int)],
         "probability": proba.round(6),
     })
-    return metrics, predictions, curves(y_true, proba, params.evaluate.calibration_bins)
+    return metrics, predictions, curves(y_true, proba, settings.calibration_bins,
+                                        settings.curve_points)
 
 
 def main() -> None:

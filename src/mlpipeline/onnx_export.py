@@ -17,6 +17,8 @@ from mlpipeline.schema import Schema
 
 TOLERANCE = 1e-6
 FILE_NAME = "model.onnx"
+ERROR_FILE = "onnx/conversion_error.txt"  # run artefact with the converter's whole message
+REASON_CHARS = 200  # of the message's first line, in the `onnx_reason` tag
 
 
 def onnx_inputs(records: list[dict[str, Any]], schema: Schema) -> dict[str, np.ndarray]:
@@ -69,7 +71,11 @@ def export(model: Any, schema: Schema, check_rows: pd.DataFrame, threshold: floa
                               onnx_inputs(frame_records(check_rows, schema), schema),
                               positive_index)
     except Exception as error:  # no converter for this model type, or the runtime refuses it
-        return None, {"onnx": "unavailable", "onnx_reason": f"{type(error).__name__}: {error}"}
+        # The tag gets one short line; converters can put megabytes of arrays in the message,
+        # so the whole text goes to a run artefact (ERROR_FILE).
+        first = (str(error).strip().splitlines() or [""])[0][:REASON_CHARS]
+        return None, {"onnx": "unavailable", "onnx_reason": f"{type(error).__name__}: {first}",
+                      "onnx_error_text": f"{type(error).__name__}: {error}"}
     reference = model.predict_proba(check_rows[schema.feature_names])[:, positive_index]
     max_diff = float(np.max(np.abs(twin - reference))) if len(reference) else 0.0
     flips = int(np.sum((twin >= threshold) != (reference >= threshold)))

@@ -151,6 +151,9 @@ def log_training_run(
         positive_index = list(model.classes_).index(schema.positive_class)
         onnx_bytes, onnx_figures = onnx_export.export(
             model, schema, test, params.evaluate.threshold, positive_index)
+        error_text = onnx_figures.pop("onnx_error_text", None)
+        if error_text:
+            mlflow.log_text(error_text, onnx_export.ERROR_FILE)
         mlflow.set_tags({k: v for k, v in onnx_figures.items() if isinstance(v, str)})
         mlflow.log_metrics({k: v for k, v in onnx_figures.items() if not isinstance(v, str)})
         example = features.head(5)

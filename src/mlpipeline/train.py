@@ -22,7 +22,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlpipeline.config import MODEL_FILE, TRAIN_INFO, TRAIN_SPLIT, Params, TrainParams, load_params
-from mlpipeline.schema import Schema
+from mlpipeline.schema import Schema, training_labels
 
 MODELS: dict[str, Any] = {
     "random_forest": RandomForestClassifier,
@@ -60,7 +60,7 @@ def fit(frame: pd.DataFrame, params: Params) -> tuple[Pipeline, dict[str, Any]]:
     schema = params.schema
     pipeline = build_pipeline(schema, params.train)
     started = time.perf_counter()
-    pipeline.fit(frame[schema.feature_names], frame[schema.target].astype(int))
+    pipeline.fit(frame[schema.feature_names], training_labels(frame[schema.target], schema))
     info = {
         "model": params.train.model,
         "hyperparams": params.train.chosen_hyperparams(),
