@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.dummy import DummyClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
 
@@ -21,6 +22,10 @@ from mlpipeline.train import MODELS, build_pipeline, fit
 from tests.conftest import REPO
 
 PARAMS: Params = load_params(REPO)
+
+
+class DummyClassifierForOnnx(DummyClassifier):
+    """A classifier skl2onnx has no converter for (a subclass it does not know)."""
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +149,68 @@ def test_onnx_twin_that_drifts_from_sklearn_is_not_shipped(typed: pd.DataFrame) 
     onnx_bytes, figures = export(pipeline, schema, typed, 0.5, 1)
     assert onnx_bytes is None and figures["onnx"] == "rejected"
     assert figures["onnx_max_abs_diff"] > 1e-6
+
+
+def test_coarse_batches_split_by_whole_batches_and_say_so(typed: pd.DataFrame) -> None:
+    from mlpipeline.config import PrepareParams
+    from mlpipeline.prepare import describe_split, split
+
+    # Three batches whose rows all carry their batch's date (a yearly feed looks like this).
+    coarse = typed.assign(application_date=typed["application_date"].dt.normalize()
+                          .groupby(typed.index // 800).transform("min"),
+                          _batch=[f"2026-01-{5 + 7 * (i // 800):02d}.csv"
+                                  for i in range(len(typed))])
+    time_cut = PrepareParams(test_fraction=0.2)
+    train, test = split(coarse, "application_date", time_cut)
+    lines = describe_split(train, test, "application_date", time_cut)
+    assert len(test) == 800 and "test 800 rows (33.3%" in lines[0]
+    assert "set prepare.test_batches" in lines[1]  # 33% is not the 20% asked for
+    by_batch = PrepareParams(test_batches=1)
+    train, test = split(coarse, "application_date", by_batch)
+    assert set(test["_batch"]) == {"2026-01-19.csv"} and len(train) == 1600
+    assert describe_split(train, test, "application_date", by_batch)[0].endswith(
+        "last 1 batch(es)")
+    with pytest.raises(SystemExit, match="holds 3 batches"):
+        split(coarse, "application_date", PrepareParams(test_batches=3))
+
+
+def test_plot_curves_are_thinned_whatever_the_test_size() -> None:
+    from mlpipeline.evaluate import curves
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 70_000)
+    proba = np.clip(y * 0.3 + rng.random(70_000) * 0.7, 0, 1)
+    tables = curves(y, proba, bins=10, points=200)
+    for name in ("roc", "pr"):
+        assert 150 <= len(tables[name]) <= 200, name
+    roc = tables["roc"]
+    assert (roc["fpr"].iloc[0], roc["tpr"].iloc[-1]) == (0.0, 1.0)  # both ends kept
+
+
+def test_hist_gradient_boosting_gets_a_verified_onnx_twin(typed: pd.DataFrame) -> None:
+    from mlpipeline.onnx_export import export
+
+    train, test = time_split(typed, "application_date", 0.3)
+    params = PARAMS.model_copy(update={"train": TrainParams(
+        model="hist_gradient_boosting", seed=1, hyperparams=PARAMS.train.hyperparams)})
+    pipeline, _ = fit(train, params)
+    onnx_bytes, figures = export(pipeline, PARAMS.schema, test, 0.5, 1)
+    assert figures["onnx"] == "verified", figures.get("onnx_reason")
+    assert onnx_bytes is not None
+
+
+def test_failed_onnx_conversion_is_one_short_line(typed: pd.DataFrame) -> None:
+    from mlpipeline.onnx_export import REASON_CHARS, export
+
+    class Unconvertible(DummyClassifierForOnnx):
+        pass
+
+    pipeline = build_pipeline(PARAMS.schema, PARAMS.train).fit(
+        typed[PARAMS.schema.feature_names], typed["default"])
+    pipeline.steps[-1] = ("model", Unconvertible().fit(typed[PARAMS.schema.numeric],
+                                                       typed["default"]))
+    onnx_bytes, figures = export(pipeline, PARAMS.schema, typed, 0.5, 1)
+    assert onnx_bytes is None and figures["onnx"] == "unavailable"
+    assert "\n" not in figures["onnx_reason"]
+    assert len(figures["onnx_reason"]) <= REASON_CHARS + 40
+    assert figures["onnx_error_text"].startswith(figures["onnx_reason"].split(":")[0])
