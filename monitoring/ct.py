@@ -1,12 +1,15 @@
 """One continuous-training cycle: `python -m monitoring.ct [--force] [--current batch|log]`.
 
 Steps, each named in the output and in the summary:
-1. new batch    the source's clock advances one batch (`source.n_batches` + 1 in params.yaml)
-                and `dvc repro ingest` versions it (a full `dvc repro` when there is no
-                champion yet, e.g. on a fresh CI runner with the embedded store)
+1. new batch    `dvc repro validate` versions and checks what landed in the landing folder
+                (`source.kind: files`; a simulated source's clock, `source.n_batches`, first
+                advances by one); the batches dated after the champion's training window
+                are the new ones (a full `dvc repro` when there is no champion yet, e.g. on a
+                fresh CI runner with the embedded store)
 2. drift check  monitoring.drift: the new data against the champion's training reference,
                 the champion's real performance on the new outcomes, the guards
-3. move window  retrain only: the training window slides so that it ends at the new batch
+3. move window  retrain only: the training window slides by whole batches (keeping its
+                number of batches) so that it ends at the newest batch
 4. same data    retrain only: no retrain when the new training split is the champion's own
 5. retrain      `dvc repro`: train, evaluate, gate and, if the gate passes, promote
                 (pending changes to params or code are trained here too)
@@ -44,6 +47,7 @@ from mlpipeline.config import (
     load_params,
     set_values,
 )
+from mlpipeline.ingest import dated_batches
 from mlpipeline.lineage import file_md5
 from monitoring import decide, drift
 
@@ -124,11 +128,6 @@ class Snapshot:
         return problems
 
 
-def window_ending_at(start: dt.date, end: dt.date, new_end: dt.date) -> tuple[dt.date, dt.date]:
-    """The training window slid forward (same length) so that it ends at `new_end`."""
-    return start + (new_end - end), new_end
-
-
 def configure_remote(root: Path) -> bool:
     """Use the DVC remote named by DVC_REMOTE_URL (a CI secret) when set; pull what it has."""
     url = os.environ.get("DVC_REMOTE_URL")
@@ -147,7 +146,7 @@ def run_cycle(root: Path, *, force: bool = False, current: str | None = None,
     """One cycle; returns the summary (also written to ct.summary_dir)."""
     started = time.monotonic()
     params = load_params(root)
-    from mlpipeline.registry import CHAMPION, Registry  # mlflow: only now, not for --help
+    from mlpipeline.registry import CHAMPION, Registry, window_end  # mlflow: not for --help
 
     try:
         registry = Registry(params)
@@ -165,19 +164,23 @@ def run_cycle(root: Path, *, force: bool = False, current: str | None = None,
     step = "new batch"
     try:
         remote = configure_remote(root)
-        previous = drift.newest_batch(params.path(RAW_DIR)) if params.path(RAW_DIR).is_dir() \
-            else None
-        n_batches = params.source.n_batches + 1
-        print(f"ct: [1/5] new batch: source clock {params.source.n_batches} -> {n_batches}")
-        _write_params(root, {"source.n_batches": n_batches})
-        # Version the new batch (generate, ingest). Training waits for the verdict, except on
-        # a store with no champion yet (a fresh CI runner on the embedded defaults).
-        dvc(root, step, "repro", *(["ingest"] if before else []))
+        if params.source.kind == "files":
+            print(f"ct: [1/5] new batch: what landed in {params.source.path}/")
+        else:  # a simulated source: its clock is what delivers the next batch
+            n_batches = params.source.n_batches + 1
+            print(f"ct: [1/5] new batch: source clock {params.source.n_batches} -> {n_batches}")
+            _write_params(root, {"source.n_batches": n_batches})
+        # Version and check every batch (generate, ingest, validate: a bad batch stops the
+        # cycle here). Training waits for the verdict, except on a store with no champion yet
+        # (a fresh CI runner on the embedded defaults).
+        dvc(root, step, "repro", *(["validate"] if before else []))
         params = load_params(root)
-        newest = drift.newest_batch(params.path(RAW_DIR))
-        assert newest is not None  # generate always writes at least one batch
+        dated = dated_batches(params.path(RAW_DIR))
+        newest = dated[-1]
+        trained_to = window_end(before) if before else None
+        landed = [day for day, _ in dated if trained_to is None or day > trained_to]
         summary["new_batch"] = {"date": newest[0].isoformat(), "file": newest[1].name,
-                                "new": previous is None or newest[0] > previous[0]}
+                                "new": bool(landed), "since_champion": len(landed)}
         if not before:
             summary["bootstrap"] = f"no champion before: the first run made v" \
                                    f"{_champion(registry, CHAMPION)}"
@@ -186,9 +189,8 @@ def run_cycle(root: Path, *, force: bool = False, current: str | None = None,
         print("ct: [2/5] drift check")
         check = drift.run_check(params, current, since=since, force=force)
         verdict = check["decision"]
-        if not summary["new_batch"]["new"] and not force:
-            verdict = {"action": decide.NO_RETRAIN, "triggers": [],
-                       "reasons": ["the source delivered no new batch"]}
+        if not landed and not force:
+            verdict = decide.nothing_landed(trained_to).as_dict()
         summary.update(drift=check["drift"], performance=check["performance"],
                        window=check["window"], reference=check["reference"],
                        report_html=check["report_html"], decision=verdict)
@@ -196,7 +198,8 @@ def run_cycle(root: Path, *, force: bool = False, current: str | None = None,
 
         if verdict["action"] == decide.RETRAIN:
             step = "move window"
-            start, end = window_ending_at(params.window.start, params.window.end, newest[0])
+            start, end = decide.slide_window([day for day, _ in dated], params.window.start,
+                                             params.window.end, newest[0])
             print(f"ct: [3/5] move window: {params.window.start}..{params.window.end} -> "
                   f"{start}..{end}")
             _write_params(root, {"window.start": start.isoformat(), "window.end": end.isoformat()})

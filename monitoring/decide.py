@@ -93,12 +93,25 @@ def performance(metrics: dict[str, float], rows: int, floors: dict[str, float],
     return PerformanceResult(rows, metrics, dict(floors), source, below)
 
 
-def batches_between(last_trained_end: dt.date | None, newest_batch: dt.date,
-                    batch_days: int) -> int | None:
-    """Batches that arrived after the newest trained-on batch (None: never trained)."""
+def batches_after(batch_dates: list[dt.date], last_trained_end: dt.date | None) -> int | None:
+    """Batches delivered after the newest trained-on batch (None: never trained). Counted as
+    files, not days, so weekly, monthly, yearly and irregular batches all count the same."""
     if last_trained_end is None:
         return None
-    return (newest_batch - last_trained_end).days // batch_days
+    return sum(day > last_trained_end for day in batch_dates)
+
+
+def slide_window(batch_dates: list[dt.date], start: dt.date, end: dt.date,
+                 new_end: dt.date) -> tuple[dt.date, dt.date]:
+    """The training window moved to end at batch `new_end`, keeping its number of batches.
+
+    Whole batches, never days: with yearly batches a leap year, or months of 28 to 31 days,
+    would otherwise push the first batch out of a window slid by the days between two ends.
+    """
+    dates = sorted(set(batch_dates))
+    size = max(1, sum(start <= day <= end for day in dates))
+    upto = [day for day in dates if day <= new_end]
+    return upto[max(0, len(upto) - size)], new_end
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,12 @@ def decide(*, current_rows: int, min_rows: int, drift: DriftResult | None,
                                     f"{batches_since_training} batch(es) ago, "
                                     f"ct.cooldown_batches={cooldown_batches}"], triggers)
     return Verdict(RETRAIN, reasons, triggers)
+
+
+def nothing_landed(trained_to: dt.date | None) -> Verdict:
+    """The verdict when no batch arrived after the champion's training data."""
+    return Verdict(NO_RETRAIN, [f"no batch landed after the champion's training data (its "
+                                f"window ends {trained_to})"], [])
 
 
 def same_data_reason(new_data_version: str, champion_data_version: str | None) -> str | None:

@@ -31,8 +31,9 @@ from typing import Any
 import pandas as pd
 
 from mlpipeline.config import RAW_DIR, Params, load_params
+from mlpipeline.ingest import dated_batches
 from mlpipeline.schema import Schema, coerce
-from mlpipeline.source import BATCH_SUFFIXES, read_batch
+from mlpipeline.source import read_batch
 from monitoring import decide
 from serving.prediction_log import read_log  # the service's log format (Parquet, no server)
 
@@ -42,8 +43,7 @@ REPORT_JSON = "drift.json"
 
 def newest_batch(raw_dir: Path) -> tuple[dt.date, Path] | None:
     """The latest batch the source delivered, by the date in its name."""
-    dated = sorted((dt.date.fromisoformat(f.stem), f) for f in raw_dir.iterdir()
-                   if f.suffix in BATCH_SUFFIXES)
+    dated = dated_batches(raw_dir) if raw_dir.is_dir() else []
     return dated[-1] if dated else None
 
 
@@ -173,10 +173,8 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
             perf = decide.performance(metrics, len(labelled), params.gate.min_metrics,
                                       f"champion v{info.version} re-scored on outcomes")
 
-    newest = newest_batch(params.path(RAW_DIR))
-    last_end = registry.last_training_end()
-    since_training = (decide.batches_between(last_end, newest[0], params.source.batch_days)
-                      if newest else None)
+    batch_dates = [day for day, _ in dated_batches(params.path(RAW_DIR))]
+    since_training = decide.batches_after(batch_dates, registry.last_training_end())
     verdict = decide.decide(current_rows=len(window.frame), min_rows=settings.min_rows,
                             drift=drift_result, perf=perf,
                             batches_since_training=since_training,

@@ -85,10 +85,14 @@ def test_same_data_guard() -> None:
     assert decide.same_data_reason("abc", None) is None
 
 
-def test_batches_between_counts_whole_batches_since_training() -> None:
-    assert decide.batches_between(dt.date(2026, 3, 9), dt.date(2026, 3, 16), 7) == 1
-    assert decide.batches_between(dt.date(2026, 3, 9), dt.date(2026, 3, 9), 7) == 0
-    assert decide.batches_between(None, dt.date(2026, 3, 9), 7) is None
+def test_batches_after_counts_batches_not_days() -> None:
+    weekly = [dt.date(2026, 3, 2), dt.date(2026, 3, 9), dt.date(2026, 3, 16)]
+    assert decide.batches_after(weekly, dt.date(2026, 3, 9)) == 1
+    assert decide.batches_after(weekly, dt.date(2026, 3, 16)) == 0
+    assert decide.batches_after(weekly, None) is None
+    # One yearly batch is one batch (the old count divided 365 days by 7: 52).
+    yearly = [dt.date(2016, 1, 1), dt.date(2017, 1, 1)]
+    assert decide.batches_after(yearly, dt.date(2016, 1, 1)) == 1
 
 
 def test_evidently_flags_the_shifted_features_and_only_them() -> None:
@@ -154,10 +158,19 @@ def test_set_values_moves_values_and_keeps_comments() -> None:
         set_values(text, {"window.middle": 1})
 
 
-def test_window_slides_forward_keeping_its_length() -> None:
-    start, end = ct.window_ending_at(dt.date(2026, 1, 5), dt.date(2026, 2, 23),
-                                     dt.date(2026, 3, 9))
-    assert (start, end) == (dt.date(2026, 1, 19), dt.date(2026, 3, 9))
+def test_window_slides_by_whole_batches_keeping_its_count() -> None:
+    weekly = [dt.date(2026, 1, 5) + dt.timedelta(days=7 * i) for i in range(10)]
+    assert decide.slide_window(weekly, dt.date(2026, 1, 5), dt.date(2026, 2, 23),
+                               dt.date(2026, 3, 9)) == (dt.date(2026, 1, 19), dt.date(2026, 3, 9))
+    # Yearly batches across a leap year: sliding by the 366 days between 2016-01-01 and
+    # 2017-01-01 would start at 2016-01-02 and lose a batch; by batches it keeps two.
+    yearly = [dt.date(year, 1, 1) for year in range(2013, 2018)]
+    assert decide.slide_window(yearly, dt.date(2015, 1, 1), dt.date(2016, 1, 1),
+                               dt.date(2017, 1, 1)) == (dt.date(2016, 1, 1), dt.date(2017, 1, 1))
+    # Irregular and monthly batches keep their count as well.
+    monthly = [dt.date(2026, m, 1) for m in range(1, 7)] + [dt.date(2026, 6, 20)]
+    assert decide.slide_window(monthly, dt.date(2026, 2, 1), dt.date(2026, 4, 1),
+                               dt.date(2026, 6, 20)) == (dt.date(2026, 5, 1), dt.date(2026, 6, 20))
 
 
 def test_failed_cycle_summary_names_the_step() -> None:

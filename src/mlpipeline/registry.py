@@ -50,6 +50,12 @@ class Promotion:
         return cls(data["time"], data["from"], data["to"], data["reason"], data.get("note", ""))
 
 
+def window_end(version: Any) -> dt.date | None:
+    """The last day of a version's training window (its `training_window` tag, start..end)."""
+    window = version.tags.get("training_window", "")
+    return dt.date.fromisoformat(window.split("..")[1]) if ".." in window else None
+
+
 def champion_at(history: list[Promotion], when: dt.datetime) -> str | None:
     """Which version was champion at `when`, from the promotion history (oldest first)."""
     current = None
@@ -131,8 +137,7 @@ class Registry:
 
         Any registered version counts, promoted or not: it is when training last ran."""
         versions = self.versions()
-        window = versions[-1].tags.get("training_window", "") if versions else ""
-        return dt.date.fromisoformat(window.split("..")[1]) if ".." in window else None
+        return window_end(versions[-1]) if versions else None
 
     def versions(self) -> list[Any]:
         found = self.client.search_model_versions(f"name = '{self.name}'")
