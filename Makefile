@@ -21,13 +21,14 @@ export ITERATIVE_DO_NOT_TRACK := 1
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON_EXE)
 
-.PHONY: help setup demo repro test lint ui serve fuzz bench ct drift models lineage rollback clean
+.PHONY: help setup demo repro test lint ui serve fuzz bench bench-data ct drift models lineage rollback clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
 	@echo "make test   set up, run the tests (pytest)"
 	@echo "make lint   ruff; actionlint, zizmor and check-jsonschema on the workflows"
 	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
+	@echo "make bench-data  cold dvc repro and one CT cycle on 200,000 rows of landed batches"
 	@echo "make ui     MLflow UI on http://127.0.0.1:$(UI_PORT) for the embedded store"
 	@echo "make serve  the champion over REST on http://127.0.0.1:8000 (PORT=... to change)"
 	@echo "make ct [FORCE=1]           one CT cycle: new batch, drift check, maybe retrain and promote"
@@ -82,6 +83,9 @@ serve: setup
 
 bench: setup
 	$(RUN) python benchmarks/serve_bench.py
+
+bench-data: setup
+	PYTHONPATH=. $(RUN) python benchmarks/real_data_bench.py
 
 ct: setup
 	$(RUN) python -m monitoring.ct $(if $(FORCE),--force) $(CT_ARGS)
