@@ -194,6 +194,18 @@ def test_batches_after_the_window_are_checked_older_ones_are_not(raw: Path) -> N
     assert int(validation.keep.sum()) == 6000  # the window's rows only
 
 
+def test_timezone_aware_times_are_dated_like_naive_ones(raw: Path) -> None:
+    for i in range(4):
+        frame = batch(i)
+        frame["application_date"] = frame["application_date"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if i == 3:
+            frame.loc[0, "application_date"] = "2026-01-01T10:00:00Z"  # a week early
+        frame.to_csv(raw / f"{DAYS[i]}.csv", index=False)
+    [message] = failures(judge(raw))
+    assert message.startswith(f"batch {DAYS[3]}.csv: column 'application_date', rule dated in "
+                              f"[{DAYS[3]}, ...): 1 of 1500 rows")
+
+
 def test_string_labels_are_checked_by_name(raw: Path) -> None:
     for i in range(4):
         frame = batch(i)

@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 
 from mlpipeline.config import Params, TrainParams, load_params
 from mlpipeline.evaluate import classification_metrics, evaluate
-from mlpipeline.ingest import batches_in_window
+from mlpipeline.ingest import dated_batches
 from mlpipeline.loans import make_batch
 from mlpipeline.prepare import reference_sample, time_split
 from mlpipeline.schema import coerce
@@ -35,18 +35,18 @@ def typed() -> pd.DataFrame:
     return coerce(pd.concat(frames, ignore_index=True), PARAMS.schema)
 
 
-def test_ingest_takes_only_batches_inside_the_window(tmp_path: Path) -> None:
-    for name in ["2026-01-05.csv", "2026-01-12.csv", "2026-01-19.parquet", "2026-01-26.csv",
-                 "notes.txt"]:
+def test_batches_are_dated_by_name_oldest_first(tmp_path: Path) -> None:
+    for name in ["2026-01-12.csv", "2026-01-05.csv", "2026-01-19.parquet", "notes.txt"]:
         (tmp_path / name).write_text("x\n1\n")
-    chosen = batches_in_window(tmp_path, dt.date(2026, 1, 12), dt.date(2026, 1, 19))
-    assert [p.name for p in chosen] == ["2026-01-12.csv", "2026-01-19.parquet"]
+    assert [(d.isoformat(), p.name) for d, p in dated_batches(tmp_path)] == [
+        ("2026-01-05", "2026-01-05.csv"), ("2026-01-12", "2026-01-12.csv"),
+        ("2026-01-19", "2026-01-19.parquet")]
 
 
 def test_ingest_refuses_an_undated_batch(tmp_path: Path) -> None:
     (tmp_path / "latest.csv").write_text("x\n1\n")
     with pytest.raises(SystemExit, match=r"cannot date latest\.csv"):
-        batches_in_window(tmp_path, dt.date(2026, 1, 1), dt.date(2026, 2, 1))
+        dated_batches(tmp_path)
 
 
 def test_time_split_has_no_leakage_from_the_future(typed: pd.DataFrame) -> None:

@@ -59,11 +59,6 @@ def dated_batches(raw_dir: Path) -> list[tuple[dt.date, Path]]:
     return sorted(dated, key=lambda pair: (pair[0], pair[1].name))
 
 
-def batches_in_window(raw_dir: Path, start: dt.date, end: dt.date) -> list[Path]:
-    """Batch files dated (by name) from `start` to `end`, both inclusive, oldest first."""
-    return [file for day, file in dated_batches(raw_dir) if start <= day <= end]
-
-
 def ingest(params: Params) -> tuple[pd.DataFrame, list[BatchFile]]:
     window = params.window
     dated = dated_batches(params.path(RAW_DIR))

@@ -109,13 +109,14 @@ def file_checks(batch: BatchFile, schema: Schema, first_of_day: str | None,
 def dating_check(rows: pd.DataFrame, typed_time: pd.Series, batch: BatchFile,
                  schema: Schema, rules: ValidateParams) -> Check:
     """Rows dated before the batch's name or on/after the next batch's first day."""
-    start = pd.Timestamp(batch.date)
+    zone = getattr(typed_time.dt, "tz", None)  # a feed may send "2024-01-01T08:00:00Z"
+    start = pd.Timestamp(batch.date, tz=zone)
     misdated = typed_time.notna() & (typed_time < start)
     if batch.next_date:
-        misdated |= typed_time.notna() & (typed_time >= pd.Timestamp(batch.next_date))
+        misdated |= typed_time.notna() & (typed_time >= pd.Timestamp(batch.next_date, tz=zone))
     rule = f"dated in [{batch.date}, {batch.next_date or '...'})"
     return rule_check(schema.time_column, rule, misdated, rules.max_misdated_share,
-                  rows[schema.time_column], rows, batch.file)
+                      rows[schema.time_column], rows, batch.file)
 
 
 def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
