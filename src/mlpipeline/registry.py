@@ -87,11 +87,12 @@ class Registry:
             self.client.create_registered_model(
                 self.name, description="Managed by the pipeline's `register` stage; "
                                        "see the `promotion.*` tags for the champion history.")
-        version = self.client.create_model_version(self.name, run["model_uri"],
-                                                   run_id=run["run_id"])
-        for key in LINEAGE_TAGS:
-            if key in run:
-                self.client.set_model_version_tag(self.name, version.version, key, run[key])
+        # MLflow's own registration links the version to the logged model (its id, which a
+        # tracking server requires for a `models:/m-...` source; SQLite does not check) and
+        # tags the logged model with its version, so its page shows "registered".
+        version = tracking.mlflow.register_model(
+            run["model_uri"], self.name,
+            tags={key: run[key] for key in LINEAGE_TAGS if key in run})
         self.client.set_registered_model_alias(self.name, CHALLENGER, version.version)
         return str(version.version)
 

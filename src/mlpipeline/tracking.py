@@ -174,4 +174,4 @@ def log_training_run(
                 tags={**lineage, "onnx": onnx_figures["onnx"]},
             )
     return {"run_id": run.info.run_id, "experiment_id": experiment_id,
-            "model_uri": logged.model_uri, **lineage}
+            "model_uri": logged.model_uri, "model_id": logged.model_id, **lineage}
