@@ -47,8 +47,8 @@ from mlpipeline.config import (
     load_params,
     set_values,
 )
-from mlpipeline.ingest import dated_batches
 from mlpipeline.lineage import file_md5
+from mlpipeline.source import dated_batches
 from monitoring import decide, drift
 
 LOCK_FILE = ".ct.lock"

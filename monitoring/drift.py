@@ -31,9 +31,8 @@ from typing import Any
 import pandas as pd
 
 from mlpipeline.config import RAW_DIR, Params, load_params
-from mlpipeline.ingest import dated_batches
 from mlpipeline.schema import Schema, coerce
-from mlpipeline.source import read_batch
+from mlpipeline.source import dated_batches, read_batch
 from monitoring import decide
 from serving.prediction_log import read_log  # the service's log format (Parquet, no server)
 

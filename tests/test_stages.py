@@ -14,10 +14,10 @@ from sklearn.pipeline import make_pipeline
 
 from mlpipeline.config import Params, TrainParams, load_params
 from mlpipeline.evaluate import classification_metrics, evaluate
-from mlpipeline.ingest import dated_batches
 from mlpipeline.loans import make_batch
 from mlpipeline.prepare import reference_sample, time_split
 from mlpipeline.schema import coerce
+from mlpipeline.source import dated_batches
 from mlpipeline.train import MODELS, build_pipeline, fit
 from tests.conftest import REPO
 

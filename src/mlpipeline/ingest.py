@@ -12,17 +12,15 @@ every validation message can name the file and the row to fix.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import pandas as pd
 
 from mlpipeline.config import BATCHES, DATASET, RAW_DIR, Params, load_params
 from mlpipeline.lineage import file_md5
 from mlpipeline.schema import BATCH_COLUMN, ROW_COLUMN
-from mlpipeline.source import BATCH_SUFFIXES, UnreadableBatch, read_batch
+from mlpipeline.source import UnreadableBatch, dated_batches, read_batch
 
 
 @dataclass(frozen=True)
@@ -42,21 +40,6 @@ class BatchFile:
     @classmethod
     def from_dict(cls, data: dict) -> BatchFile:
         return cls(**{**data, "columns": tuple(data["columns"])})
-
-
-def dated_batches(raw_dir: Path) -> list[tuple[dt.date, Path]]:
-    """Batch files by the date in their names, oldest first."""
-    dated = []
-    for file in sorted(raw_dir.iterdir()):
-        if file.suffix not in BATCH_SUFFIXES:
-            continue
-        try:
-            dated.append((dt.date.fromisoformat(file.stem), file))
-        except ValueError:
-            raise SystemExit(
-                f"ingest: cannot date {file.name}: name batches YYYY-MM-DD.csv"
-            ) from None
-    return sorted(dated, key=lambda pair: (pair[0], pair[1].name))
 
 
 def ingest(params: Params) -> tuple[pd.DataFrame, list[BatchFile]]:

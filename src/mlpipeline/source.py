@@ -101,19 +101,19 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
-def landed_batches(folder: Path) -> list[Path]:
-    """The batch files of a landing folder, oldest first; fails on a name it cannot date."""
-    batches = []
-    for file in sorted(folder.iterdir()):
+def dated_batches(folder: Path) -> list[tuple[dt.date, Path]]:
+    """The batch files of a folder by the date in their names, oldest first; fails on a
+    batch name it cannot date. Other files (.gitkeep, notes) are not batches."""
+    dated = []
+    for file in folder.iterdir():
         if file.name.startswith(".") or file.suffix not in BATCH_SUFFIXES:
-            continue  # .gitkeep, notes: not batches
+            continue
         try:
-            dt.date.fromisoformat(file.stem)
+            dated.append((dt.date.fromisoformat(file.stem), file))
         except ValueError:
-            raise SystemExit(f"generate: cannot date {file}: name each batch by its first day, "
-                             "YYYY-MM-DD.csv or YYYY-MM-DD.parquet") from None
-        batches.append(file)
-    return batches
+            raise SystemExit(f"cannot date {file.name} in {folder}: name each batch by its "
+                             "first day, YYYY-MM-DD.csv or YYYY-MM-DD.parquet") from None
+    return sorted(dated, key=lambda pair: (pair[0], pair[1].name))
 
 
 def write_batches(params: Params) -> list[Path]:
@@ -131,7 +131,7 @@ def write_batches(params: Params) -> list[Path]:
                              "exist: create it and put the batches there")
         # Copied as they are: reading and checking each file is `ingest` and `validate`'s job,
         # so a bad file is reported with every other problem, naming the file.
-        return [Path(shutil.copy2(f, raw / f.name)) for f in landed_batches(landing)]
+        return [Path(shutil.copy2(f, raw / f.name)) for _, f in dated_batches(landing)]
     if source.kind == "breast_cancer":
         frames = breast_cancer_batches(source)
     else:
