@@ -1,17 +1,22 @@
 """The FastAPI application that serves the registry's champion.
 
 Endpoints: POST /predict (one record or a batch), GET /health, /ready, /model, /metrics,
-POST /admin/reload (bearer token). Nothing lets a caller name a model URI or a file: the
-service serves `models:/<registered_model>@champion` from params.yaml and nothing else.
+POST /admin/reload (bearer token), POST /admin/webhook (MLflow's signed registry webhook).
+Nothing lets a caller name a model URI or a file: the service serves
+`models:/<registered_model>@champion` from params.yaml and nothing else.
 """
 
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -46,7 +51,8 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
-def create_app(params: Params | None = None, *, start_poller: bool = True) -> FastAPI:
+def create_app(params: Params | None = None, *, start_poller: bool = True,
+               replica: str = "") -> FastAPI:
     params = params or load_params()
     settings = params.serving
     schema = params.schema
@@ -62,8 +68,8 @@ def create_app(params: Params | None = None, *, start_poller: bool = True) -> Fa
         app.state.champion = champion
         app.state.prediction_log = PredictionLog(
             params.path(settings.prediction_log_dir), settings.log_flush_records,
-            settings.log_flush_seconds)
-        await check_champion(app)
+            settings.log_flush_seconds, replica)
+        await check_champion(app, "startup")
         poller = asyncio.create_task(poll(app)) if start_poller else None
         try:
             yield
@@ -74,11 +80,15 @@ def create_app(params: Params | None = None, *, start_poller: bool = True) -> Fa
                     await poller
             await asyncio.to_thread(app.state.prediction_log.close)
 
-    async def check_champion(app: FastAPI) -> str:
+    async def check_champion(app: FastAPI, trigger: str) -> str:
+        """Check the alias; `trigger` (startup, poll, webhook, admin) is counted and kept."""
         outcome = await asyncio.to_thread(app.state.champion.check)
-        metrics.reload_checks.labels(outcome).inc()
+        metrics.reload_checks.labels(outcome, trigger).inc()
         current = app.state.champion.current
+        if current and outcome == "loaded":
+            current.metadata["loaded_by"] = trigger
         metrics.model_loaded.set(1 if current else 0)
+        metrics.registry_reachable.set(0 if outcome == "error" else 1)
         if current and outcome == "loaded":
             metrics.model_info.info({"name": current.name, "version": current.version,
                                      "run_id": current.run_id})
@@ -87,7 +97,7 @@ def create_app(params: Params | None = None, *, start_poller: bool = True) -> Fa
     async def poll(app: FastAPI) -> None:
         while True:
             await asyncio.sleep(settings.poll_seconds)
-            await check_champion(app)
+            await check_champion(app, "poll")
 
     app = FastAPI(
         title="Model service",
@@ -149,10 +159,14 @@ def create_app(params: Params | None = None, *, start_poller: bool = True) -> Fa
              responses={503: {"description": "not ready, with the reason"}})
     def ready(request: Request) -> Response:
         champion = request.app.state.champion
+        registry = champion.registry_status()
         if champion.current is None:
-            return _json({"ready": False, "reason": champion.not_ready_reason}, 503)
+            return _json({"ready": False, "reason": champion.not_ready_reason,
+                          "registry": registry}, 503)
+        # Still ready when the registry is down: the model in memory serves on, and a 503
+        # here would take every replica out of the load balancer at once.
         return _json({"ready": True, "model": champion.current.name,
-                      "version": champion.current.version})
+                      "version": champion.current.version, "registry": registry})
 
     @app.get("/model", summary="The served model and where it came from",
              responses={503: {"description": "no model loaded"}})
@@ -182,9 +196,61 @@ def create_app(params: Params | None = None, *, start_poller: bool = True) -> Fa
         given = (authorization or "").removeprefix("Bearer ").strip()
         if not secrets.compare_digest(given.encode(), expected.encode()):
             return _json({"detail": "missing or wrong bearer token"}, 401)
-        outcome = await check_champion(request.app)
+        outcome = await check_champion(request.app, "admin")
         current = request.app.state.champion.current
         return _json({"outcome": outcome, "version": current.version if current else None,
                       "error": request.app.state.champion.last_check_error or None})
 
+    @app.post("/admin/webhook", status_code=202,
+              summary="MLflow registry webhook: reload now when `champion` moved (signed)",
+              responses={401: {"description": "unsigned, wrongly signed or stale call"},
+                         403: {"description": "no webhook secret configured"}})
+    async def webhook(request: Request) -> Response:
+        secret = os.environ.get(settings.webhook_secret_env, "")
+        if not secret:
+            return _json({"detail": f"webhooks are disabled: set {settings.webhook_secret_env} "
+                                    "to the secret the MLflow webhook was created with"}, 403)
+        body = await request.body()
+        problem = webhook_signature_problem(secret, request.headers, body, time.time())
+        if problem:
+            log.warning("webhook refused: %s", problem)
+            return _json({"detail": problem}, 401)
+        event = json.loads(body)
+        data = event.get("data") or {}
+        if (event.get("entity"), data.get("name"), data.get("alias")) != (
+                "model_version_alias", params.mlflow.registered_model, "champion"):
+            return _json({"outcome": "ignored"}, 202)
+        # Reload in the background: MLflow's delivery need not wait for a model download.
+        request.app.state.webhook_reload = asyncio.create_task(
+            check_champion(request.app, "webhook"))
+        return _json({"outcome": "reloading", "version": data.get("version")}, 202)
+
     return app
+
+
+WEBHOOK_MAX_AGE_SECONDS = 300  # an older signed call is refused (replay protection)
+
+
+def webhook_signature_problem(secret: str, headers: Any, body: bytes,
+                              now: float) -> str | None:
+    """Why a webhook call is not MLflow's, or None when its signature holds.
+
+    MLflow signs `<delivery id>.<timestamp>.<body>` with HMAC-SHA256 and sends
+    `X-MLflow-Signature: v1,<base64>` (the Standard Webhooks scheme)."""
+    signature = headers.get("x-mlflow-signature", "")
+    delivery = headers.get("x-mlflow-delivery-id", "")
+    timestamp = headers.get("x-mlflow-timestamp", "")
+    if not (signature and delivery and timestamp):
+        return "unsigned: X-MLflow-Signature, -Delivery-Id and -Timestamp are required"
+    try:
+        age = abs(now - int(timestamp))
+    except ValueError:
+        return "X-MLflow-Timestamp is not a Unix time"
+    if age > WEBHOOK_MAX_AGE_SECONDS:
+        return f"stale call: signed {age:.0f} s ago (at most {WEBHOOK_MAX_AGE_SECONDS} s)"
+    signed = f"{delivery}.{timestamp}.".encode() + body
+    expected = "v1," + base64.b64encode(
+        hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
+    if not secrets.compare_digest(signature.encode(), expected.encode()):
+        return "wrong signature"
+    return None

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ log = logging.getLogger("serving.champion")
 # A tracking server that is down must not stall a reload check for minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+# While the registry stays unreachable, say so once and then only this often (not every poll).
+STILL_FAILING_LOG_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,16 @@ class Champion:
         self.current: LoadedModel | None = None
         self.not_ready_reason = "the model has not been loaded yet"
         self.last_check_error = ""
+        self.failing_since: dt.datetime | None = None  # first failed check of the current run
+        self._logged_failure_at = 0.0
         self._lock = threading.Lock()  # one reload at a time (poller and /admin/reload)
 
+    def registry_status(self) -> dict[str, Any]:
+        """Whether the last check reached the registry (and loaded what it names)."""
+        return {"reachable": not self.last_check_error,
+                "error": self.last_check_error or None,
+                "failing_since": self.failing_since.isoformat(timespec="seconds")
+                if self.failing_since else None}
     def check(self) -> str:
         """Look where `champion` points; load and swap if it moved. Returns what happened:
         'loaded', 'unchanged', 'no-champion' or 'error' (the current model stays)."""
@@ -81,6 +92,7 @@ class Champion:
                     version = self.client.get_model_version_by_alias(self.name, "champion")
                 except self._mlflow.exceptions.MlflowException as error:
                     if _is_missing(error):
+                        self._recovered()  # the registry answered: no champion alias yet
                         if self.current is None:
                             self.not_ready_reason = (
                                 f"no champion yet for model {self.name!r}: run the pipeline "
@@ -88,23 +100,40 @@ class Champion:
                         return "no-champion"
                     raise
                 if self.current is not None and self.current.version == str(version.version):
-                    self.last_check_error = ""
+                    self._recovered()
                     return "unchanged"
                 loaded = self._load(version)
             except Exception as error:
-                self.last_check_error = f"{type(error).__name__}: {error}"
-                log.warning("champion check failed, keeping %s: %s",
-                            f"v{self.current.version}" if self.current else "no model",
-                            self.last_check_error)
-                if self.current is None:
-                    self.not_ready_reason = f"registry unreachable: {self.last_check_error}"
+                self._failed(f"{type(error).__name__}: {_first_line(error)}")
                 return "error"
             old = self.current
             self.current = loaded  # the swap: one reference assignment
-            self.last_check_error = ""
+            self._recovered()
             log.info("serving %s v%s (was %s)", self.name, loaded.version,
                      f"v{old.version}" if old else "none")
             return "loaded"
+
+    def _failed(self, error: str) -> None:
+        now = time.monotonic()
+        keeping = f"v{self.current.version}" if self.current else "no model"
+        self.last_check_error = error
+        if self.current is None:
+            self.not_ready_reason = f"registry unreachable: {error}"
+        if self.failing_since is None:
+            self.failing_since = dt.datetime.now(dt.UTC)
+            log.warning("champion check failed, keeping %s: %s", keeping, error)
+            self._logged_failure_at = now
+        elif now - self._logged_failure_at >= STILL_FAILING_LOG_SECONDS:
+            log.warning("champion checks failing since %s, keeping %s: %s",
+                        self.failing_since.isoformat(timespec="seconds"), keeping, error)
+            self._logged_failure_at = now
+
+    def _recovered(self) -> None:
+        if self.failing_since is not None:
+            seconds = (dt.datetime.now(dt.UTC) - self.failing_since).total_seconds()
+            log.info("champion checks work again after %.0f s of failures", seconds)
+        self.failing_since = None
+        self.last_check_error = ""
 
     def _load(self, version: Any) -> LoadedModel:
         # Resolve through our own client, never MLflow's global URI (it may name another store).
@@ -144,6 +173,11 @@ class Champion:
         import tempfile
 
         return tempfile.mkdtemp(prefix="champion-")
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else ""
 
 
 def _is_missing(error: Exception) -> bool:

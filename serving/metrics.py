@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 KNOWN_PATHS = {"/predict", "/health", "/ready", "/model", "/metrics", "/admin/reload",
-               "/docs", "/openapi.json"}
+               "/admin/webhook", "/docs", "/openapi.json"}
 
 
 class ServiceMetrics:
@@ -32,8 +32,12 @@ class ServiceMetrics:
                                    ["label", "model_version"], registry=r)
         self.model_info = Info("served_model", "The model being served", registry=r)
         self.model_loaded = Gauge("model_loaded", "1 when a model is loaded", registry=r)
+        self.registry_reachable = Gauge(
+            "model_registry_reachable", "1 when the last champion check reached the registry",
+            registry=r)
         self.reload_checks = Counter("model_reload_checks_total",
-                                     "Champion alias checks by outcome", ["outcome"], registry=r)
+                                     "Champion alias checks by outcome and trigger",
+                                     ["outcome", "trigger"], registry=r)
         self.log_written = Gauge("prediction_log_records_written",
                                  "Records written to the prediction log", registry=r)
         self.log_failures = Gauge("prediction_log_records_failed",

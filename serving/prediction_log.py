@@ -3,6 +3,8 @@
 Requests only put a reference on a queue; a background thread turns batches into Parquet
 parts under `<dir>/date=YYYY-MM-DD/`, written to a temporary name and renamed, so a reader
 never sees half a file. `close()` drains the queue, so a clean shutdown loses nothing.
+Each part's name carries the replica's name and process id: replicas sharing one folder (or
+one bucket) never overwrite each other, and the drift check reads them all as one window.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import queue
+import re
 import threading
 import time
 from pathlib import Path
@@ -33,8 +36,10 @@ def read_log(folder: Path) -> pd.DataFrame:
 
 
 class PredictionLog:
-    def __init__(self, folder: Path, flush_records: int, flush_seconds: float) -> None:
+    def __init__(self, folder: Path, flush_records: int, flush_seconds: float,
+                 replica: str = "") -> None:
         self.folder = folder
+        self.replica = re.sub(r"[^A-Za-z0-9_.-]", "_", replica) or "replica"
         self.flush_records = flush_records
         self.flush_seconds = flush_seconds
         self.written = 0
@@ -92,7 +97,7 @@ class PredictionLog:
         now = dt.datetime.now(dt.UTC)
         folder = self.folder / f"date={now.date().isoformat()}"
         self._seq += 1
-        name = f"part-{now:%H%M%S%f}-{os.getpid()}-{self._seq:06d}.parquet"
+        name = f"part-{now:%H%M%S%f}-{self.replica}-{os.getpid()}-{self._seq:06d}.parquet"
         try:
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".{name}.tmp"

@@ -166,20 +166,114 @@ def test_admin_reload_needs_a_configured_token(client: TestClient,
     assert ok.status_code == 200 and ok.json()["outcome"] == "unchanged"
 
 
-def test_unreachable_registry_keeps_the_current_model(client: TestClient,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_registry_keeps_the_current_model(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     import mlflow
 
     monkeypatch.setenv("SERVING_ADMIN_TOKEN", "s3cret")
     champion = client.app.state.champion
-    version = champion.current.version
+    version, reachable_client = champion.current.version, champion.client
     # A real client for a tracking server that is not there (nothing listens on port 9).
     champion.client = mlflow.MlflowClient(tracking_uri="http://127.0.0.1:9",
                                           registry_uri="http://127.0.0.1:9")
-    response = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"}).json()
-    assert response["outcome"] == "error" and response["version"] == version
+    admin = {"Authorization": "Bearer s3cret"}
+    with caplog.at_level("INFO", logger="serving.champion"):
+        for _ in range(4):  # four polls' worth of failures
+            response = client.post("/admin/reload", headers=admin).json()
+            assert response["outcome"] == "error" and response["version"] == version
+    # Said once, not once per check.
+    said = [r.getMessage()[:22] for r in caplog.records if r.name == "serving.champion"]
+    assert said == ["champion check failed,"]
     assert client.post("/predict", json=RECORD).json()["model"]["version"] == version
     assert client.get("/model").json()["last_reload_error"]
+    # Still ready (the model in memory serves on), and it says the registry is unreachable.
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["registry"]["reachable"] is False
+    assert ready.json()["registry"]["failing_since"]
     metrics = client.get("/metrics").text
-    assert 'model_reload_checks_total{outcome="error"} 1.0' in metrics
+    assert 'model_reload_checks_total{outcome="error",trigger="admin"} 4.0' in metrics
+    assert "model_registry_reachable 0.0" in metrics
 
+    caplog.clear()
+    champion.client = reachable_client  # the registry is back
+    with caplog.at_level("INFO", logger="serving.champion"):
+        assert client.post("/admin/reload", headers=admin).json()["outcome"] == "unchanged"
+    assert "work again" in caplog.text
+    assert client.get("/ready").json()["registry"] == {"reachable": True, "error": None,
+                                                      "failing_since": None}
+    assert "model_registry_reachable 1.0" in client.get("/metrics").text
+
+
+def signed_headers(secret: str, body: bytes, at: float, delivery: str = "d-1"
+                   ) -> dict[str, str]:
+    """Headers as MLflow's webhook delivery signs them (mlflow/webhooks/delivery.py)."""
+    import base64
+    import hashlib
+    import hmac
+
+    timestamp = str(int(at))
+    digest = hmac.new(secret.encode(), f"{delivery}.{timestamp}.".encode() + body,
+                      hashlib.sha256).digest()
+    return {"X-MLflow-Signature": "v1," + base64.b64encode(digest).decode(),
+            "X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": timestamp,
+            "Content-Type": "application/json"}
+
+
+def alias_event(name: str = "loan-default", alias: str = "champion", version: str = "1"
+                ) -> bytes:
+    return json.dumps({"entity": "model_version_alias", "action": "created",
+                       "timestamp": "2026-11-25T00:00:00+00:00",
+                       "data": {"name": name, "alias": alias, "version": version}}).encode()
+
+
+def test_webhook_reloads_only_on_a_valid_signature(client: TestClient,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    body = alias_event()
+    now = time.time()
+    assert client.post("/admin/webhook", content=body,
+                       headers=signed_headers("k", body, now)).status_code == 403  # no secret
+    monkeypatch.setenv("SERVING_WEBHOOK_SECRET", "whsec")
+    refused = [
+        {"Content-Type": "application/json"},  # unsigned
+        signed_headers("other", body, now),  # wrong secret
+        signed_headers("whsec", body, now - 3600),  # replayed an hour later
+        {**signed_headers("whsec", body, now), "X-MLflow-Delivery-Id": "d-2"},  # tampered
+    ]
+    checks = 'model_reload_checks_total{outcome="unchanged",trigger="webhook"}'
+    for headers in refused:
+        response = client.post("/admin/webhook", content=body, headers=headers)
+        assert response.status_code == 401, headers
+    assert checks not in client.get("/metrics").text  # nothing was reloaded
+    other_model = alias_event(name="another-model")
+    ignored = client.post("/admin/webhook", content=other_model,
+                          headers=signed_headers("whsec", other_model, now))
+    assert ignored.status_code == 202 and ignored.json()["outcome"] == "ignored"
+    accepted = client.post("/admin/webhook", content=body,
+                           headers=signed_headers("whsec", body, now))
+    assert accepted.status_code == 202 and accepted.json()["outcome"] == "reloading"
+    deadline = time.monotonic() + 10
+    while f"{checks} 1.0" not in client.get("/metrics").text:
+        assert time.monotonic() < deadline, "the signed webhook did not trigger a check"
+        time.sleep(0.05)
+
+
+
+def test_replicas_sharing_a_log_folder_never_collide(tmp_path: Path) -> None:
+    from serving.prediction_log import PredictionLog
+
+    # Two replicas in one process: same pid, same clock, one folder (a shared volume).
+    logs = [PredictionLog(tmp_path, flush_records=1, flush_seconds=60, replica=name)
+            for name in ("replica-1", "replica/2")]
+    for i, log in enumerate(logs):
+        for n in range(3):
+            log.append([{**RECORD, "age": 20 + 10 * i + n}], [0], [0.1], "1", f"{i}-{n}")
+    for log in logs:
+        log.close()
+    parts = sorted(p.name for p in tmp_path.glob("date=*/*.parquet"))
+    assert len(parts) == 6
+    assert sum("-replica-1-" in p for p in parts) == 3
+    assert sum("-replica_2-" in p for p in parts) == 3  # a name is made safe for a file
+    assert sorted(read_log(tmp_path)["age"]) == [20, 21, 22, 30, 31, 32]
