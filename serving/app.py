@@ -211,13 +211,15 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
             return _json({"detail": f"webhooks are disabled: set {settings.webhook_secret_env} "
                                     "to the secret the MLflow webhook was created with"}, 403)
         body = await request.body()
-        problem = webhook_signature_problem(secret, request.headers, body, time.time())
+        problem = webhook_signature_problem(secret, request.headers, body, time.time(),
+                                            settings.webhook_max_age_seconds)
         if problem:
             log.warning("webhook refused: %s", problem)
             return _json({"detail": problem}, 401)
         event = json.loads(body)
-        data = event.get("data") or {}
-        if (event.get("entity"), data.get("name"), data.get("alias")) != (
+        data = event.get("data") if isinstance(event, dict) else None
+        if not isinstance(data, dict) or (event.get("entity"), data.get("name"),
+                                          data.get("alias")) != (
                 "model_version_alias", params.mlflow.registered_model, "champion"):
             return _json({"outcome": "ignored"}, 202)
         # Reload in the background: MLflow's delivery need not wait for a model download.
@@ -228,11 +230,8 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
     return app
 
 
-WEBHOOK_MAX_AGE_SECONDS = 300  # an older signed call is refused (replay protection)
-
-
-def webhook_signature_problem(secret: str, headers: Any, body: bytes,
-                              now: float) -> str | None:
+def webhook_signature_problem(secret: str, headers: Any, body: bytes, now: float,
+                              max_age_seconds: float) -> str | None:
     """Why a webhook call is not MLflow's, or None when its signature holds.
 
     MLflow signs `<delivery id>.<timestamp>.<body>` with HMAC-SHA256 and sends
@@ -246,8 +245,8 @@ def webhook_signature_problem(secret: str, headers: Any, body: bytes,
         age = abs(now - int(timestamp))
     except ValueError:
         return "X-MLflow-Timestamp is not a Unix time"
-    if age > WEBHOOK_MAX_AGE_SECONDS:
-        return f"stale call: signed {age:.0f} s ago (at most {WEBHOOK_MAX_AGE_SECONDS} s)"
+    if age > max_age_seconds:  # replay protection
+        return f"stale call: signed {age:.0f} s ago (at most {max_age_seconds:g} s)"
     signed = f"{delivery}.{timestamp}.".encode() + body
     expected = "v1," + base64.b64encode(
         hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()

@@ -137,6 +137,7 @@ class ServingParams(_Strict):
     admin_token_env: str = "SERVING_ADMIN_TOKEN"  # env var holding the /admin bearer token
     # env var holding the HMAC secret MLflow signs registry webhooks with (unset: webhooks off)
     webhook_secret_env: str = "SERVING_WEBHOOK_SECRET"
+    webhook_max_age_seconds: float = Field(300.0, gt=0)  # older signed calls: 401 (replays)
 
 
 class StackParams(_Strict):
