@@ -4,7 +4,15 @@ client API only (nothing edits the store by hand).
 Aliases: `champion` is what production serves, `challenger` the newest registered version,
 `previous` the champion before the last change. MLflow keeps no history of where an alias
 pointed, so every champion change is also written as an append-only registered-model tag
-`promotion.NNNNNN` = {"time", "from", "to", "reason", "note"}.
+`promotion.NNNNNN` = {"time", "from", "to", "reason", "note", "status"}.
+
+A promotion is atomic for readers of the history, whatever crashes: under a lock, the entry
+is written first as `pending`, then the aliases move, then the entry is marked `done`. A
+pending entry left by a killed process is settled by the next registry command: `done` if
+the alias did move, `aborted` (and `previous` put back) if not. The lock is a registered
+model `<name>.promotion-lock`: creating a model is atomic on every MLflow store, the SQLite
+file and a tracking server alike, so concurrent promoters (separate processes, machines)
+queue instead of both reading the same "from". A lock whose owner died is broken.
 
 CLI (`python -m mlpipeline.registry ...`):
   list                      versions with aliases, key metrics and gate result, then history
@@ -17,9 +25,16 @@ CLI (`python -m mlpipeline.registry ...`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
-from dataclasses import dataclass
+import os
+import random
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mlpipeline import tracking
@@ -27,6 +42,8 @@ from mlpipeline.config import Params, load_params
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 HISTORY_PREFIX = "promotion."
+PENDING, DONE, ABORTED = "pending", "done", "aborted"
+LOCK_SUFFIX = ".promotion-lock"
 LINEAGE_TAGS = ["run_id", "git_commit", "git_dirty", "data_version", "raw_data_version",
                 "training_window", "params_hash", "model_md5", "gate", "gate_reason"]
 KEY_METRICS = ["roc_auc", "pr_auc", "precision", "recall"]
@@ -39,15 +56,26 @@ class Promotion:
     to_version: str
     reason: str  # gate pass | rollback | manual
     note: str = ""
+    status: str = DONE  # pending while the aliases move; done; aborted (never took effect)
+    previous_before: str | None = None  # where `previous` pointed, to put it back on abort
 
     def as_tag(self) -> str:
         return json.dumps({"time": self.time, "from": self.from_version, "to": self.to_version,
-                           "reason": self.reason, "note": self.note})
+                           "reason": self.reason, "note": self.note, "status": self.status,
+                           "previous_before": self.previous_before})
 
     @classmethod
     def from_tag(cls, value: str) -> Promotion:
         data = json.loads(value)
-        return cls(data["time"], data["from"], data["to"], data["reason"], data.get("note", ""))
+        return cls(data["time"], data["from"], data["to"], data["reason"], data.get("note", ""),
+                   data.get("status", DONE), data.get("previous_before"))
+
+
+def settle(pending: Promotion, champion: str | None) -> str:
+    """The status a pending promotion really has, given where `champion` points now.
+
+    Settled before any later promotion is written, so the champion cannot have moved since."""
+    return DONE if champion == pending.to_version else ABORTED
 
 
 def window_end(version: Any) -> dt.date | None:
@@ -100,25 +128,106 @@ class Registry:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, version, key, value)
 
-    def history(self) -> list[Promotion]:
+    def history(self, *, settled: bool = True) -> list[Promotion]:
+        """Champion changes that took effect, oldest first (a pending one is settled first)."""
+        if settled and any(p.status == PENDING for _, p in self._entries()):
+            with self.promotion_lock():
+                self._settle_pending()
+        return [p for _, p in self._entries() if p.status == DONE]
+
+    def _entries(self) -> list[tuple[str, Promotion]]:
         tags = self.client.get_registered_model(self.name).tags
-        return [Promotion.from_tag(tags[k]) for k in sorted(tags) if k.startswith(HISTORY_PREFIX)]
+        return [(k, Promotion.from_tag(tags[k])) for k in sorted(tags)
+                if k.startswith(HISTORY_PREFIX)]
+
+    def _settle_pending(self) -> None:
+        """Settle what a killed promoter left (call with the lock held)."""
+        champion = self.version_by_alias(CHAMPION)
+        for key, entry in self._entries():
+            if entry.status != PENDING:
+                continue
+            status = settle(entry, str(champion.version) if champion else None)
+            if status == ABORTED:  # the alias never moved: `previous` may have
+                if entry.previous_before:
+                    self.client.set_registered_model_alias(self.name, PREVIOUS,
+                                                           entry.previous_before)
+                elif entry.from_version:
+                    self.client.delete_registered_model_alias(self.name, PREVIOUS)
+            print(f"registry: an interrupted promotion v{entry.from_version} -> "
+                  f"v{entry.to_version} ({entry.time}) is settled as {status}")
+            self.client.set_registered_model_tag(
+                self.name, key, replace(entry, status=status).as_tag())
 
     def set_champion(self, version: str, reason: str, note: str = "") -> Promotion:
-        """Move `champion` to `version`; the old champion becomes `previous`; log the change."""
+        """Move `champion` to `version`; the old champion becomes `previous`; log the change.
+
+        Under the promotion lock: the history entry (pending), the aliases, the entry (done)."""
         self.client.get_model_version(self.name, version)  # fails clearly if it does not exist
-        old = self.version_by_alias(CHAMPION)
-        old_version = str(old.version) if old else None
-        if old_version == version:
-            raise SystemExit(f"registry: v{version} is already the champion")
-        if old_version:
-            self.client.set_registered_model_alias(self.name, PREVIOUS, old_version)
-        self.client.set_registered_model_alias(self.name, CHAMPION, version)
-        event = Promotion(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), old_version,
-                          version, reason, note)
-        key = f"{HISTORY_PREFIX}{len(self.history()) + 1:06d}"
-        self.client.set_registered_model_tag(self.name, key, event.as_tag())
+        with self.promotion_lock():
+            self._settle_pending()
+            old, previous = self.version_by_alias(CHAMPION), self.version_by_alias(PREVIOUS)
+            old_version = str(old.version) if old else None
+            if old_version == version:
+                raise SystemExit(f"registry: v{version} is already the champion")
+            event = Promotion(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                              old_version, version, reason, note, PENDING,
+                              str(previous.version) if previous else None)
+            key = f"{HISTORY_PREFIX}{len(self._entries()) + 1:06d}"
+            self.client.set_registered_model_tag(self.name, key, event.as_tag())
+            if old_version:
+                self.client.set_registered_model_alias(self.name, PREVIOUS, old_version)
+            self.client.set_registered_model_alias(self.name, CHAMPION, version)
+            event = replace(event, status=DONE)
+            self.client.set_registered_model_tag(self.name, key, event.as_tag())
         return event
+
+    @contextmanager
+    def promotion_lock(self, wait_seconds: float = 120) -> Iterator[None]:
+        """Hold `<name>.promotion-lock` (a registered model: creating one is atomic)."""
+        lock = self.name + LOCK_SUFFIX
+        owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                            "since": time.time()})
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                self.client.create_registered_model(
+                    lock, tags={"owner": owner},
+                    description=f"Held while the champion of {self.name} moves.")
+                break
+            except tracking.mlflow.exceptions.MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            if self._lock_owner_is_gone(lock, wait_seconds):
+                with contextlib.suppress(tracking.mlflow.exceptions.MlflowException):
+                    self.client.delete_registered_model(lock)
+                continue
+            if time.monotonic() > deadline:
+                raise SystemExit(f"registry: another promotion has held {lock!r} for over "
+                                 f"{wait_seconds:.0f} s; try again, or delete that model if "
+                                 "its owner is gone")
+            time.sleep(random.uniform(0.05, 0.2))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(tracking.mlflow.exceptions.MlflowException):
+                self.client.delete_registered_model(lock)
+
+    def _lock_owner_is_gone(self, lock: str, lease_seconds: float) -> bool:
+        """The lock's owner died on this host, or has held it longer than any promotion."""
+        try:
+            owner = json.loads(self.client.get_registered_model(lock).tags.get("owner", "{}"))
+        except tracking.mlflow.exceptions.MlflowException:
+            return False  # released meanwhile: just try again
+        if time.time() - owner.get("since", 0) > lease_seconds:
+            return True
+        if owner.get("host") == socket.gethostname():
+            try:
+                os.kill(int(owner["pid"]), 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, KeyError, ValueError):
+                return False
+        return False
 
     def rollback(self, to: str | None = None) -> Promotion:
         if to is None:
