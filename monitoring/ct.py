@@ -14,10 +14,13 @@ Steps, each named in the output and in the summary:
 5. retrain      `dvc repro`: train, evaluate, gate and, if the gate passes, promote
                 (pending changes to params or code are trained here too)
 
-A file lock keeps two cycles from running at once. If any step fails, params.yaml, dvc.lock,
-the tracked reports and the data are put back as they were (`dvc checkout`), the champion is
-moved back if it moved, and the summary says which step failed. The summary is written as
-JSON and as Markdown (for a GitHub Actions job summary) under `ct.summary_dir`.
+A file lock keeps two cycles from running at once (exit 75 when busy). Before it changes
+anything, a cycle writes a journal (monitoring/journal.py): the tracked files as they were and
+the champion. If a step fails, params.yaml, dvc.lock, the tracked reports and the data are
+put back (`dvc checkout`), the champion is moved back if it moved, and the summary says which
+step failed. If the process is killed instead, the next cycle finds the journal, says so and
+restores the same way before it starts. The summary is written as JSON and as Markdown (for
+a GitHub Actions job summary) under `ct.summary_dir`.
 """
 
 from __future__ import annotations
@@ -31,30 +34,29 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlpipeline.config import (
     GATE_REPORT,
-    METRICS,
     PARAMS_FILE,
     PLOTS_DIR,
     RAW_DIR,
     TRAIN_SPLIT,
-    VALIDATION_REPORT,
+    Params,
     find_root,
     load_params,
     set_values,
 )
 from mlpipeline.lineage import file_md5
 from mlpipeline.source import dated_batches
-from monitoring import decide, drift
+from monitoring import decide, drift, journal
+from monitoring.journal import TRACKED, Journal
 
 LOCK_FILE = ".ct.lock"
 LOCK_BUSY = 75  # exit code when another cycle holds the lock (EX_TEMPFAIL: try again later)
-# What a cycle may rewrite that git tracks; DVC-cached outputs come back with `dvc checkout`.
-TRACKED = [Path(PARAMS_FILE), Path("dvc.lock"), METRICS, GATE_REPORT, VALIDATION_REPORT]
 
 
 class StepFailed(Exception):
@@ -95,178 +97,245 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def dvc(root: Path, step: str, *args: str) -> None:
-    """Run DVC with its output shown; a non-zero exit fails the step."""
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=_env())
-    if result.returncode != 0:
-        raise StepFailed(step, f"`dvc {' '.join(args)}` exited with {result.returncode}")
+def run_dvc(root: Path, *args: str) -> int:
+    """DVC with its output shown; the exit code. Tests may hand run_cycle another runner."""
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=_env()).returncode
 
 
-class Snapshot:
-    """The tracked files a cycle may change, to put back if it fails."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        paths = TRACKED + sorted(p.relative_to(root) for p in (root / PLOTS_DIR).glob("*"))
-        self.files = {p: (root / p).read_bytes() if (root / p).is_file() else None
-                      for p in paths}
-
-    def restore(self) -> list[str]:
-        problems = []
-        for path, content in self.files.items():
-            target = self.root / path
-            if content is None:
-                target.unlink(missing_ok=True)
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(content)
-        # The data and models that dvc.lock names again: DVC keeps every version in its cache.
-        result = subprocess.run([sys.executable, "-m", "dvc", "checkout", "--force", "--quiet"],
-                                cwd=self.root, env=_env(), capture_output=True, text=True)
-        if result.returncode != 0:
-            problems.append(f"dvc checkout: {result.stderr.strip()[-300:]}")
-        return problems
+DvcRunner = Callable[..., int]
 
 
-def configure_remote(root: Path) -> bool:
+@dataclass
+class NewBatch:
+    """Step 1's result: the newest batch, and those dated after the champion's training."""
+
+    date: dt.date
+    file: str
+    landed: list[dt.date]
+    trained_to: dt.date | None
+    batch_dates: list[dt.date]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"date": self.date.isoformat(), "file": self.file, "new": bool(self.landed),
+                "since_champion": len(self.landed)}
+
+
+@dataclass
+class Cycle:
+    """What the steps share: the project, its params, the registry, the journal, the summary."""
+
+    root: Path
+    params: Params
+    registry: Any
+    journal: Journal
+    summary: dict[str, Any]
+    run_dvc: DvcRunner
+    step: str = "new batch"
+    remote: bool = False
+
+    def enter(self, step: str, line: str) -> None:
+        self.step = step
+        self.journal.at(step)  # before the step changes anything
+        print(f"ct: {line}")
+
+    def dvc(self, *args: str) -> None:
+        code = self.run_dvc(self.root, *args)
+        if code != 0:
+            raise StepFailed(self.step, f"`dvc {' '.join(args)}` exited with {code}")
+
+    def set_params(self, updates: dict[str, Any]) -> None:
+        path = self.root / PARAMS_FILE
+        path.write_text(set_values(path.read_text(), updates))
+        self.params = load_params(self.root)
+
+
+def configure_remote(cycle: Cycle) -> bool:
     """Use the DVC remote named by DVC_REMOTE_URL (a CI secret) when set; pull what it has.
     DVC_REMOTE_ENDPOINT_URL points an s3:// remote at an S3-compatible store (MinIO); the
     credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as boto3 reads them."""
     url = os.environ.get("DVC_REMOTE_URL")
     if not url:
         return False
-    dvc(root, "configure remote", "remote", "add", "--local", "--force", "--default", "ct", url)
+    cycle.dvc("remote", "add", "--local", "--force", "--default", "ct", url)
     if endpoint := os.environ.get("DVC_REMOTE_ENDPOINT_URL"):
-        dvc(root, "configure remote", "remote", "modify", "--local", "ct", "endpointurl",
-            endpoint)
-    pulled = subprocess.run([sys.executable, "-m", "dvc", "pull", "--quiet"], cwd=root,
-                            env=_env())
-    if pulled.returncode != 0:  # a new, empty remote: the cycle rebuilds what it needs
+        cycle.dvc("remote", "modify", "--local", "ct", "endpointurl", endpoint)
+    if cycle.run_dvc(cycle.root, "pull", "--quiet") != 0:  # a new, empty remote
         print("ct: the DVC remote does not have everything yet; missing data is rebuilt")
     return True
 
 
+def new_batch(cycle: Cycle) -> NewBatch:
+    """Step 1: version and check every batch (a bad one stops the cycle here)."""
+    source = cycle.params.source
+    if source.kind == "files":
+        cycle.enter("new batch", f"[1/5] new batch: what landed in {source.path}/")
+    else:  # a simulated source: its clock is what delivers the next batch
+        cycle.enter("new batch", f"[1/5] new batch: source clock {source.n_batches} -> "
+                                 f"{source.n_batches + 1}")
+        cycle.set_params({"source.n_batches": source.n_batches + 1})
+    before = cycle.summary["champion_before"]
+    # Training waits for the verdict, except on a store with no champion yet (a fresh CI
+    # runner on the embedded defaults): then the whole pipeline runs now.
+    cycle.dvc("repro", *(["validate"] if before else []))
+    from mlpipeline.registry import CHAMPION, window_end  # mlflow: not for --help
+
+    dated = dated_batches(cycle.params.path(RAW_DIR))
+    trained_to = window_end(cycle.registry.version_by_alias(CHAMPION)) if before else None
+    landed = [day for day, _ in dated if trained_to is None or day > trained_to]
+    return NewBatch(dated[-1][0], dated[-1][1].name, landed, trained_to,
+                    [day for day, _ in dated])
+
+
+def check_drift(cycle: Cycle, batch: NewBatch, current: str | None,
+                since: dt.datetime | None, force: bool) -> tuple[decide.Verdict, dict]:
+    """Step 2: the drift check and the verdict."""
+    cycle.enter("drift check", "[2/5] drift check")
+    check = drift.run_check(cycle.params, current, since=since, force=force)
+    verdict = decide.Verdict(**check["decision"])
+    if not batch.landed and not force:
+        verdict = decide.nothing_landed(batch.trained_to)
+    cycle.summary.update(drift=check["drift"], performance=check["performance"],
+                         window=check["window"], reference=check["reference"],
+                         report_html=check["report_html"], decision=verdict.as_dict())
+    print(drift.describe(check))
+    return verdict, check
+
+
+def move_window(cycle: Cycle, batch: NewBatch, verdict: decide.Verdict,
+                champion_data_version: str | None) -> bool:
+    """Steps 3 and 4: slide the window to the newest batch; False when the new training split
+    is the champion's own data (then the old window comes back)."""
+    window = cycle.params.window
+    start, end = decide.slide_window(batch.batch_dates, window.start, window.end, batch.date)
+    cycle.enter("move window", f"[3/5] move window: {window.start}..{window.end} -> "
+                               f"{start}..{end}")
+    cycle.set_params({"window.start": start.isoformat(), "window.end": end.isoformat()})
+    cycle.dvc("repro", "prepare")
+    cycle.enter("same data", "[4/5] same-data guard")
+    same = decide.same_data_reason(file_md5(cycle.root / TRAIN_SPLIT), champion_data_version)
+    print(f"ct: {same or 'the training split is new'}")
+    if not same:
+        return True
+    cycle.summary["decision"] = decide.held_back(verdict, same).as_dict()
+    cycle.set_params({"window.start": window.start.isoformat(),
+                      "window.end": window.end.isoformat()})
+    cycle.dvc("repro", "prepare")  # the old window's, from the run cache
+    return False
+
+
+def retrain(cycle: Cycle) -> None:
+    """Step 5: train, evaluate, gate and, if the gate passes, promote."""
+    cycle.enter("retrain", "[5/5] retrain: dvc repro (train, evaluate, gate, promote)")
+    cycle.dvc("repro")
+    cycle.summary["gate"] = json.loads((cycle.root / GATE_REPORT).read_text())
+
+
 def run_cycle(root: Path, *, force: bool = False, current: str | None = None,
-              since: dt.datetime | None = None) -> dict[str, Any]:
+              since: dt.datetime | None = None, dvc_runner: DvcRunner = run_dvc
+              ) -> dict[str, Any]:
     """One cycle; returns the summary (also written to ct.summary_dir)."""
     started = time.monotonic()
-    params = load_params(root)
-    from mlpipeline.registry import CHAMPION, Registry, window_end  # mlflow: not for --help
+    registry = open_registry(load_params(root))
+    recovered = journal.recover(root, lambda version, note: restore_champion(
+        registry, version, note))
+    if recovered and recovered["problems"]:  # never build on a half-restored state
+        raise SystemExit("ct: stopped: fix what could not be restored, then run again")
+    params = load_params(root)  # read after any recovery: the restored file
+    summary = start_summary(registry, params, force, recovered)
+    cycle = Cycle(root, params, registry, Journal.begin(root, summary["champion_before"]),
+                  summary, dvc_runner)
+    try:
+        cycle.remote = configure_remote(cycle)
+        batch = new_batch(cycle)
+        summary["new_batch"] = batch.as_dict()
+        verdict, check = check_drift(cycle, batch, current, since, force)
+        if verdict.retrain and move_window(cycle, batch, verdict,
+                                           check["champion_data_version"]):
+            retrain(cycle)
+        if cycle.remote:
+            cycle.enter("push data", "pushing the data to the DVC remote")
+            cycle.dvc("push")
+    except (Exception, SystemExit, KeyboardInterrupt) as error:
+        fail(cycle, error)
+        if isinstance(error, KeyboardInterrupt):
+            finish(cycle, started)
+            raise
+    return finish(cycle, started)
+
+
+def open_registry(params: Params) -> Any:
+    from mlpipeline.registry import Registry  # mlflow: not for --help
 
     try:
         registry = Registry(params)
-        before = registry.version_by_alias(CHAMPION)
+        _champion(registry)
+        return registry
     except Exception as error:  # nothing has changed yet: say what to fix, no traceback
         raise SystemExit(f"ct: cannot use the MLflow store {params.tracking_uri()}: "
                          f"{_text(error)}") from None
-    summary: dict[str, Any] = {
+
+
+def start_summary(registry: Any, params: Params, force: bool,
+                  recovered: dict[str, Any] | None) -> dict[str, Any]:
+    return {
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "status": "ok", "failed_step": None, "error": None, "forced": force,
-        "champion_before": str(before.version) if before else None,
+        "recovered": recovered,
+        "champion_before": _champion(registry),
         "window_before": f"{params.window.start}..{params.window.end}",
     }
-    snapshot = Snapshot(root)
-    step = "new batch"
-    try:
-        remote = configure_remote(root)
-        if params.source.kind == "files":
-            print(f"ct: [1/5] new batch: what landed in {params.source.path}/")
-        else:  # a simulated source: its clock is what delivers the next batch
-            n_batches = params.source.n_batches + 1
-            print(f"ct: [1/5] new batch: source clock {params.source.n_batches} -> {n_batches}")
-            _write_params(root, {"source.n_batches": n_batches})
-        # Version and check every batch (generate, ingest, validate: a bad batch stops the
-        # cycle here). Training waits for the verdict, except on a store with no champion yet
-        # (a fresh CI runner on the embedded defaults).
-        dvc(root, step, "repro", *(["validate"] if before else []))
-        params = load_params(root)
-        dated = dated_batches(params.path(RAW_DIR))
-        newest = dated[-1]
-        trained_to = window_end(before) if before else None
-        landed = [day for day, _ in dated if trained_to is None or day > trained_to]
-        summary["new_batch"] = {"date": newest[0].isoformat(), "file": newest[1].name,
-                                "new": bool(landed), "since_champion": len(landed)}
-        if not before:
-            summary["bootstrap"] = f"no champion before: the first run made v" \
-                                   f"{_champion(registry, CHAMPION)}"
 
-        step = "drift check"
-        print("ct: [2/5] drift check")
-        check = drift.run_check(params, current, since=since, force=force)
-        verdict = check["decision"]
-        if not landed and not force:
-            verdict = decide.nothing_landed(trained_to).as_dict()
-        summary.update(drift=check["drift"], performance=check["performance"],
-                       window=check["window"], reference=check["reference"],
-                       report_html=check["report_html"], decision=verdict)
-        print(drift.describe(check))
 
-        if verdict["action"] == decide.RETRAIN:
-            step = "move window"
-            start, end = decide.slide_window([day for day, _ in dated], params.window.start,
-                                             params.window.end, newest[0])
-            print(f"ct: [3/5] move window: {params.window.start}..{params.window.end} -> "
-                  f"{start}..{end}")
-            _write_params(root, {"window.start": start.isoformat(), "window.end": end.isoformat()})
-            dvc(root, step, "repro", "prepare")
+def restore_champion(registry: Any, version: str, note: str) -> str:
+    """Champion back to `version` if it moved; returns the champion."""
+    if _champion(registry) != version:
+        registry.set_champion(version, "rollback", note=note)
+    return version
 
-            step = "same data"
-            same = decide.same_data_reason(file_md5(root / TRAIN_SPLIT),
-                                           check["champion_data_version"])
-            print(f"ct: [4/5] same-data guard: {same or 'the training split is new'}")
-            if same:
-                summary["decision"] = {"action": decide.NO_RETRAIN,
-                                       "triggers": verdict["triggers"],
-                                       "reasons": [*verdict["reasons"], same]}
-                _write_params(root, {"window.start": params.window.start.isoformat(),
-                                     "window.end": params.window.end.isoformat()})
-                dvc(root, step, "repro", "prepare")  # the old window's, from the run cache
-            else:
-                step = "retrain"
-                print("ct: [5/5] retrain: dvc repro (train, evaluate, gate, promote)")
-                dvc(root, step, "repro")
-                summary["gate"] = json.loads((root / GATE_REPORT).read_text())
-        if remote:
-            step = "push data"
-            dvc(root, step, "push")
-    except (Exception, SystemExit, KeyboardInterrupt) as error:
-        failure = error if isinstance(error, StepFailed) else StepFailed(step, _text(error))
-        summary.update(status="failed", failed_step=failure.step, error=failure.detail)
-        summary["restore_problems"] = snapshot.restore()
+
+def fail(cycle: Cycle, error: BaseException) -> None:
+    """Put back what the cycle changed; never raises, so a summary is always written."""
+    failure = error if isinstance(error, StepFailed) else StepFailed(cycle.step, _text(error))
+    summary = cycle.summary
+    summary.update(status="failed", failed_step=failure.step, error=failure.detail)
+    problems = cycle.journal.restore_files()
+    if summary["champion_before"]:
         try:
-            now = _champion(registry, CHAMPION)
-            if summary["champion_before"] and now != summary["champion_before"]:
-                registry.set_champion(summary["champion_before"], "rollback",
-                                      note=f"CT cycle failed at step '{failure.step}'")
+            restore_champion(cycle.registry, summary["champion_before"],
+                             f"CT cycle failed at step '{failure.step}'")
         except Exception as registry_error:  # e.g. the store itself is what failed
-            summary["restore_problems"].append(f"champion: {_text(registry_error)}")
-    params = load_params(root)
+            problems.append(f"champion: {_text(registry_error)[:300]}")
+    summary["restore_problems"] = problems
+
+
+def finish(cycle: Cycle, started: float) -> dict[str, Any]:
+    summary = cycle.summary
     try:
-        summary["champion_after"] = _champion(registry, CHAMPION)
+        summary["champion_after"] = _champion(cycle.registry)
     except Exception as error:  # the store is down: say so rather than guess
         summary["champion_after"] = None
         summary.setdefault("restore_problems", []).append(
             f"champion: could not read the alias: {_text(error)[:300]}")
-    summary["promoted"] = summary["champion_after"] != summary["champion_before"] \
-        and summary["status"] == "ok"
+    if not summary.get("restore_problems"):
+        cycle.journal.end()  # else the next cycle retries the restore
+    params = load_params(cycle.root)
+    summary["promoted"] = summary["status"] == "ok" and \
+        summary["champion_after"] != summary["champion_before"]
     summary["window_after"] = f"{params.window.start}..{params.window.end}"
     summary["seconds"] = round(time.monotonic() - started, 1)
     write_summary(params.path(params.ct.summary_dir), summary)
     return summary
 
 
-def _champion(registry: Any, alias: str) -> str | None:
-    version = registry.version_by_alias(alias)
+def _champion(registry: Any) -> str | None:
+    from mlpipeline.registry import CHAMPION
+
+    version = registry.version_by_alias(CHAMPION)
     return str(version.version) if version else None
 
 
 def _text(error: BaseException) -> str:
     return str(error) or type(error).__name__
-
-
-def _write_params(root: Path, updates: dict[str, Any]) -> None:
-    path = root / PARAMS_FILE
-    path.write_text(set_values(path.read_text(), updates))
 
 
 def to_markdown(summary: dict[str, Any]) -> str:
@@ -279,6 +348,10 @@ def to_markdown(summary: dict[str, Any]) -> str:
     def row(name: str, value: Any) -> None:
         lines.append(f"| {name} | {str(value).replace('|', '/')} |")
 
+    if summary.get("recovered"):
+        gone = summary["recovered"]
+        row("recovered", f"the cycle started {gone['started']} was killed at step "
+                         f"'{gone['step']}'; its changes were undone first")
     if summary["status"] == "failed":
         row("error", summary["error"])
         row("restored", "params.yaml, dvc.lock, tracked reports, data (dvc checkout)")
@@ -314,12 +387,15 @@ def to_markdown(summary: dict[str, Any]) -> str:
     if summary.get("report_html"):
         row("drift report", summary["report_html"])
     row("duration", f"{summary['seconds']} s")
-    drift_result = summary.get("drift")
-    if drift_result:
-        lines += ["", "| feature | method | score | threshold | drifted |", "|---|---|---|---|---|"]
-        lines += [f"| {f['name']} | {f['method']} | {f['score']:.4f} | {f['threshold']:.4f} | "
-                  f"{'**yes**' if f['drifted'] else 'no'} |" for f in drift_result["features"]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _drift_table(summary.get("drift"))) + "\n"
+
+
+def _drift_table(drift_result: dict[str, Any] | None) -> list[str]:
+    if not drift_result:
+        return []
+    return ["", "| feature | method | score | threshold | drifted |", "|---|---|---|---|---|",
+            *(f"| {f['name']} | {f['method']} | {f['score']:.4f} | {f['threshold']:.4f} | "
+              f"{'**yes**' if f['drifted'] else 'no'} |" for f in drift_result["features"])]
 
 
 def write_summary(folder: Path, summary: dict[str, Any]) -> None:

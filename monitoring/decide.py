@@ -181,3 +181,8 @@ def same_data_reason(new_data_version: str, champion_data_version: str | None) -
         return (f"the new training split is the champion's own data version "
                 f"({new_data_version}): nothing new to learn from")
     return None
+
+
+def held_back(verdict: Verdict, same_data: str) -> Verdict:
+    """A retrain verdict withdrawn by the same-data guard (its triggers kept for the record)."""
+    return Verdict(NO_RETRAIN, [*verdict.reasons, same_data], verdict.triggers)

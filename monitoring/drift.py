@@ -31,10 +31,10 @@ from typing import Any
 import pandas as pd
 
 from mlpipeline.config import RAW_DIR, Params, load_params
+from mlpipeline.prediction_log import read_log
 from mlpipeline.schema import Schema, coerce
 from mlpipeline.source import dated_batches, read_batch
 from monitoring import decide
-from serving.prediction_log import read_log  # the service's log format (Parquet, no server)
 
 REPORT_HTML = "drift_report.html"
 REPORT_JSON = "drift.json"
@@ -132,46 +132,15 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
     current = current or params.monitoring.current
     window = batch_window(params) if current == "batch" else log_window(params, since, until)
 
-    from mlpipeline.evaluate import classification_metrics, evaluate
-    from mlpipeline.registry import CHAMPION, Registry
+    from mlpipeline.registry import Registry
 
     registry = Registry(params)
-    champion = registry.version_by_alias(CHAMPION)
-    if champion is None:
-        raise SystemExit("drift: the registry has no champion to compare with: "
-                         "run the pipeline first (make demo)")
-    info = ChampionInfo(str(champion.version), champion.run_id,
-                        champion.tags.get("training_window", ""),
-                        champion.tags.get("data_version", ""))
-    with tempfile.TemporaryDirectory() as tmp:
-        local = registry.client.download_artifacts(info.run_id, "reference/reference.parquet",
-                                                   tmp)
-        reference = pd.read_parquet(local)
-
+    info, reference = champion_reference(registry)
     settings = params.monitoring
     drift_result, snapshot = None, None
     if len(window.frame) >= settings.min_rows:
         snapshot, drift_result = evidently_report(reference, window.frame, params)
-
-    perf = None
-    schema = params.schema
-    if schema.target in window.frame.columns:
-        labelled = window.frame[window.frame[schema.target].notna()]
-        served = logged_outcomes(read_log(params.path(params.serving.prediction_log_dir)),
-                                 labelled, schema)
-        if len(served) >= settings.min_labelled_rows:
-            # What production actually answered, whichever version and runtime answered it.
-            actual = (served[schema.target] == schema.positive_class).astype(int).to_numpy()
-            metrics = classification_metrics(actual, served["probability"].to_numpy(),
-                                             params.evaluate.threshold)
-            perf = decide.performance(metrics, len(served), params.gate.min_metrics,
-                                      "served predictions joined with outcomes")
-        elif len(labelled) >= settings.min_labelled_rows:  # no traffic logged for this batch
-            model = registry.load_sklearn(info.version)
-            metrics, _, _ = evaluate(model, labelled, params)
-            perf = decide.performance(metrics, len(labelled), params.gate.min_metrics,
-                                      f"champion v{info.version} re-scored on outcomes")
-
+    perf = performance_check(params, window, registry, info)
     batch_dates = [day for day, _ in dated_batches(params.path(RAW_DIR))]
     since_training = decide.batches_after(batch_dates, registry.last_training_end())
     verdict = decide.decide(current_rows=len(window.frame), min_rows=settings.min_rows,
@@ -200,6 +169,49 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
     }
     (out_dir / REPORT_JSON).write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
+
+
+def champion_reference(registry: Any) -> tuple[ChampionInfo, pd.DataFrame]:
+    """The champion and the reference sample logged with its own MLflow run."""
+    from mlpipeline.registry import CHAMPION
+
+    champion = registry.version_by_alias(CHAMPION)
+    if champion is None:
+        raise SystemExit("drift: the registry has no champion to compare with: "
+                         "run the pipeline first (make demo)")
+    info = ChampionInfo(str(champion.version), champion.run_id,
+                        champion.tags.get("training_window", ""),
+                        champion.tags.get("data_version", ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = registry.client.download_artifacts(info.run_id, "reference/reference.parquet",
+                                                   tmp)
+        return info, pd.read_parquet(local)
+
+
+def performance_check(params: Params, window: Window, registry: Any, info: ChampionInfo
+                      ) -> decide.PerformanceResult | None:
+    """The champion's real performance on the window's outcomes, when it carries them: what
+    the service answered for those rows, or (no traffic logged) the champion re-scored."""
+    from mlpipeline.evaluate import classification_metrics, evaluate
+
+    schema, settings = params.schema, params.monitoring
+    if schema.target not in window.frame.columns:
+        return None
+    labelled = window.frame[window.frame[schema.target].notna()]
+    served = logged_outcomes(read_log(params.path(params.serving.prediction_log_dir)),
+                             labelled, schema)
+    if len(served) >= settings.min_labelled_rows:
+        # What production actually answered, whichever version and runtime answered it.
+        actual = (served[schema.target] == schema.positive_class).astype(int).to_numpy()
+        metrics = classification_metrics(actual, served["probability"].to_numpy(),
+                                         params.evaluate.threshold)
+        return decide.performance(metrics, len(served), params.gate.min_metrics,
+                                  "served predictions joined with outcomes")
+    if len(labelled) >= settings.min_labelled_rows:
+        metrics, _, _ = evaluate(registry.load_sklearn(info.version), labelled, params)
+        return decide.performance(metrics, len(labelled), params.gate.min_metrics,
+                                  f"champion v{info.version} re-scored on outcomes")
+    return None
 
 
 def describe(summary: dict[str, Any]) -> str:

@@ -17,22 +17,10 @@ import threading
 import time
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 _STOP = object()
-
-
-def read_log(folder: Path) -> pd.DataFrame:
-    """All logged predictions (empty frame if none yet)."""
-    parts = sorted(folder.glob("date=*/*.parquet"))
-    if not parts:
-        return pd.DataFrame()
-    # Concatenate as Arrow: a part whose column is all null has type null, which
-    # Arrow promotes cleanly (pandas warns and may change the dtype).
-    tables = [pq.read_table(p) for p in parts]
-    return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
 class PredictionLog:

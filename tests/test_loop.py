@@ -24,10 +24,10 @@ import httpx
 import pytest
 
 from mlpipeline.config import load_params, set_values
+from mlpipeline.prediction_log import read_log
 from monitoring.demo import send, upcoming_traffic, wait_for_version
 from monitoring.drift import run_check
 from serving.launch import free_port, start_service, wait_http_ok
-from serving.prediction_log import read_log
 from tests.conftest import ENV, Project, make_project
 from tests.test_serving import RECORD
 
@@ -44,6 +44,23 @@ def ct(project: Project, *args: str, check: bool = True, env: dict[str, str] | N
 def set_param(project: Project, dotted: str, value: Any) -> None:
     path = project.root / "params.yaml"
     path.write_text(set_values(path.read_text(), {dotted: value}))
+
+
+def wait_until(condition: Any, failure: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.1)
+
+
+def reload_checks(url: str) -> float:
+    """How many times the service's poller has checked the champion alias."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+    return sum(s.value for f in families if f.name == "model_reload_checks"
+               for s in f.samples if s.name.endswith("_total")
+               and s.labels.get("trigger") == "poll")
 
 
 def served_version(url: str) -> str:
@@ -91,8 +108,10 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
         assert len([f for f in remote.rglob("*") if f.is_file()]) > 10  # the data was pushed
 
         # Batch 9, drifted: its applications are served first, its outcomes come with the batch.
-        assert send(url, upcoming_traffic(load_params(project.root)), 500) == {"1"}
-        time.sleep(1.5)  # the prediction log flushes every 0.5 s
+        batch9 = upcoming_traffic(load_params(project.root))
+        assert send(url, batch9, 500) == {"1"}
+        wait_until(lambda: len(read_log(project.root / "logs/predictions")) == sent + len(
+            batch9), "the prediction log never caught up")
         outputs, step_summary = tmp_path / "github_output", tmp_path / "step_summary.md"
         head = project.git("rev-parse", "HEAD").stdout.strip()
         summary, out = ct(project, "--commit", "--outputs", str(outputs),  # as ct.yml runs it
@@ -139,8 +158,9 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
         assert summary["gate"]["promoted"] is False
         assert "floor" in summary["gate"]["reason"]
         assert summary["champion_after"] == "2"
-        time.sleep(1.5)  # three poll periods: nothing to pick up
-        assert served_version(url) == "2"
+        polls = reload_checks(url)
+        wait_until(lambda: reload_checks(url) >= polls + 3, "the service stopped polling")
+        assert served_version(url) == "2"  # three polls later: nothing to pick up
         assert service.poll() is None
     finally:
         service.terminate()

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from mlpipeline.config import load_params, set_values
+from mlpipeline.prediction_log import read_log
 from mlpipeline.source import synthetic_batch
 from monitoring import ct, decide
 from monitoring.drift import evidently_report, logged_outcomes
-from serving.prediction_log import read_log
-from tests.conftest import REPO, Project
+from tests.conftest import ENV, REPO, Project
 
 PARAMS = load_params(REPO)
 
@@ -189,3 +192,26 @@ def test_a_second_cycle_waits_for_the_first(project: Project) -> None:
     assert result.returncode == ct.LOCK_BUSY
     assert "another CT cycle holds .ct.lock" in result.stderr
     assert load_params(project.root).source.n_batches == 8  # nothing moved
+
+
+def test_the_ct_workflow_step_exits_75_when_a_cycle_holds_the_lock(tmp_path: Path) -> None:
+    """The command ct.yml runs, run here as Actions runs it (bash -e), against this checkout
+    while a cycle holds its lock: the job sees 75, not make's blanket 2."""
+    workflow = yaml.safe_load((REPO / ".github/workflows/ct.yml").read_text())
+    [step] = [s for job in workflow["jobs"].values() for s in job["steps"]
+              if s.get("id") == "ct"]
+    env = {**ENV, "GITHUB_OUTPUT": str(tmp_path / "out"),
+           "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")}
+    with (REPO / ct.LOCK_FILE).open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=REPO, env=env,
+                                    capture_output=True, text=True)
+            make = subprocess.run(["make", "ct"], cwd=REPO, env=env, capture_output=True,
+                                  text=True)
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+    assert result.returncode == ct.LOCK_BUSY, result.stderr[-2000:]
+    assert "another CT cycle holds .ct.lock" in result.stderr
+    # GNU make exits 2 for any failed recipe; it still names the cycle's code.
+    assert make.returncode == 2 and "Error 75" in make.stderr

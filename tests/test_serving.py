@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlpipeline.config import Params, ServingParams, load_params
+from mlpipeline.prediction_log import read_log
 from serving.app import create_app
-from serving.prediction_log import read_log
 from tests.conftest import Project
 
 pytestmark = pytest.mark.slow

@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
 from mlpipeline.config import ServingParams, load_params
+from mlpipeline.prediction_log import read_log
 from serving.app import create_app
 from serving.launch import free_port, start_service, wait_http_ok
-from serving.prediction_log import read_log
 from tests.conftest import ENV, Project
 from tests.test_serving import RECORD
 
@@ -55,7 +55,8 @@ def test_champion_change_is_served_without_restart_or_failed_requests(
 
         sender = threading.Thread(target=send)
         sender.start()
-        time.sleep(1.0)
+        while len(results) < 50:  # traffic is flowing on the old model
+            time.sleep(0.05)
         registry = Registry(load_params(root))
         run = json.loads((root / "reports/run.json").read_text())
         assert registry.client.tracking_uri.endswith(f"{root}/mlflow.db")
@@ -64,7 +65,9 @@ def test_champion_change_is_served_without_restart_or_failed_requests(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (not results or results[-1][1] != new):
             time.sleep(0.1)
-        time.sleep(0.5)
+        swapped = len(results)
+        while len(results) < swapped + 50 and time.monotonic() < deadline:  # and on the new
+            time.sleep(0.05)
         stop.set()
         sender.join()
         process.send_signal(signal.SIGTERM)  # a clean shutdown drains the prediction log

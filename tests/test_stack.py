@@ -28,8 +28,8 @@ import pytest
 
 from mlpipeline import stack as stack_module
 from mlpipeline.config import load_params, set_values
+from mlpipeline.prediction_log import read_log
 from monitoring.demo import send, upcoming_traffic
-from serving.prediction_log import read_log
 from tests.conftest import BIN, ENV, Project, make_project
 
 pytestmark = pytest.mark.slow
@@ -184,7 +184,10 @@ def test_the_loop_on_the_production_stack(stack: tuple[Project, dict[str, Any]],
         assert cycle.wait() == 0, "".join(output)[-4000:]
         for url in urls:
             wait_served(url, "2", timeout=30)
-        time.sleep(1)  # traffic keeps running on v2
+        deadline = time.monotonic() + 30
+        while min(sum(v == "2" for _, v in traffic.answers[u]) for u in urls) < 20:
+            assert time.monotonic() < deadline, "the traffic stalled after the swap"
+            time.sleep(0.05)  # traffic keeps running on v2
     summary = json.loads(project.read("reports/ct/summary.json"))
     assert summary["window"]["kind"] == "log"
     assert summary["window"]["rows"] == len(batch)  # both replicas' logs, one window
