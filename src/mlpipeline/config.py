@@ -171,7 +171,7 @@ class Params(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @property
-    def schema(self) -> Schema:
+    def schema(self) -> Schema:  # type: ignore[override]  # shadows pydantic v1's schema()
         return self.schema_
 
     def path(self, relative: str | Path) -> Path:

@@ -356,8 +356,8 @@ def main(argv: list[str] | None = None) -> None:
         stopped = down(params)
         print(f"stack: stopped {', '.join(stopped) if stopped else 'nothing (it was not up)'}")
     else:
-        state = read_state(params)
-        print(describe(state) if state else "stack: not up (make stack)")
+        running = read_state(params)
+        print(describe(running) if running else "stack: not up (make stack)")
 
 
 if __name__ == "__main__":

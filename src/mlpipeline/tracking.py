@@ -132,12 +132,14 @@ def log_training_run(
         mlflow.log_metric("fit_seconds", train_info["fit_seconds"])
         mlflow.log_metric("train_rows", train_info["train_rows"])
         dataset_tags = {"dvc_md5": data_version, "window": window}
+        from mlflow.data.pandas_dataset import from_pandas
+
         mlflow.log_input(
-            mlflow.data.from_pandas(train, source=str(TRAIN_SPLIT), targets=schema.target,
-                                    name=f"train-{window}"),
+            from_pandas(train, source=str(TRAIN_SPLIT), targets=schema.target,
+                        name=f"train-{window}"),
             context="training", tags=dataset_tags)
         mlflow.log_input(
-            mlflow.data.from_pandas(test, targets=schema.target, name=f"test-{window}"),
+            from_pandas(test, targets=schema.target, name=f"test-{window}"),
             context="evaluation", tags={"window": window})
         for name, fig in _figures(plot_tables, predictions).items():
             mlflow.log_figure(fig, name)

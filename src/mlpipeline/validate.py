@@ -123,8 +123,9 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
                   ) -> Validation:
     """Every rule, batch by batch and over the window. A plain function on data."""
     schema, rules = params.schema, params.validate_
-    value_rules = {"max_unknown_category_share": rules.max_unknown_category_share,
-                   "max_out_of_range_share": rules.max_out_of_range_share}
+    value_rules: dict[str, Any] = {
+        "max_unknown_category_share": rules.max_unknown_category_share,
+        "max_out_of_range_share": rules.max_out_of_range_share}
     checks: list[Check] = []
     verdicts: list[BatchVerdict] = []
     keep = pd.Series(False, index=table.index)
