@@ -183,8 +183,7 @@ def champion_reference(registry: Any) -> tuple[ChampionInfo, pd.DataFrame]:
                         champion.tags.get("training_window", ""),
                         champion.tags.get("data_version", ""))
     with tempfile.TemporaryDirectory() as tmp:
-        local = registry.client.download_artifacts(info.run_id, "reference/reference.parquet",
-                                                   tmp)
+        local = registry.download_run_file(info.run_id, "reference/reference.parquet", tmp)
         return info, pd.read_parquet(local)
 
 

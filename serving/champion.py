@@ -63,13 +63,12 @@ class Champion:
     """Holds the current champion; `check()` reloads it when the alias has moved."""
 
     def __init__(self, params: Params) -> None:
-        import mlflow  # the service pays this once, at start-up
+        from mlpipeline import tracking  # mlflow: the service pays this once, at start-up
 
-        self._mlflow = mlflow
+        self._mlflow = tracking.mlflow
         self.params = params
         self.name = params.mlflow.registered_model
-        self.client = mlflow.MlflowClient(tracking_uri=params.tracking_uri(),
-                                          registry_uri=params.tracking_uri())
+        self.client = tracking.client(params)
         self.current: LoadedModel | None = None
         self.not_ready_reason = "the model has not been loaded yet"
         self.last_check_error = ""
@@ -139,7 +138,8 @@ class Champion:
         # Resolve through our own client, never MLflow's global URI (it may name another store).
         location = self.client.get_model_version_download_uri(self.name, version.version)
         local = Path(self._mlflow.artifacts.download_artifacts(
-            artifact_uri=location, dst_path=self._scratch()))
+            artifact_uri=location, dst_path=self._scratch(),
+            tracking_uri=self.client.tracking_uri))
         model = self._mlflow.sklearn.load_model(str(local))
         twin = local / "extra_files" / onnx_export.FILE_NAME
         onnx_session = onnx_export.session(twin.read_bytes()) if twin.is_file() else None

@@ -2,19 +2,54 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 
-def test_connecting_to_one_store_does_not_pin_the_process_to_it(tmp_path, monkeypatch) -> None:
-    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; `connect` must not leave it set,
-    or every later project in the process would read it back as an override."""
-    import os
+from tests.conftest import REPO
 
+
+def test_the_store_block_does_not_pin_the_process_to_the_project_store(tmp_path,
+                                                                          monkeypatch) -> None:
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; after `store` neither it nor
+    MLflow's global URI may be left set, or every later project in the process would read
+    it back as an override."""
     from mlpipeline import tracking
     from mlpipeline.config import load_params
-    from tests.conftest import REPO
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = load_params(REPO)
-    params = params.model_copy(update={"root": tmp_path})
-    tracking.connect(params)
+    params = load_params(REPO).model_copy(update={"root": tmp_path})
+    before = tracking.mlflow.get_tracking_uri()
+    with tracking.store(params):
+        assert tracking.mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
     assert "MLFLOW_TRACKING_URI" not in os.environ
-    assert tracking.mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.mlflow.get_tracking_uri() == before
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # the user's own choice
+    with tracking.store(params):
+        pass
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9"
+
+
+def test_registry_and_monitoring_leave_mlflow_global_uri_unset(trained_project) -> None:
+    """Every module reaches MLflow through `tracking` (a client that carries its store, or
+    a `store` block): after looking up the champion, loading it and reading its reference
+    (what the CT cycle does in its own process), no global tracking URI is left set."""
+    script = """
+import json, os
+from mlflow.tracking._tracking_service import utils
+from mlpipeline.config import load_params
+from mlpipeline.registry import Registry
+from monitoring.drift import champion_reference
+
+params = load_params()
+registry = Registry(params)
+registry.load_sklearn("1")
+info, reference = champion_reference(registry)
+print(json.dumps({"set": utils._tracking_uri, "env": os.environ.get("MLFLOW_TRACKING_URI"),
+                  "rows": len(reference), "versions": len(registry.versions())}))
+"""
+    out = trained_project.run(sys.executable, "-c", script).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    assert found["versions"] >= 1 and found["rows"] > 0
+    assert found["set"] is None and found["env"] is None

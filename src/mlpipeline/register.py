@@ -24,8 +24,7 @@ def main() -> None:
     challenger_metrics = json.loads(params.path(METRICS).read_text())
     test = pd.read_parquet(params.path(TEST_SPLIT))
 
-    from mlpipeline import tracking  # mlflow: only the stages that need it pay the import
-    from mlpipeline.registry import CHAMPION, Registry
+    from mlpipeline.registry import CHAMPION, Registry  # mlflow: paid only by MLflow stages
 
     registry = Registry(params)
     champion = registry.version_by_alias(CHAMPION)
@@ -64,13 +63,11 @@ def main() -> None:
         "run_id": run["run_id"],
     }
     params.path(GATE_REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    with tracking.mlflow.start_run(run_id=run["run_id"]):
-        tracking.mlflow.set_tags({"gate": "passed" if verdict.promote else "rejected",
-                                  "gate_reason": verdict.reason,
-                                  "registered_version": version})
-        if champion_metrics:
-            tracking.mlflow.log_metrics({f"champion_{k}": v for k, v in champion_metrics.items()})
-        tracking.mlflow.log_dict(report, "gate.json")
+    registry.record_gate(
+        run["run_id"], report,
+        tags={"gate": "passed" if verdict.promote else "rejected",
+              "gate_reason": verdict.reason, "registered_version": version},
+        metrics={f"champion_{k}": v for k, v in (champion_metrics or {}).items()})
 
     print(f"register: {registry.name} v{version} (alias challenger), gate "
           f"{'PASSED' if verdict.promote else 'REJECTED'}")

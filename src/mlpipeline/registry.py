@@ -97,8 +97,8 @@ class Registry:
     """One registered model in the configured MLflow registry."""
 
     def __init__(self, params: Params) -> None:
-        tracking.connect(params)
-        self.client = tracking.mlflow.MlflowClient()
+        self.params = params
+        self.client = tracking.client(params)
         self.name = params.mlflow.registered_model
 
     def version_by_alias(self, alias: str) -> Any | None:
@@ -118,9 +118,10 @@ class Registry:
         # MLflow's own registration links the version to the logged model (its id, which a
         # tracking server requires for a `models:/m-...` source; SQLite does not check) and
         # tags the logged model with its version, so its page shows "registered".
-        version = tracking.mlflow.register_model(
-            run["model_uri"], self.name,
-            tags={key: run[key] for key in LINEAGE_TAGS if key in run})
+        with tracking.store(self.params):
+            version = tracking.mlflow.register_model(
+                run["model_uri"], self.name,
+                tags={key: run[key] for key in LINEAGE_TAGS if key in run})
         self.client.set_registered_model_alias(self.name, CHALLENGER, version.version)
         return str(version.version)
 
@@ -195,6 +196,10 @@ class Registry:
                     description=f"Held while the champion of {self.name} moves.")
                 break
             except tracking.mlflow.exceptions.MlflowException as error:
+                if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    # SQLite's store looks the name up after a failed insert: the holder
+                    # released the lock in between. Free again, so try again.
+                    continue
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
             if self._lock_owner_is_gone(lock, wait_seconds):
@@ -239,8 +244,23 @@ class Registry:
         return self.set_champion(to, "rollback")
 
     def load_sklearn(self, version: str) -> Any:
-        """The scikit-learn pipeline of one version (connect() set the store it comes from)."""
-        return tracking.mlflow.sklearn.load_model(f"models:/{self.name}/{version}")
+        """The scikit-learn pipeline of one version."""
+        with tracking.store(self.params):
+            return tracking.mlflow.sklearn.load_model(f"models:/{self.name}/{version}")
+
+    def download_run_file(self, run_id: str, path: str, dst: str) -> str:
+        """One artefact of a run (e.g. the reference sample), downloaded into `dst`."""
+        return str(self.client.download_artifacts(run_id, path, dst))
+
+    def record_gate(self, run_id: str, report: dict[str, Any], tags: dict[str, str],
+                    metrics: dict[str, float]) -> None:
+        """The gate's verdict on the training run it judged: tags, metrics and gate.json."""
+        from mlflow.entities import Metric, RunTag
+
+        now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                              tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.log_dict(run_id, report, "gate.json")
 
     def last_training_end(self) -> dt.date | None:
         """The last day of the newest registered version's training window (None: none yet).

@@ -6,11 +6,13 @@ MLflow import it, and only when they need it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +44,44 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in MODEL_REQUIREMENTS]
 
 
-def connect(params: Params) -> str:
-    """Point MLflow at the configured store; return the experiment id (created if new)."""
+def client(params: Params) -> Any:
+    """An MlflowClient for the project's store (tracking and registry alike).
+
+    The one way the project's modules reach MLflow: a client carries its store, so nothing
+    depends on (or changes) the process's global tracking URI."""
+    uri = params.tracking_uri()
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def store(params: Params) -> Iterator[None]:
+    """Fluent MLflow calls (start_run, register_model, load_model) in this block go to the
+    project's store; the process's own URI and MLFLOW_TRACKING_URI are back after it.
+
+    mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which `Params.tracking_uri` reads as
+    the user's override: left set, it would pin the next project in this process (a test, a
+    notebook) to this store."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
     exported = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(params.tracking_uri())
-    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which `Params.tracking_uri` reads as
-    # the user's override: put the environment back so the next project in this process (a
-    # test, a notebook) is not pinned to this store.
-    if exported is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = exported
+    try:
+        with _use_tracking_uri(params.tracking_uri()):
+            yield
+    finally:
+        if exported is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = exported
+
+
+def experiment_id(params: Params) -> str:
+    """The configured experiment's id, created (with its artefact location) if new."""
+    tracker = client(params)
     name = params.mlflow.experiment
-    experiment = mlflow.get_experiment_by_name(name)
+    experiment = tracker.get_experiment_by_name(name)
     if experiment is not None:
-        return experiment.experiment_id
-    return mlflow.create_experiment(name, artifact_location=params.artifact_location())
+        return str(experiment.experiment_id)
+    return str(tracker.create_experiment(name, artifact_location=params.artifact_location()))
 
 
 def trusted_types(model: Any) -> list[str]:
@@ -107,7 +131,7 @@ def log_training_run(
     """One MLflow run for one trained model; returns what the registry stage needs."""
     import matplotlib.pyplot as plt
 
-    experiment_id = connect(params)
+    experiment = experiment_id(params)
     schema = params.schema
     commit, dirty = git_state(params.root)
     data_version = file_md5(params.path(TRAIN_SPLIT))
@@ -123,8 +147,8 @@ def log_training_run(
         "model_md5": file_md5(params.path(MODEL_FILE)),
     }
     features = train[schema.feature_names]
-    with mlflow.start_run(experiment_id=experiment_id,
-                          run_name=f"{params.train.model}-{params.window.end}") as run:
+    with store(params), mlflow.start_run(
+            experiment_id=experiment, run_name=f"{params.train.model}-{params.window.end}") as run:
         mlflow.set_tags({**lineage, "mlflow.source.git.commit": commit,
                          "model_type": params.train.model})
         mlflow.log_params(flat_params(params))
@@ -175,5 +199,5 @@ def log_training_run(
                 extra_files=extra_files or None,
                 tags={**lineage, "onnx": onnx_figures["onnx"]},
             )
-    return {"run_id": run.info.run_id, "experiment_id": experiment_id,
+    return {"run_id": run.info.run_id, "experiment_id": experiment,
             "model_uri": logged.model_uri, "model_id": logged.model_id, **lineage}
