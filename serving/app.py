@@ -10,6 +10,7 @@ Nothing lets a caller name a model URI or a file: the service serves
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import hmac
 import json
@@ -92,6 +93,7 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
         if current and outcome == "loaded":
             metrics.model_info.info({"name": current.name, "version": current.version,
                                      "run_id": current.run_id})
+            freeze_long_lived_objects()
         return outcome
 
     async def poll(app: FastAPI) -> None:
@@ -229,6 +231,16 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
         return _json({"outcome": "reloading", "version": data.get("version")}, 202)
 
     return app
+
+
+def freeze_long_lived_objects() -> None:
+    """Move what exists now (the app, the loaded model) out of the garbage collector's view.
+
+    Every full collection would rescan these long-lived objects: at 16 connections that was
+    a ~200 ms p99 tail. Unfreezing first lets the previous model's cycles be collected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def webhook_signature_problem(secret: str, headers: Any, body: bytes, now: float,

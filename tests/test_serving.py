@@ -277,3 +277,22 @@ def test_replicas_sharing_a_log_folder_never_collide(tmp_path: Path) -> None:
     assert sum("-replica-1-" in p for p in parts) == 3
     assert sum("-replica_2-" in p for p in parts) == 3  # a name is made safe for a file
     assert sorted(read_log(tmp_path)["age"]) == [20, 21, 22, 30, 31, 32]
+
+
+def test_loaded_model_is_frozen_out_of_the_gc_and_a_replaced_one_is_freed(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full collections must not rescan the model on every request burst (the p99 tail),
+    and freezing must not keep a swapped-out model alive."""
+    import gc
+    import weakref
+
+    assert gc.get_freeze_count() > 0  # start-up loaded the champion and froze it
+    champion = client.app.state.champion
+    replaced = weakref.ref(champion.current.model)
+    champion.current = None  # the next check loads the champion again: a swap
+    monkeypatch.setenv("SERVING_ADMIN_TOKEN", "s3cret")
+    reload = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
+    assert reload.json()["outcome"] == "loaded"
+    assert replaced() is None, "the replaced model is still alive"
+    assert gc.get_freeze_count() > 0
+    assert client.post("/predict", json=RECORD).status_code == 200
