@@ -1,9 +1,11 @@
 """Benchmark: this service vs `mlflow models serve` on the same champion, same machine, one run.
 
-Measures, for single-record requests at concurrency 1 and 16: requests/s, p50 and p99
-latency; the in-process one-record `predict_proba` time as the floor; and batch throughput
-(records/s) for 1,000-record requests against in-process predict on the same rows.
-Prints a table with the ratios. Load comes from wrk (Debian package `wrk`) when installed,
+Both servers get the same requests on the same path: POST /invocations with MLflow's
+`dataframe_split` payload. Measures, for single-record requests at concurrency 1 and 16:
+requests/s, p50 and p99 latency; the in-process one-record `predict_proba` time as the
+floor; and batch throughput (records/s) for 1,000-record requests against in-process
+predict on the same rows. Prints a table with the ratios and issue 15's targets.
+Load comes from wrk (Debian package `wrk`) when installed,
 otherwise from a Python load generator (slower: it shares the two cores with the servers).
 
 Run from the project folder after `make demo`: `make bench`
@@ -124,23 +126,23 @@ def main() -> None:
         rows = frame_records(frame, schema)
         return median_ms(lambda: served.positive_proba(rows), repeat)
 
-    record = json.loads(one.to_json(orient="records"))[0]
-    batch_records = json.loads(batch.to_json(orient="records"))
+    # Both servers get the same requests on the same path: MLflow's scoring protocol, as
+    # MLflow's own client sends a DataFrame (`dataframe_split`).
+    single = json.dumps({"dataframe_split": json.loads(one.to_json(orient="split", index=False))})
+    many = json.dumps({"dataframe_split": json.loads(batch.to_json(orient="split", index=False))})
     ours_port, mlflow_port = free_port(), free_port()
     servers = {
         "this service": (
             [sys.executable, "-m", "serving", "--port", str(ours_port)],
-            f"http://127.0.0.1:{ours_port}", "/ready", "/predict",
-            json.dumps(record), json.dumps(batch_records)),
+            f"http://127.0.0.1:{ours_port}", "/ready"),
         "mlflow models serve": (
             [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)],
-            f"http://127.0.0.1:{mlflow_port}", "/ping", "/invocations",
-            json.dumps({"dataframe_records": [record]}),
-            json.dumps({"dataframe_records": batch_records})),
+            f"http://127.0.0.1:{mlflow_port}", "/ping"),
     }
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for label, (cmd, url, health, path, single, many) in servers.items():
+    path = "/invocations"
+    for label, (cmd, url, health) in servers.items():
         process = subprocess.Popen(cmd, cwd=params.root, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         try:
@@ -181,6 +183,19 @@ def main() -> None:
     in_process = 1000 / (floor_batch / 1e3)
     print(f"in-process predict on the same 1,000 rows: {in_process:.0f} records/s; the service "
           f"reaches {ours['batch']['rps'] * 1000 / in_process:.0%} of it")
+    print("\ntargets (issue 15):")
+    for text, value, target, met in [
+        ("c=16 p99 / mlflow's", ours["c16"]["p99"] / theirs["c16"]["p99"], "<= 0.10",
+         ours["c16"]["p99"] / theirs["c16"]["p99"] <= 0.1),
+        ("c=16 p99 ms", ours["c16"]["p99"], "< 30", ours["c16"]["p99"] < 30),
+        ("c=16 requests/s / mlflow's", ours["c16"]["rps"] / theirs["c16"]["rps"], ">= 25",
+         ours["c16"]["rps"] / theirs["c16"]["rps"] >= 25),
+        ("c=1 overhead above in-process ms", ours["c1"]["p50"] - floor_one, "< 0.5",
+         ours["c1"]["p50"] - floor_one < 0.5),
+        ("1,000-record records/s / in-process", ours["batch"]["rps"] * 1000 / in_process,
+         ">= 0.50", ours["batch"]["rps"] * 1000 / in_process >= 0.5),
+    ]:
+        print(f"  {text}: {value:.2f} (target {target}) {'met' if met else 'MISSED'}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The FastAPI application that serves the registry's champion.
 
 Endpoints: POST /predict (one record or a batch), GET /health, /ready, /model, /metrics,
-POST /admin/reload (bearer token), POST /admin/webhook (MLflow's signed registry webhook).
+POST /admin/reload (bearer token), POST /admin/webhook (MLflow's signed registry webhook);
+and MLflow's scoring protocol: POST /invocations, GET /ping, /version.
 Nothing lets a caller name a model URI or a file: the service serves
 `models:/<registered_model>@champion` from params.yaml and nothing else.
 """
@@ -13,21 +14,26 @@ import contextlib
 import gc
 import hashlib
 import hmac
+import importlib.metadata
 import json
 import logging
 import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from mlpipeline.config import Params, load_params
+from serving import scoring
 from serving.champion import Champion
 from serving.metrics import MetricsAndLimits, ServiceMetrics
 from serving.prediction_log import PredictionLog
@@ -40,14 +46,26 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(json.dumps(payload), status_code=status, media_type="application/json")
 
 
-def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    """FastAPI's errors, with the record index and field spelled out for the caller."""
+def _validation_errors(found: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic's errors (loc starting at "body"), with the record index and field spelled
+    out for the caller."""
     errors = []
-    for error in exc.errors():
+    for error in found:
         loc = [p for p in error["loc"] if p not in ("single", "batch")]
+        if error["type"] == "json_invalid":  # loc holds a character position, not a record
+            position = loc[-1] if isinstance(loc[-1], int) else None
+            reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+            errors.append({"loc": ["body"], "record": None, "field": None,
+                           "position": position, "type": "json_invalid",
+                           "msg": f"the body is not valid JSON: {reason} at character "
+                                  f"{position}"})
+            continue
         record = next((p for p in loc[1:] if isinstance(p, int)), None)
         field = next((p for p in reversed(loc) if isinstance(p, str) and p != "body"), None)
-        errors.append({"loc": loc, "record": record, "field": field, "msg": error["msg"],
+        message = error["msg"]
+        if error.get("input", ...) is None and error["type"] != "missing" and field:
+            message = f"null is not allowed for {field!r}: {message}"
+        errors.append({"loc": loc, "record": record, "field": field, "msg": message,
                        "type": error["type"]})
     return errors
 
@@ -60,7 +78,8 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
     threshold = params.evaluate.threshold
     negative_class = schema.negative_class
     Record = record_model(schema)
-    Body_ = request_body(Record)
+    Body_ = request_body(Record, settings.max_records)
+    batch_of_records = TypeAdapter(list[Record])  # type: ignore[valid-type]
     metrics = ServiceMetrics()
 
     @contextlib.asynccontextmanager
@@ -108,32 +127,28 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
         version="1.0",
         lifespan=lifespan,
     )
-    app.add_middleware(MetricsAndLimits, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsAndLimits, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       read_timeout_seconds=settings.read_timeout_seconds,
+                       content_types={"/predict": ("application/json",),
+                                      "/invocations": scoring.CONTENT_TYPES})
     app.state.metrics = metrics
     app.state.params = params
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
+        return JSONResponse({"detail": _validation_errors(exc.errors())}, status_code=422)
 
-    @app.post(
-        "/predict",
-        response_model=PredictResponse,
-        responses={413: {"description": "too many records or too large a body"},
-                   422: {"description": "a record breaks the schema; `detail` names the "
-                                        "record index and the field"},
-                   503: {"description": "no champion model is loaded"}},
-        summary="Predict one record or a batch",
-    )
-    # Body_ is built from the schema at start-up: a real type to FastAPI, a variable to mypy.
-    def predict(request: Request, body: Annotated[Body_, Body()]) -> Response:  # type: ignore[valid-type]
-        records: list[Any] = body if isinstance(body, list) else [body]
+    def batch_problem(records: list[Any]) -> Response | None:
         if len(records) > settings.max_records:
             return _json({"detail": f"{len(records)} records in one request; the limit is "
                                     f"{settings.max_records} (serving.max_records)"}, 413)
         if not records:
             return _json({"detail": [{"loc": ["body"], "record": None, "field": None,
                                       "msg": "the batch is empty", "type": "too_short"}]}, 422)
+        return None
+
+    def score(request: Request, records: list[Any]) -> Scored | Response:
+        """Predict validated records with the champion, log them and count them."""
         model = request.app.state.champion.current  # one reference for the whole request
         if model is None:
             return _json({"detail": "no model to serve: "
@@ -147,12 +162,97 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
                                                 request_id)
         for label in set(labels):
             metrics.predictions.labels(str(label), model.version).inc(labels.count(label))
+        return Scored(model.name, model.version, model.positive_index, labels, probabilities,
+                      request_id)
+
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses={408: {"description": "the body did not arrive within "
+                                        "serving.read_timeout_seconds"},
+                   413: {"description": "too many records or too large a body"},
+                   415: {"description": "the body is not application/json"},
+                   422: {"description": "a record breaks the schema; `detail` names the "
+                                        "record index and the field"},
+                   503: {"description": "no champion model is loaded"}},
+        summary="Predict one record or a batch",
+    )
+    # Body_ is built from the schema at start-up: a real type to FastAPI, a variable to mypy.
+    def predict(request: Request, body: Annotated[Body_, Body()]) -> Response:  # type: ignore[valid-type]
+        records: list[Any] = body if isinstance(body, list) else [body]
+        scored = batch_problem(records) or score(request, records)
+        if isinstance(scored, Response):
+            return scored
         return _json({
-            "model": {"name": model.name, "version": model.version},
-            "request_id": request_id,
-            "predictions": [{"label": lab, "probability": p}
-                            for lab, p in zip(labels, probabilities, strict=True)],
+            "model": {"name": scored.model, "version": scored.version},
+            "request_id": scored.request_id,
+            "predictions": [{"label": lab, "probability": p} for lab, p in
+                            zip(scored.labels, scored.probabilities, strict=True)],
         })
+
+    @app.post(
+        "/invocations",
+        summary="MLflow's scoring protocol (as `mlflow models serve`)",
+        description="JSON with one of `dataframe_split`, `dataframe_records`, `instances`, "
+                    "`inputs` (and optional `params`, e.g. `{\"predict_method\": "
+                    "\"predict_proba\"}`), or `text/csv` with a header row. Answers "
+                    "`{\"predictions\": [...]}`; the model version and request id are in "
+                    "the `X-Model-Version` and `X-Request-Id` headers.",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/csv": {"schema": {"type": "string"}}}}},
+        responses={400: {"description": "not a scoring-protocol payload"},
+                   413: {"description": "too many records or too large a body"},
+                   415: {"description": "neither application/json nor text/csv"},
+                   422: {"description": "a record breaks the schema; `detail` names the "
+                                        "record index and the field"},
+                   503: {"description": "no champion model is loaded"}},
+    )
+    async def invocations(request: Request) -> Response:
+        body = await request.body()
+        content_type = request.headers.get("content-type", "application/json")
+        return await run_in_threadpool(invoke, request, body,
+                                       content_type.split(";")[0].strip().lower())
+
+    def invoke(request: Request, body: bytes, content_type: str) -> Response:
+        try:
+            raw, extra = scoring.parse_payload(body, content_type)
+            method = scoring.predict_method(extra)
+        except scoring.PayloadError as error:
+            return _json({"error_code": "BAD_REQUEST", "message": str(error)}, 400)
+        problem = batch_problem(raw)
+        if problem:
+            return problem
+        try:
+            records = batch_of_records.validate_python(raw)
+        except ValidationError as error:
+            detail = _validation_errors([{**e, "loc": ("body", *e["loc"])}
+                                         for e in error.errors()])
+            return _json({"error_code": "BAD_REQUEST", "message": detail[0]["msg"],
+                          "detail": detail}, 422)
+        scored = score(request, records)
+        if isinstance(scored, Response):
+            return scored
+        if method == "predict_proba":  # one row per record, columns in the model's class order
+            predictions: list[Any] = [
+                [1 - p, p] if scored.positive_index == 1 else [p, 1 - p]
+                for p in scored.probabilities]
+        else:
+            predictions = scored.labels
+        return Response(json.dumps({"predictions": predictions}), media_type="application/json",
+                        headers={"X-Model-Version": scored.version,
+                                 "X-Request-Id": scored.request_id})
+
+    @app.get("/ping", summary="MLflow's health check: 200 once a model is loaded",
+             responses={503: {"description": "no model loaded"}})
+    def ping(request: Request) -> Response:
+        loaded = request.app.state.champion.current is not None
+        return Response("\n", status_code=200 if loaded else 503, media_type="text/plain")
+
+    @app.get("/version", summary="The MLflow version serving the model",
+             response_class=PlainTextResponse)
+    def version() -> Response:
+        return PlainTextResponse(importlib.metadata.version("mlflow"))
 
     @app.get("/health", summary="The process is alive")
     def health() -> dict[str, str]:
@@ -231,6 +331,18 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
         return _json({"outcome": "reloading", "version": data.get("version")}, 202)
 
     return app
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One request's predictions, as logged."""
+
+    model: str
+    version: str
+    positive_index: int
+    labels: list[Any]
+    probabilities: list[float]
+    request_id: str
 
 
 def freeze_long_lived_objects() -> None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics and the ASGI middleware that counts requests and enforces the body limit.
+"""Prometheus metrics and the ASGI middleware that counts requests and guards request bodies.
 
 A plain ASGI middleware (not Starlette's BaseHTTPMiddleware) keeps the per-request cost to a
 few microseconds.
@@ -6,14 +6,15 @@ few microseconds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-KNOWN_PATHS = {"/predict", "/health", "/ready", "/model", "/metrics", "/admin/reload",
-               "/admin/webhook", "/docs", "/openapi.json"}
+KNOWN_PATHS = {"/predict", "/invocations", "/ping", "/version", "/health", "/ready", "/model",
+               "/metrics", "/admin/reload", "/admin/webhook", "/docs", "/openapi.json"}
 
 
 class ServiceMetrics:
@@ -45,12 +46,20 @@ class ServiceMetrics:
 
 
 class MetricsAndLimits:
-    """Counts every request by endpoint and status; answers 413 to oversized bodies."""
+    """Counts every request by endpoint and status, and guards request bodies.
 
-    def __init__(self, app: Any, metrics: ServiceMetrics, max_body_bytes: int) -> None:
+    A body is read here, whole, before the app sees it: over `max_body_bytes` (declared or
+    chunked) is 413, not in within `read_timeout_seconds` is 408 (a stalled or slow
+    client), and a content type a path does not take is 415."""
+
+    def __init__(self, app: Any, metrics: ServiceMetrics, max_body_bytes: int,
+                 read_timeout_seconds: float,
+                 content_types: dict[str, tuple[str, ...]] | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.read_timeout_seconds = read_timeout_seconds
+        self.content_types = content_types or {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -69,37 +78,84 @@ class MetricsAndLimits:
             await send(message)
 
         try:
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and int(length) > self.max_body_bytes:
-                await self._too_large(send_counting, int(length))
+            headers = dict(scope["headers"])
+            problem = self._header_problem(path, method, headers)
+            if problem:
+                await _answer(send_counting, *problem)
                 return
-            received = 0
-
-            async def receive_limited() -> dict:
-                nonlocal received
-                message = await receive()
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise _BodyTooLarge
-                return message
-
-            await self.app(scope, receive_limited, send_counting)
+            if method in ("POST", "PUT", "PATCH"):
+                body = await self._read_body(receive)
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_counting)
         except _BodyTooLarge:
-            await self._too_large(send_counting, None)
+            await _answer(send_counting, 413, self._too_large(None))
+        except TimeoutError:
+            await _answer(send_counting, 408, "the request body did not arrive within "
+                          f"{self.read_timeout_seconds:g} s (serving.read_timeout_seconds)")
+        except _ClientGone:
+            status = 499  # nginx's "client closed request": nobody to answer
         finally:
             self.metrics.requests.labels(endpoint, method, str(status)).inc()
             self.metrics.latency.labels(endpoint, method).observe(time.perf_counter() - started)
 
-    async def _too_large(self, send: Any, length: int | None) -> None:
+    def _header_problem(self, path: str, method: str, headers: dict[bytes, bytes]
+                        ) -> tuple[int, str] | None:
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            return 413, self._too_large(int(length))
+        accepted = self.content_types.get(path)
+        given = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip()
+        if accepted and method == "POST" and given and given.lower() not in accepted:
+            return 415, (f"Content-Type {given!r} is not accepted on {path}: send "
+                         + " or ".join(accepted))
+        return None
+
+    async def _read_body(self, receive: Any) -> bytes:
+        chunks, size = [], 0
+        async with asyncio.timeout(self.read_timeout_seconds):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise _BodyTooLarge
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+
+    def _too_large(self, length: int | None) -> str:
         size = f"{length} bytes" if length is not None else "the body"
-        body = json.dumps({"detail": f"request body too large: {size} exceeds the limit of "
-                                     f"{self.max_body_bytes} bytes (serving.max_body_bytes)"}
-                          ).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        return (f"request body too large: {size} exceeds the limit of {self.max_body_bytes} "
+                "bytes (serving.max_body_bytes)")
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A receive() that hands the app the body already read, then the real channel."""
+    pending = True
+
+    async def replay() -> dict:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _answer(send: Any, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _BodyTooLarge(Exception):
+    pass
+
+
+class _ClientGone(Exception):
     pass

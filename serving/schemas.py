@@ -44,17 +44,20 @@ def record_model(schema: Schema) -> type[BaseModel]:
     return create_model("Record", __config__=config, **fields)  # type: ignore[call-overload]
 
 
-def request_body(record: type[BaseModel]) -> Any:
-    """One record (a JSON object) or a batch (a JSON array of records).
+def request_body(record: type[BaseModel], max_records: int) -> Any:
+    """One record (a JSON object) or a batch (a JSON array of 1 to `max_records` records).
 
     The discriminator looks at the JSON type, so a bad record gets the errors of its own
-    shape only, not the union's.
+    shape only, not the union's. The batch size limits are documented in the OpenAPI
+    document but checked by the endpoint, which answers 413 (not 422) to too many records.
     """
     def shape(value: Any) -> str:
         return "batch" if isinstance(value, list) else "single"
 
+    limits = Field(json_schema_extra={"minItems": 1, "maxItems": max_records})
     return Annotated[  # a type built at run time from the schema's record model
-        Annotated[record, Tag("single")] | Annotated[list[record], Tag("batch")],  # type: ignore[valid-type]
+        Annotated[record, Tag("single")]
+        | Annotated[list[record], Tag("batch"), limits],  # type: ignore[valid-type]
         Discriminator(shape),
     ]
 

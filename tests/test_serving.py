@@ -3,7 +3,10 @@ limits, readiness, metadata, metrics, the prediction log, admin reload and regis
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,36 @@ def test_bad_record_gets_422_naming_record_and_field(client: TestClient, change:
     assert (error["record"], error["field"], error["type"]) == (2, field, kind)
     single = client.post("/predict", json=bad).json()["detail"][0]
     assert (single["record"], single["field"]) == (None, field)
+    if change.get(field, ...) is None and kind != "missing":
+        assert f"null is not allowed for {field!r}" in error["msg"]
+
+
+def test_http_edges_get_the_status_that_names_the_problem(client: TestClient) -> None:
+    """Chunked bodies over the limit, broken JSON, a wrong content type, batch limits in
+    the OpenAPI document."""
+    def chunks() -> Iterator[bytes]:  # no Content-Length: sent chunked
+        for _ in range(200):
+            yield json.dumps(RECORD).encode() + b","
+
+    chunked = client.post("/predict", content=chunks(),
+                          headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "serving.max_body_bytes" in chunked.json()["detail"]
+
+    broken = client.post("/predict", content=b'[{"age": 41, "term":',
+                         headers={"content-type": "application/json"})
+    assert broken.status_code == 422
+    [error] = broken.json()["detail"]
+    assert error["record"] is None and error["position"] == 20
+    assert "not valid JSON" in error["msg"] and "character 20" in error["msg"]
+
+    text = client.post("/predict", content=json.dumps(RECORD),
+                       headers={"content-type": "text/plain"})
+    assert text.status_code == 415 and "application/json" in text.json()["detail"]
+
+    body = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
+    [batch] = [s for s in body["content"]["application/json"]["schema"]["oneOf"]
+               if s.get("type") == "array"]
+    assert (batch["minItems"], batch["maxItems"]) == (1, 5)  # serving.max_records
 
 
 def test_limits_answer_413(client: TestClient) -> None:
@@ -229,8 +262,6 @@ def alias_event(name: str = "loan-default", alias: str = "champion", version: st
 
 def test_webhook_reloads_only_on_a_valid_signature(client: TestClient,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import time
-
     body = alias_event()
     now = time.time()
     assert client.post("/admin/webhook", content=body,
@@ -296,3 +327,129 @@ def test_loaded_model_is_frozen_out_of_the_gc_and_a_replaced_one_is_freed(
     assert replaced() is None, "the replaced model is still alive"
     assert gc.get_freeze_count() > 0
     assert client.post("/predict", json=RECORD).status_code == 200
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(app: Any) -> Iterator[int]:
+    """The app under a real uvicorn on 127.0.0.1, in this process; yields its port."""
+    import threading
+
+    import uvicorn
+
+    from serving.launch import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def raw_http(port: int, request: bytes, timeout: float) -> bytes:
+    """Send `request` as is and read until the server closes or answers in full."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            data = conn.recv(65536)
+            if not data:
+                break
+            answer += data
+        return answer
+
+
+def test_stalled_and_chunked_bodies_on_a_real_server(trained_project: Project,
+                                                     tmp_path: Path) -> None:
+    """A client that stops before its Content-Length gets 408 after the read timeout (not
+    a connection held forever); a chunked body over the limit gets 413."""
+    app = create_app(service_params(trained_project, tmp_path, max_body_bytes=20_000,
+                                    read_timeout_seconds=1.0), start_poller=False)
+    with uvicorn_in_thread(app) as port:
+        started = time.monotonic()
+        stalled = raw_http(port, b"POST /predict HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Type: application/json\r\nContent-Length: 500"
+                                 b"\r\n\r\n" + json.dumps(RECORD)[:100].encode(), timeout=20)
+        waited = time.monotonic() - started
+        assert stalled.startswith(b"HTTP/1.1 408"), stalled[:200]
+        assert b"serving.read_timeout_seconds" in stalled and 0.9 < waited < 15
+
+        chunk = (json.dumps([RECORD] * 50)).encode()
+        body = b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(3))
+        too_big = raw_http(port, b"POST /predict HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Type: application/json\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n",
+                           timeout=20)
+        assert too_big.startswith(b"HTTP/1.1 413"), too_big[:200]
+        # The server still answers after both.
+        ok = raw_http(port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                      timeout=20)
+        assert ok.startswith(b"HTTP/1.1 200")
+
+
+def test_mlflow_scoring_protocol_with_mlflow_own_client(trained_project: Project,
+                                                        tmp_path: Path) -> None:
+    """/invocations answers MLflow's scoring client and every payload shape of
+    `mlflow models serve` with the same predictions as /predict, validates as strictly,
+    and logs what it served."""
+    import mlflow
+    import pandas as pd
+    import requests
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+
+    from mlpipeline.config import TEST_SPLIT
+
+    params = service_params(trained_project, tmp_path)
+    test = pd.read_parquet(params.path(TEST_SPLIT))[params.schema.feature_names]
+    missing = test["employment_years"].isna()
+    features = pd.concat([test[missing].head(5), test[~missing].head(15)])  # NaN travels too
+    records = json.loads(features.to_json(orient="records"))
+    with uvicorn_in_thread(create_app(params, start_poller=False)) as port:
+        url = f"http://127.0.0.1:{port}"
+        scoring = ScoringServerClient("127.0.0.1", port)
+        scoring.wait_server_ready(timeout=30)
+        assert scoring.get_version() == mlflow.__version__
+        expected = requests.post(f"{url}/predict", json=records).json()["predictions"]
+        labels = [p["label"] for p in expected]
+        served = scoring.invoke(features).get_predictions(predictions_format="ndarray")
+        assert served.tolist() == labels  # dataframe_split, as MLflow's client sends it
+
+        def invoke(payload: Any) -> requests.Response:  # NaN as NaN, as pandas clients send
+            return requests.post(f"{url}/invocations", data=json.dumps(payload),
+                                 headers={"Content-Type": "application/json"})
+
+        columns = {name: [r[name] for r in records] for name in features.columns}
+        for payload in ({"dataframe_records": records}, {"instances": records},
+                        {"inputs": records}, {"inputs": columns}):
+            response = invoke(payload)
+            assert response.json() == {"predictions": labels}, list(payload)
+            assert response.headers["X-Model-Version"] == champion_version(params)
+        csv = requests.post(f"{url}/invocations", data=features.to_csv(index=False),
+                            headers={"Content-Type": "text/csv"})
+        assert csv.json() == {"predictions": labels}
+        proba = invoke({"dataframe_records": records,
+                        "params": {"predict_method": "predict_proba"}}).json()["predictions"]
+        assert [round(row[1], 6) for row in proba] == [p["probability"] for p in expected]
+
+        bad = features.to_dict(orient="split")
+        bad["data"][3][bad["columns"].index("age")] = "41"
+        refused = invoke({"dataframe_split": bad})
+        assert refused.status_code == 422
+        [error] = refused.json()["detail"]
+        assert (error["record"], error["field"], error["type"]) == (3, "age", "float_type")
+        shapeless = invoke({"rows": records})
+        assert shapeless.status_code == 400 and "dataframe_split" in shapeless.json()["message"]
+        assert invoke({"dataframe_records": []}).status_code == 422
+        assert requests.post(f"{url}/invocations", data="x",
+                             headers={"Content-Type": "text/plain"}).status_code == 415
+        assert requests.get(f"{url}/ping").status_code == 200
+    logged = read_log(tmp_path / "log")
+    assert len(logged) == 20 * 8  # /predict, the client, four JSON shapes, CSV, predict_proba
