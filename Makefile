@@ -21,7 +21,7 @@ export ITERATIVE_DO_NOT_TRACK := 1
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON_EXE)
 
-.PHONY: help setup demo repro test test-fast lint ui serve fuzz bench bench-data bench-reload ct drift models lineage rollback stack stack-down clean
+.PHONY: help setup demo repro test test-fast lint ui serve bench bench-data bench-reload ct drift models lineage rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"

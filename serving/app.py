@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlpipeline.config import Params, load_params
 from serving import scoring
@@ -138,14 +139,25 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_errors(exc.errors())}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = exc.detail
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            detail = "the body could not be read as JSON: it must be UTF-8 text"
+        return _json({"detail": detail}, exc.status_code)
+
     def batch_problem(records: list[Any]) -> Response | None:
+        # Too many records breaks the documented `maxItems`: a 422 like any schema
+        # violation (413 is for bodies over serving.max_body_bytes).
         if len(records) > settings.max_records:
-            return _json({"detail": f"{len(records)} records in one request; the limit is "
-                                    f"{settings.max_records} (serving.max_records)"}, 413)
-        if not records:
-            return _json({"detail": [{"loc": ["body"], "record": None, "field": None,
-                                      "msg": "the batch is empty", "type": "too_short"}]}, 422)
-        return None
+            message, kind = (f"{len(records)} records in one request; the limit is "
+                             f"{settings.max_records} (serving.max_records)", "too_long")
+        elif not records:
+            message, kind = "the batch is empty", "too_short"
+        else:
+            return None
+        return _json({"detail": [{"loc": ["body"], "record": None, "field": None,
+                                  "msg": message, "type": kind}]}, 422)
 
     def score(request: Request, records: list[Any]) -> Scored | Response:
         """Predict validated records with the champion, log them and count them."""
@@ -168,12 +180,14 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
     @app.post(
         "/predict",
         response_model=PredictResponse,
-        responses={408: {"description": "the body did not arrive within "
+        responses={400: {"description": "the body is not UTF-8 text"},
+                   408: {"description": "the body did not arrive within "
                                         "serving.read_timeout_seconds"},
-                   413: {"description": "too many records or too large a body"},
+                   413: {"description": "a body over serving.max_body_bytes"},
                    415: {"description": "the body is not application/json"},
-                   422: {"description": "a record breaks the schema; `detail` names the "
-                                        "record index and the field"},
+                   422: {"description": "a record breaks the schema (`detail` names the "
+                                        "record index and the field), or the batch is "
+                                        "empty or over serving.max_records"},
                    503: {"description": "no champion model is loaded"}},
         summary="Predict one record or a batch",
     )
@@ -199,13 +213,16 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
                     "`{\"predictions\": [...]}`; the model version and request id are in "
                     "the `X-Model-Version` and `X-Request-Id` headers.",
         openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": {"type": "object"}},
-            "text/csv": {"schema": {"type": "string"}}}}},
-        responses={400: {"description": "not a scoring-protocol payload"},
-                   413: {"description": "too many records or too large a body"},
+            "application/json": {"schema": scoring.payload_json_schema(
+                Record.model_json_schema(), settings.max_records)}}}},
+        responses={400: {"description": "not a scoring-protocol payload (or not UTF-8)"},
+                   408: {"description": "the body did not arrive within "
+                                        "serving.read_timeout_seconds"},
+                   413: {"description": "a body over serving.max_body_bytes"},
                    415: {"description": "neither application/json nor text/csv"},
-                   422: {"description": "a record breaks the schema; `detail` names the "
-                                        "record index and the field"},
+                   422: {"description": "a record breaks the schema (`detail` names the "
+                                        "record index and the field), or the batch is "
+                                        "empty or over serving.max_records"},
                    503: {"description": "no champion model is loaded"}},
     )
     async def invocations(request: Request) -> Response:
@@ -244,10 +261,12 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
                                  "X-Request-Id": scored.request_id})
 
     @app.get("/ping", summary="MLflow's health check: 200 once a model is loaded",
-             responses={503: {"description": "no model loaded"}})
+             response_class=PlainTextResponse,
+             responses={503: {"description": "no model loaded",
+                              "content": {"text/plain": {}}}})
     def ping(request: Request) -> Response:
         loaded = request.app.state.champion.current is not None
-        return Response("\n", status_code=200 if loaded else 503, media_type="text/plain")
+        return PlainTextResponse("\n", status_code=200 if loaded else 503)
 
     @app.get("/version", summary="The MLflow version serving the model",
              response_class=PlainTextResponse)

@@ -49,7 +49,7 @@ def request_body(record: type[BaseModel], max_records: int) -> Any:
 
     The discriminator looks at the JSON type, so a bad record gets the errors of its own
     shape only, not the union's. The batch size limits are documented in the OpenAPI
-    document but checked by the endpoint, which answers 413 (not 422) to too many records.
+    document and checked by the endpoint (a 422 naming `serving.max_records`).
     """
     def shape(value: Any) -> str:
         return "batch" if isinstance(value, list) else "single"

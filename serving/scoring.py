@@ -32,6 +32,9 @@ def parse_payload(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]:
     except json.JSONDecodeError as error:
         raise PayloadError(f"the body is not valid JSON: {error.msg} at character "
                            f"{error.pos}") from None
+    except UnicodeDecodeError as error:
+        raise PayloadError(f"the body is not UTF-8 text: {error.reason} at byte "
+                           f"{error.start}") from None
     if not isinstance(payload, dict):
         raise PayloadError(f"the body must be a JSON object with one of {_keys()}")
     found = [key for key in PAYLOAD_KEYS if key in payload]
@@ -60,6 +63,30 @@ def predict_method(params: dict[str, Any]) -> str:
         raise PayloadError(f"params.predict_method {method!r} is not served: use one of "
                            f"{', '.join(PREDICT_METHODS)}")
     return str(method)
+
+
+def payload_json_schema(record: dict[str, Any], max_records: int) -> dict[str, Any]:
+    """The JSON payloads in the OpenAPI document, built from the record's own JSON schema.
+
+    `text/csv` is accepted too, but is not described: a JSON schema cannot say which CSV
+    texts are valid, and the document should promise nothing it cannot keep."""
+    fields = record["properties"]
+    params = {"type": "object", "additionalProperties": False,
+              "properties": {"predict_method": {"enum": list(PREDICT_METHODS)}}}
+    rows = {"type": "array", "minItems": 1, "maxItems": max_records}
+
+    def shape(key: str, data: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "required": [key], "additionalProperties": False,
+                "properties": {key: data, "params": params}}
+
+    records = {**rows, "items": {"$ref": "#/components/schemas/Record"}}
+    split = {"type": "object", "required": ["columns", "data"], "properties": {
+        "columns": {"const": list(fields)},
+        "data": {**rows, "items": {"type": "array", "prefixItems": list(fields.values()),
+                                   "minItems": len(fields), "maxItems": len(fields)}},
+        "index": {"type": "array"}}}
+    return {"oneOf": [shape("dataframe_split", split), shape("dataframe_records", records),
+                      shape("instances", records), shape("inputs", records)]}
 
 
 def _split_records(data: Any) -> list[Any]:

@@ -118,9 +118,11 @@ def test_http_edges_get_the_status_that_names_the_problem(client: TestClient) ->
     assert (batch["minItems"], batch["maxItems"]) == (1, 5)  # serving.max_records
 
 
-def test_limits_answer_413(client: TestClient) -> None:
+def test_limits_answer_422_for_records_and_413_for_bytes(client: TestClient) -> None:
     too_many = client.post("/predict", json=[RECORD] * 6)
-    assert too_many.status_code == 413 and "limit is 5" in too_many.json()["detail"]
+    [error] = too_many.json()["detail"]
+    assert too_many.status_code == 422 and error["type"] == "too_long"
+    assert "limit is 5 (serving.max_records)" in error["msg"]
     too_big = client.post("/predict", content=json.dumps([RECORD] * 200),
                           headers={"content-type": "application/json"})
     assert too_big.status_code == 413 and "20000 bytes" in too_big.json()["detail"]
