@@ -112,3 +112,39 @@ def test_a_promoter_killed_between_its_writes_is_settled(registry_project: Proje
     assert promoter.wait(timeout=120) == 0, promoter.communicate()[0]
     history, champion, _ = state(registry_project)
     assert champion == "4" and (history[-1].from_version, history[-1].to_version) == ("3", "4")
+
+
+def test_a_lock_taken_after_a_long_wait_is_not_broken_as_expired(tmp_path: Path) -> None:
+    """The lock's lease runs from when it was taken, not from when its holder began to wait:
+    otherwise a third promoter breaks in while the second still holds it (two writers, one
+    history number, a lost entry: seen once as eight entries instead of nine)."""
+    import threading
+    import time
+
+    from mlpipeline.config import load_params
+    from mlpipeline.registry import Registry
+    from tests.conftest import REPO
+
+    params = load_params(REPO).model_copy(update={"root": tmp_path})
+    with Registry(params).promotion_lock():  # the store exists before the clock starts
+        pass
+    lease = 3.0  # also how long a waiter waits
+    inside: list[tuple[str, float, float]] = []
+
+    def hold(name: str, start_after: float, seconds: float) -> None:
+        time.sleep(start_after)
+        with Registry(params).promotion_lock(wait_seconds=lease):
+            entered = time.monotonic()
+            time.sleep(seconds)
+            inside.append((name, entered, time.monotonic()))
+
+    threads = [threading.Thread(target=hold, args=args) for args in
+               [("first", 0.0, 2.0), ("waited", 0.3, 2.0), ("third", 2.5, 0.1)]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    spans = sorted(inside, key=lambda s: s[1])
+    assert [name for name, _, _ in spans] == ["first", "waited", "third"]
+    for (_, _, left), (name, entered, _) in itertools.pairwise(spans):
+        assert entered >= left, f"{name} entered while the lock was held"

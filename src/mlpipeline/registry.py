@@ -186,10 +186,12 @@ class Registry:
     def promotion_lock(self, wait_seconds: float = 120) -> Iterator[None]:
         """Hold `<name>.promotion-lock` (a registered model: creating one is atomic)."""
         lock = self.name + LOCK_SUFFIX
-        owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                            "since": time.time()})
         deadline = time.monotonic() + wait_seconds
         while True:
+            # `since` is when this attempt takes the lock, not when the wait began: a waiter
+            # that acquired late must not look expired to the others (they would break in).
+            owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                "since": time.time()})
             try:
                 self.client.create_registered_model(
                     lock, tags={"owner": owner},
