@@ -1,6 +1,8 @@
-"""`python -m serving [--port N] [--poll-seconds S]`: the service under uvicorn.
+"""`python -m serving [--port N] [--poll-seconds S] [--workers W]`: the service under uvicorn.
 
 Binds serving.host (127.0.0.1 by default); every other setting comes from params.yaml.
+With `--workers` above 1, uvicorn runs that many processes on one socket; each loads the
+champion, polls on its own and writes its own prediction-log files (named with its pid).
 """
 
 from __future__ import annotations
@@ -11,9 +13,22 @@ import os
 import socket
 
 import uvicorn
+from fastapi import FastAPI
 
 from mlpipeline.config import load_params
 from serving.app import create_app
+
+# How the parent hands its command line to worker processes, which import `worker_app`.
+REPLICA_ENV, POLL_ENV = "SERVING_REPLICA", "SERVING_POLL_SECONDS"
+
+
+def worker_app() -> FastAPI:
+    """The app as each worker process builds it (uvicorn's factory)."""
+    params = load_params()
+    poll = float(os.environ.get(POLL_ENV) or params.serving.poll_seconds)
+    params = params.model_copy(update={"serving": params.serving.model_copy(
+        update={"poll_seconds": poll})})
+    return create_app(params, replica=os.environ.get(REPLICA_ENV) or socket.gethostname())
 
 
 def main() -> None:
@@ -22,19 +37,24 @@ def main() -> None:
     parser.add_argument("--host", default=params.serving.host)
     parser.add_argument("--port", type=int, default=params.serving.port)
     parser.add_argument("--poll-seconds", type=float, default=params.serving.poll_seconds)
-    parser.add_argument("--replica", default=os.environ.get("SERVING_REPLICA")
+    parser.add_argument("--workers", type=int, default=params.serving.workers,
+                        help="processes sharing the port (default: serving.workers)")
+    parser.add_argument("--replica", default=os.environ.get(REPLICA_ENV)
                         or socket.gethostname(),
                         help="this replica's name, in its prediction log files "
-                             "(default: $SERVING_REPLICA or the host name)")
+                             f"(default: ${REPLICA_ENV} or the host name)")
     args = parser.parse_args()
-    params = params.model_copy(update={"serving": params.serving.model_copy(
-        update={"poll_seconds": args.poll_seconds})})
+    os.environ[REPLICA_ENV], os.environ[POLL_ENV] = args.replica, str(args.poll_seconds)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # A registry that is down would log a retry warning per poll; the service's own
     # champion log says it once (and when it recovers).
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    uvicorn.run(create_app(params, replica=args.replica), host=args.host, port=args.port,
-                access_log=False, log_level="info")
+    common = {"host": args.host, "port": args.port, "access_log": False, "log_level": "info"}
+    if args.workers > 1:
+        uvicorn.run("serving.__main__:worker_app", factory=True, workers=args.workers,
+                    **common)
+    else:
+        uvicorn.run(worker_app(), **common)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Body, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -146,31 +147,33 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
             detail = "the body could not be read as JSON: it must be UTF-8 text"
         return _json({"detail": detail}, exc.status_code)
 
-    def batch_problem(records: list[Any]) -> Response | None:
+    def batch_problem(count: int) -> Response | None:
         # Too many records breaks the documented `maxItems`: a 422 like any schema
         # violation (413 is for bodies over serving.max_body_bytes).
-        if len(records) > settings.max_records:
-            message, kind = (f"{len(records)} records in one request; the limit is "
+        if count > settings.max_records:
+            message, kind = (f"{count} records in one request; the limit is "
                              f"{settings.max_records} (serving.max_records)", "too_long")
-        elif not records:
+        elif not count:
             message, kind = "the batch is empty", "too_short"
         else:
             return None
         return _json({"detail": [{"loc": ["body"], "record": None, "field": None,
                                   "msg": message, "type": kind}]}, 422)
 
-    def score(request: Request, records: list[Any]) -> Scored | Response:
-        """Predict validated records with the champion, log them and count them."""
+    def as_columns(records: list[Any]) -> dict[str, list[Any]]:
+        return {name: [r.__dict__[name] for r in records] for name in schema.feature_names}
+
+    def score(request: Request, columns: dict[str, list[Any]]) -> Scored | Response:
+        """Predict validated columns with the champion, log them and count them."""
         model = request.app.state.champion.current  # one reference for the whole request
         if model is None:
             return _json({"detail": "no model to serve: "
                                     f"{request.app.state.champion.not_ready_reason}"}, 503)
-        rows = [r.__dict__ for r in records]
-        proba = model.positive_proba(rows)
+        proba = model.positive_proba(columns)
         labels = [schema.positive_class if p >= threshold else negative_class for p in proba]
-        probabilities = [round(float(p), 6) for p in proba]
+        probabilities = np.round(proba.astype(np.float64), 6).tolist()
         request_id = uuid.uuid4().hex
-        request.app.state.prediction_log.append(rows, labels, probabilities, model.version,
+        request.app.state.prediction_log.append(columns, labels, probabilities, model.version,
                                                 request_id)
         for label in set(labels):
             metrics.predictions.labels(str(label), model.version).inc(labels.count(label))
@@ -194,7 +197,7 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
     # Body_ is built from the schema at start-up: a real type to FastAPI, a variable to mypy.
     def predict(request: Request, body: Annotated[Body_, Body()]) -> Response:  # type: ignore[valid-type]
         records: list[Any] = body if isinstance(body, list) else [body]
-        scored = batch_problem(records) or score(request, records)
+        scored = batch_problem(len(records)) or score(request, as_columns(records))
         if isinstance(scored, Response):
             return scored
         return _json({
@@ -237,17 +240,22 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
             method = scoring.predict_method(extra)
         except scoring.PayloadError as error:
             return _json({"error_code": "BAD_REQUEST", "message": str(error)}, 400)
-        problem = batch_problem(raw)
+        count = len(raw) if isinstance(raw, list) else len(next(iter(raw.values()), []))
+        problem = batch_problem(count)
         if problem:
             return problem
-        try:
-            records = batch_of_records.validate_python(raw)
-        except ValidationError as error:
-            detail = _validation_errors([{**e, "loc": ("body", *e["loc"])}
-                                         for e in error.errors()])
+        if isinstance(raw, dict):  # columns (dataframe_split): checked a column at a time
+            columns, detail = raw, scoring.column_errors(raw, schema)
+        else:
+            try:
+                columns, detail = as_columns(batch_of_records.validate_python(raw)), []
+            except ValidationError as error:
+                detail = _validation_errors([{**e, "loc": ("body", *e["loc"])}
+                                             for e in error.errors()])
+        if detail:
             return _json({"error_code": "BAD_REQUEST", "message": detail[0]["msg"],
                           "detail": detail}, 422)
-        scored = score(request, records)
+        scored = score(request, columns)
         if isinstance(scored, Response):
             return scored
         if method == "predict_proba":  # one row per record, columns in the model's class order

@@ -49,13 +49,14 @@ class LoadedModel:
     def runtime(self) -> str:
         return "onnxruntime" if self.onnx_session is not None else "scikit-learn"
 
-    def positive_proba(self, records: list[dict[str, Any]]) -> np.ndarray:
-        """Probability of the positive class for validated records (dicts by feature name)."""
+    def positive_proba(self, columns: dict[str, list[Any]]) -> np.ndarray:
+        """Probability of the positive class for validated columns (lists by feature name,
+        None where a value is missing)."""
         if self.onnx_session is not None:
             return onnx_export.positive_proba(
-                self.onnx_session, onnx_export.onnx_inputs(records, self.schema),
+                self.onnx_session, onnx_export.onnx_feed(columns, self.schema),
                 self.positive_index)
-        frame = pd.DataFrame(records, columns=self.schema.feature_names)
+        frame = pd.DataFrame(columns, columns=self.schema.feature_names)
         return self.model.predict_proba(frame)[:, self.positive_index]
 
 

@@ -37,10 +37,11 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def append(self, rows: list[dict], labels: list[int | str], probabilities: list[float],
-               version: str, request_id: str) -> None:
-        """Hand one request's records to the writer; costs a queue put on the request path."""
-        self._queue.put((rows, labels, probabilities, version, request_id,
+    def append(self, columns: dict[str, list], labels: list[int | str],
+               probabilities: list[float], version: str, request_id: str) -> None:
+        """Hand one request's features (lists by name) to the writer; costs a queue put on
+        the request path."""
+        self._queue.put((columns, labels, probabilities, version, request_id,
                          dt.datetime.now(dt.UTC)))
 
     def close(self) -> None:
@@ -59,7 +60,7 @@ class PredictionLog:
                 item = None
             if item is not None and item is not _STOP:
                 pending.append(item)
-                rows += len(item[0])
+                rows += len(item[1])
             if pending and (item is None or item is _STOP or rows >= self.flush_records):
                 self._write(pending)
                 pending, rows = [], 0
@@ -72,10 +73,10 @@ class PredictionLog:
         # One Arrow table built from plain column lists: a few milliseconds for a flush, where
         # a DataFrame per request plus a concat held the GIL long enough to stall requests.
         columns: dict[str, list] = {}
-        for rows, labels, probabilities, version, request_id, at in items:
-            for name in rows[0]:
-                columns.setdefault(name, []).extend(r[name] for r in rows)
-            n = len(rows)
+        for features, labels, probabilities, version, request_id, at in items:
+            for name, values in features.items():
+                columns.setdefault(name, []).extend(values)
+            n = len(labels)
             columns.setdefault("prediction", []).extend(labels)
             columns.setdefault("probability", []).extend(probabilities)
             columns.setdefault("model_version", []).extend([version] * n)

@@ -13,6 +13,11 @@ import io
 import json
 from typing import Any
 
+import numpy as np
+import orjson
+
+from mlpipeline.schema import FeatureSpec, Schema
+
 PAYLOAD_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 CONTENT_TYPES = ("application/json", "text/csv")
 PREDICT_METHODS = ("predict", "predict_proba")
@@ -23,18 +28,14 @@ class PayloadError(ValueError):
 
 
 def parse_payload(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]:
-    """The records (a list, unvalidated) and the `params` of one /invocations body."""
+    """The records (a list) or columns (a dict of lists), unvalidated, and the `params` of
+    one /invocations body."""
     if content_type == "text/csv":
         return _csv_records(body), {}
     try:
-        # pandas-based clients (MLflow's own) send a missing value as NaN: that is a null.
-        payload = json.loads(body, parse_constant=_nan_is_null)
-    except json.JSONDecodeError as error:
-        raise PayloadError(f"the body is not valid JSON: {error.msg} at character "
-                           f"{error.pos}") from None
-    except UnicodeDecodeError as error:
-        raise PayloadError(f"the body is not UTF-8 text: {error.reason} at byte "
-                           f"{error.start}") from None
+        payload = orjson.loads(body)  # the fast path for large batches
+    except orjson.JSONDecodeError:
+        payload = _json_with_nan(body)
     if not isinstance(payload, dict):
         raise PayloadError(f"the body must be a JSON object with one of {_keys()}")
     found = [key for key in PAYLOAD_KEYS if key in payload]
@@ -48,9 +49,9 @@ def parse_payload(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]:
     key = found[0]
     data = payload[key]
     if key == "dataframe_split":
-        return _split_records(data), params
+        return _split_columns(data), params
     if key in ("instances", "inputs") and isinstance(data, dict):
-        return _column_records(data, key), params
+        return _columns(data, key), params
     if not isinstance(data, list):
         raise PayloadError(f"`{key}` must be a list of records")
     return data, params
@@ -89,30 +90,93 @@ def payload_json_schema(record: dict[str, Any], max_records: int) -> dict[str, A
                       shape("instances", records), shape("inputs", records)]}
 
 
-def _split_records(data: Any) -> list[Any]:
-    """pandas' `split` orientation: {"columns": [...], "data": [[...], ...]}."""
+def _split_columns(data: Any) -> dict[str, list[Any]]:
+    """pandas' `split` orientation, {"columns": [...], "data": [[...], ...]}, as columns."""
     if not isinstance(data, dict) or not isinstance(data.get("columns"), list) or (
             not isinstance(data.get("data"), list)):
         raise PayloadError('`dataframe_split` must be {"columns": [...], "data": [[...], ...]}')
-    columns = data["columns"]
-    records = []
-    for index, row in enumerate(data["data"]):
-        if not isinstance(row, list) or len(row) != len(columns):
-            raise PayloadError(f"`dataframe_split` row {index} must be a list of "
-                               f"{len(columns)} values, one per column")
-        records.append(dict(zip(columns, row, strict=True)))
-    return records
+    names, rows = data["columns"], data["data"]
+    if not all(isinstance(name, str) for name in names) or len(set(names)) != len(names):
+        raise PayloadError("`dataframe_split` columns must be distinct names")
+    if not all(isinstance(row, list) and len(row) == len(names) for row in rows):
+        bad = next(i for i, row in enumerate(rows)
+                   if not isinstance(row, list) or len(row) != len(names))
+        raise PayloadError(f"`dataframe_split` row {bad} must be a list of {len(names)} "
+                           "values, one per column")
+    values = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    return {name: list(column) for name, column in zip(names, values, strict=True)}
 
 
-def _column_records(data: dict[str, Any], key: str) -> list[Any]:
+def _columns(data: dict[str, Any], key: str) -> dict[str, list[Any]]:
     """A dict of columns ({"age": [41, 35], ...}), as TensorFlow-serving-style clients send."""
     lengths = {len(v) if isinstance(v, list) else -1 for v in data.values()}
-    if len(lengths) != 1 or -1 in lengths:
+    if len(lengths) > 1 or -1 in lengths:
         raise PayloadError(f"`{key}` as a dict must map each column to a list, all of one "
                            "length")
-    columns = list(data)
-    return [dict(zip(columns, values, strict=True))
-            for values in zip(*data.values(), strict=True)]
+    return data
+
+
+def column_errors(columns: dict[str, list[Any]], schema: Schema) -> list[dict[str, Any]]:
+    """What breaks the schema in a batch given as columns, checked a column at a time.
+
+    The same rules and error types as the record model of `/predict` (strict numbers,
+    finite and in range, known categories, nulls only where the schema allows them, no
+    unknown fields), with the record index and field of each error."""
+    known = set(schema.feature_names)
+    errors = [_error(None, name, "extra_forbidden", "Extra inputs are not permitted")
+              for name in columns if name not in known]
+    for spec in schema.features:
+        if spec.name not in columns:
+            errors.append(_error(None, spec.name, "missing", "Field required"))
+        elif spec.type == "numeric":
+            errors += _numeric_errors(columns[spec.name], spec)
+        else:
+            errors += _category_errors(columns[spec.name], spec)
+    return errors
+
+
+def _numeric_errors(values: list[Any], spec: FeatureSpec) -> list[dict[str, Any]]:
+    nullable = spec.max_null_share > 0
+    allowed = {int, float, type(None)} if nullable else {int, float}
+    if not set(map(type, values)) <= allowed:  # bool, str, list... (one C-level pass)
+        return [_error(i, spec.name, "float_type", _null_message(spec, v)
+                       + "Input should be a valid number")
+                for i, v in enumerate(values) if type(v) not in allowed]
+    array = np.array(values, dtype=np.float64)  # None becomes NaN
+    present = ~np.isnan(array)
+    errors = [_error(int(i), spec.name, "finite_number", "Input should be a finite number")
+              for i in np.flatnonzero(present & ~np.isfinite(array))]
+    if spec.min is not None:
+        errors += [_error(int(i), spec.name, "greater_than_equal",
+                          f"Input should be greater than or equal to {spec.min:g}")
+                   for i in np.flatnonzero(present & np.isfinite(array) & (array < spec.min))]
+    if spec.max is not None:
+        errors += [_error(int(i), spec.name, "less_than_equal",
+                          f"Input should be less than or equal to {spec.max:g}")
+                   for i in np.flatnonzero(present & np.isfinite(array) & (array > spec.max))]
+    return sorted(errors, key=lambda e: e["record"])
+
+
+def _category_errors(values: list[Any], spec: FeatureSpec) -> list[dict[str, Any]]:
+    allowed: set[str | None] = set(spec.categories or [])
+    if spec.max_null_share > 0:
+        allowed.add(None)
+    if set(map(type, values)) <= {str, type(None)} and set(values) <= allowed:
+        return []
+    expected = " or ".join(repr(c) for c in spec.categories or [])
+    return [_error(i, spec.name, "literal_error", _null_message(spec, v)
+                   + f"Input should be {expected}")
+            for i, v in enumerate(values)
+            if not (v is None or isinstance(v, str)) or v not in allowed]
+
+
+def _null_message(spec: FeatureSpec, value: Any) -> str:
+    return f"null is not allowed for {spec.name!r}: " if value is None else ""
+
+
+def _error(record: int | None, field: str, kind: str, message: str) -> dict[str, Any]:
+    loc: list[Any] = ["body", field] if record is None else ["body", record, field]
+    return {"loc": loc, "record": record, "field": field, "msg": message, "type": kind}
 
 
 def _csv_records(body: bytes) -> list[Any]:
@@ -124,6 +188,19 @@ def _csv_records(body: bytes) -> list[Any]:
         raise PayloadError(f"the body is not CSV with a header row: {error}") from None
     # Through JSON: Python numbers (not numpy's), and an empty cell becomes null.
     return list(json.loads(frame.to_json(orient="records")))
+
+
+def _json_with_nan(body: bytes) -> Any:
+    """What orjson refuses: NaN, which pandas-based clients (MLflow's own) send for a missing
+    value and which is a null here, or a real error, named for the caller."""
+    try:
+        return json.loads(body, parse_constant=_nan_is_null)
+    except json.JSONDecodeError as error:
+        raise PayloadError(f"the body is not valid JSON: {error.msg} at character "
+                           f"{error.pos}") from None
+    except UnicodeDecodeError as error:
+        raise PayloadError(f"the body is not UTF-8 text: {error.reason} at byte "
+                           f"{error.start}") from None
 
 
 def _nan_is_null(constant: str) -> float | None:

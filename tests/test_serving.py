@@ -293,7 +293,6 @@ def test_webhook_reloads_only_on_a_valid_signature(client: TestClient,
         time.sleep(0.05)
 
 
-
 def test_replicas_sharing_a_log_folder_never_collide(tmp_path: Path) -> None:
     from serving.prediction_log import PredictionLog
 
@@ -302,7 +301,8 @@ def test_replicas_sharing_a_log_folder_never_collide(tmp_path: Path) -> None:
             for name in ("replica-1", "replica/2")]
     for i, log in enumerate(logs):
         for n in range(3):
-            log.append([{**RECORD, "age": 20 + 10 * i + n}], [0], [0.1], "1", f"{i}-{n}")
+            columns = {name: [value] for name, value in RECORD.items()}
+            log.append({**columns, "age": [20 + 10 * i + n]}, [0], [0.1], "1", f"{i}-{n}")
     for log in logs:
         log.close()
     parts = sorted(p.name for p in tmp_path.glob("date=*/*.parquet"))

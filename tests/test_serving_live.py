@@ -136,3 +136,47 @@ def test_fuzzed_requests_pass_every_schemathesis_check(api_schema) -> None:
     assert failures == [], failures[:3]
     # The fuzzer reached both sides of validation, not just one.
     assert 200 in predict_statuses and predict_statuses & {413, 422}, predict_statuses
+
+
+def test_two_workers_share_the_port_and_each_logs_its_own_files(
+        trained_project: Project, tmp_path: Path) -> None:
+    """`--workers 2`: two processes answer on one port, each with its model and its own
+    prediction-log files; a SIGTERM to the parent drains both logs."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    root = trained_project.root
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "workers.log").open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--port", str(port), "--workers", "2",
+             "--replica", "workers-test"], cwd=root, env=ENV, stdout=out,
+            stderr=subprocess.STDOUT)
+    try:
+        wait_http_ok(f"{url}/ready", process, timeout=90)
+        deadline = time.monotonic() + 90  # the other worker may still be loading its model
+        while (tmp_path / "workers.log").read_text().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline and process.poll() is None, "one worker only"
+            time.sleep(0.1)
+        payload = {"dataframe_records": [RECORD]}
+
+        def send(_: int) -> str:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                response = client.post("/invocations", json=payload)
+                assert response.status_code == 200, response.text
+                return response.headers["X-Request-Id"]
+
+        with ThreadPoolExecutor(8) as pool:
+            request_ids = set(pool.map(send, range(400)))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    parts = list((root / "logs/predictions").glob("date=*/*-workers-test-*.parquet"))
+    pids = {p.name.split("-workers-test-")[1].split("-")[0] for p in parts}
+    assert len(pids) == 2, (pids, (tmp_path / "workers.log").read_text()[-2000:])
+    logged = [rid for p in parts for rid in pq.read_table(p).column("request_id").to_pylist()]
+    assert sorted(logged) == sorted(request_ids)  # every request, once, across both workers

@@ -129,6 +129,7 @@ class ServingParams(_Strict):
     host: str = "127.0.0.1"  # loopback by default; expose deliberately
     port: int = 8000
     poll_seconds: float = Field(10.0, gt=0)  # how often to check where `champion` points
+    workers: int = Field(1, ge=1)  # uvicorn worker processes per replica (one port)
     max_records: int = Field(1000, gt=0)  # per request
     max_body_bytes: int = Field(2_000_000, gt=0)
     read_timeout_seconds: float = Field(10.0, gt=0)  # a body not in by then: 408 (stalled client)

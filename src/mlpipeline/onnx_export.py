@@ -22,15 +22,20 @@ REASON_CHARS = 200  # of the message's first line, in the `onnx_reason` tag
 
 
 def onnx_inputs(records: list[dict[str, Any]], schema: Schema) -> dict[str, np.ndarray]:
-    """Feed for the ONNX graph: one (n, 1) tensor per feature; missing numbers are NaN,
-    missing categories the empty string (unknown to the encoder: all zeros, as in sklearn)."""
+    """Feed for the ONNX graph from records (dicts by feature name)."""
+    return onnx_feed({name: [r[name] for r in records] for name in schema.feature_names},
+                     schema)
+
+
+def onnx_feed(columns: dict[str, Any], schema: Schema) -> dict[str, np.ndarray]:
+    """Feed for the ONNX graph: one (n, 1) tensor per feature; missing numbers (None) are
+    NaN, missing categories the empty string (unknown to the encoder: all zeros, as in
+    sklearn)."""
     feed = {}
     for name in schema.numeric:
-        values = [r[name] for r in records]
-        feed[name] = np.array([np.nan if v is None else v for v in values],
-                              dtype=np.float32).reshape(-1, 1)
+        feed[name] = np.array(columns[name], dtype=np.float32).reshape(-1, 1)  # None: NaN
     for name in schema.categorical:
-        feed[name] = np.array(["" if r[name] is None else str(r[name]) for r in records],
+        feed[name] = np.array(["" if v is None else str(v) for v in columns[name]],
                               dtype=object).reshape(-1, 1)
     return feed
 

@@ -1,0 +1,81 @@
+"""MLflow's scoring payloads and the column-at-a-time check, without a server: the column
+check must refuse exactly what the record model of /predict refuses."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from mlpipeline.config import load_params
+from serving import scoring
+from serving.schemas import record_model
+from tests.conftest import REPO
+
+SCHEMA = load_params(REPO).schema
+RECORD = {"age": 41, "annual_income": 58000, "employment_years": None, "credit_score": 690,
+          "loan_amount": 14000, "interest_rate": 12.5, "debt_to_income": 18.2,
+          "open_accounts": 8, "delinquencies_2y": 0, "term": "36 months",
+          "home_ownership": "RENT", "purpose": "car", "region": "north"}
+
+
+def record_errors(records: list[dict[str, Any]]) -> set[tuple]:
+    try:
+        TypeAdapter(list[record_model(SCHEMA)]).validate_python(records)  # type: ignore[misc]
+    except ValidationError as error:
+        return {(e["loc"][0], e["loc"][1], e["type"]) for e in error.errors()}
+    return set()
+
+
+def column_errors(records: list[dict[str, Any]]) -> set[tuple]:
+    columns = {name: [r[name] for r in records] for name in records[0]}
+    return {(e["record"], e["field"], e["type"]) for e in scoring.column_errors(columns, SCHEMA)}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("age", "41"), ("age", True), ("age", None), ("age", 130), ("age", -1), ("age", [41]),
+    ("age", math.inf), ("annual_income", -5), ("employment_years", "x"),
+    ("employment_years", -1), ("region", "atlantis"), ("region", None), ("region", 3),
+    ("region", ["north"]), ("term", "36"), ("home_ownership", {"a": 1}),
+])
+def test_column_check_refuses_what_the_record_model_refuses(field: str, value: Any) -> None:
+    batch = [RECORD, {**RECORD, "age": 30.5}, {**RECORD, field: value}]
+    expected = record_errors(batch)
+    assert expected, f"the record model accepts {field}={value!r}"
+    assert column_errors(batch) == expected
+
+
+def test_column_check_accepts_what_the_record_model_accepts() -> None:
+    batch = [RECORD, {**RECORD, "employment_years": 3.5, "age": 18}, {**RECORD, "age": 99.0}]
+    assert record_errors(batch) == set() and column_errors(batch) == set()
+
+
+def test_missing_and_unknown_columns_are_named_once() -> None:
+    columns = {name: [RECORD[name]] * 3 for name in RECORD if name != "term"}
+    columns["model_uri"] = ["models:/other/1"] * 3
+    errors = {(e["record"], e["field"], e["type"])
+              for e in scoring.column_errors(columns, SCHEMA)}
+    assert errors == {(None, "term", "missing"), (None, "model_uri", "extra_forbidden")}
+
+
+def test_payload_shapes_become_records_or_columns() -> None:
+    split = {"columns": ["age", "region"], "data": [[41, "north"], [35, None]]}
+    columns, params = scoring.parse_payload(json.dumps(
+        {"dataframe_split": split, "params": {"predict_method": "predict_proba"}}).encode(),
+        "application/json")
+    assert columns == {"age": [41, 35], "region": ["north", None]}
+    assert scoring.predict_method(params) == "predict_proba"
+    nan, _ = scoring.parse_payload(b'{"inputs": {"age": [NaN, 1]}}', "application/json")
+    assert nan == {"age": [None, 1]}  # pandas clients send a missing value as NaN
+    records, _ = scoring.parse_payload(b"age,region\n41,north\n,south\n", "text/csv")
+    assert records == [{"age": 41.0, "region": "north"}, {"age": None, "region": "south"}]
+    for body, problem in [(b"[1]", "JSON object"), (b"{}", "exactly one of"),
+                          (b'{"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}}',
+                           "row 0"), (b"\x80", "UTF-8"), (b'{"inputs": 1', "not valid JSON")]:
+        with pytest.raises(scoring.PayloadError, match=problem):
+            scoring.parse_payload(body, "application/json")
+    with pytest.raises(scoring.PayloadError, match="predict_log_proba"):
+        scoring.predict_method({"predict_method": "predict_log_proba"})
