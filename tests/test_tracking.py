@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -31,6 +33,7 @@ def test_the_store_block_does_not_pin_the_process_to_the_project_store(tmp_path,
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9"
 
 
+@pytest.mark.slow
 def test_registry_and_monitoring_leave_mlflow_global_uri_unset(trained_project) -> None:
     """Every module reaches MLflow through `tracking` (a client that carries its store, or
     a `store` block): after looking up the champion, loading it and reading its reference
