@@ -43,6 +43,15 @@ from serving.schemas import PredictResponse, record_model, request_body
 
 log = logging.getLogger("serving")
 
+# What /predict and /invocations both answer besides 200 (each adds its own 400 and 415).
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    408: {"description": "the body did not arrive within serving.read_timeout_seconds"},
+    413: {"description": "a body over serving.max_body_bytes"},
+    422: {"description": "a record breaks the schema (`detail` names the record index and "
+                         "the field), or the batch is empty or over serving.max_records"},
+    503: {"description": "no champion model is loaded"},
+}
+
 
 def _json(payload: Any, status: int = 200) -> Response:
     return Response(json.dumps(payload), status_code=status, media_type="application/json")
@@ -183,15 +192,8 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
     @app.post(
         "/predict",
         response_model=PredictResponse,
-        responses={400: {"description": "the body is not UTF-8 text"},
-                   408: {"description": "the body did not arrive within "
-                                        "serving.read_timeout_seconds"},
-                   413: {"description": "a body over serving.max_body_bytes"},
-                   415: {"description": "the body is not application/json"},
-                   422: {"description": "a record breaks the schema (`detail` names the "
-                                        "record index and the field), or the batch is "
-                                        "empty or over serving.max_records"},
-                   503: {"description": "no champion model is loaded"}},
+        responses={**BODY_ERRORS, 400: {"description": "the body is not UTF-8 text"},
+                   415: {"description": "the body is not application/json"}},
         summary="Predict one record or a batch",
     )
     # Body_ is built from the schema at start-up: a real type to FastAPI, a variable to mypy.
@@ -218,15 +220,9 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": scoring.payload_json_schema(
                 Record.model_json_schema(), settings.max_records)}}}},
-        responses={400: {"description": "not a scoring-protocol payload (or not UTF-8)"},
-                   408: {"description": "the body did not arrive within "
-                                        "serving.read_timeout_seconds"},
-                   413: {"description": "a body over serving.max_body_bytes"},
-                   415: {"description": "neither application/json nor text/csv"},
-                   422: {"description": "a record breaks the schema (`detail` names the "
-                                        "record index and the field), or the batch is "
-                                        "empty or over serving.max_records"},
-                   503: {"description": "no champion model is loaded"}},
+        responses={**BODY_ERRORS,
+                   400: {"description": "not a scoring-protocol payload (or not UTF-8)"},
+                   415: {"description": "neither application/json nor text/csv"}},
     )
     async def invocations(request: Request) -> Response:
         body = await request.body()
