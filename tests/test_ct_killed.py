@@ -27,9 +27,19 @@ def champion(project: Project) -> str:
 
 
 @pytest.fixture
-def killed(trained_project: Project, tmp_path: Path) -> tuple[Project, dict[str, str]]:
-    """A copy of the trained project whose forced cycle was killed while `evaluate` ran."""
+def killed(killed_once: tuple[Project, dict[str, str]],
+           tmp_path: Path) -> tuple[Project, dict[str, str]]:
+    """Each test's own copy of the killed project (its MLflow store and DVC cache included)."""
     project = Project(tmp_path / "killed")
+    shutil.copytree(killed_once[0].root, project.root, symlinks=True)
+    return project, killed_once[1]
+
+
+@pytest.fixture(scope="module")
+def killed_once(trained_project: Project, tmp_path_factory: pytest.TempPathFactory
+                ) -> tuple[Project, dict[str, str]]:
+    """A copy of the trained project whose forced cycle was killed while `evaluate` ran."""
+    project = Project(tmp_path_factory.mktemp("killed") / "project")
     shutil.copytree(trained_project.root, project.root, symlinks=True)
     before = {name: project.read(name) for name in
               ("params.yaml", "dvc.lock", "reports/metrics.json", "reports/gate.json")}
