@@ -204,7 +204,11 @@ class Registry:
                     continue
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
-            if self._lock_owner_is_gone(lock, wait_seconds):
+            stale = self._stale_lock_owner(lock, wait_seconds)
+            # Break only the lock judged stale: its owner may have released it and died (a
+            # promoter exits right after), and another may hold it since. Deleting that
+            # one let two promoters in at once (one history entry lost).
+            if stale is not None and self._lock_owner(lock) == stale:
                 with contextlib.suppress(tracking.mlflow.exceptions.MlflowException):
                     self.client.delete_registered_model(lock)
                 continue
@@ -219,22 +223,29 @@ class Registry:
             with contextlib.suppress(tracking.mlflow.exceptions.MlflowException):
                 self.client.delete_registered_model(lock)
 
-    def _lock_owner_is_gone(self, lock: str, lease_seconds: float) -> bool:
-        """The lock's owner died on this host, or has held it longer than any promotion."""
+    def _lock_owner(self, lock: str) -> str | None:
         try:
-            owner = json.loads(self.client.get_registered_model(lock).tags.get("owner", "{}"))
+            return str(self.client.get_registered_model(lock).tags.get("owner", "{}"))
         except tracking.mlflow.exceptions.MlflowException:
-            return False  # released meanwhile: just try again
+            return None  # released meanwhile
+
+    def _stale_lock_owner(self, lock: str, lease_seconds: float) -> str | None:
+        """The lock's owner (as tagged) if it died on this host or has held the lock longer
+        than any promotion; None while it is alive, or when the lock is free."""
+        tagged = self._lock_owner(lock)
+        if tagged is None:
+            return None
+        owner = json.loads(tagged)
         if time.time() - owner.get("since", 0) > lease_seconds:
-            return True
+            return tagged
         if owner.get("host") == socket.gethostname():
             try:
                 os.kill(int(owner["pid"]), 0)
             except ProcessLookupError:
-                return True
+                return tagged
             except (PermissionError, KeyError, ValueError):
-                return False
-        return False
+                return None
+        return None
 
     def rollback(self, to: str | None = None) -> Promotion:
         if to is None:
