@@ -15,7 +15,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
-from mlpipeline.config import load_params
+from mlpipeline.config import load_service_config
 from serving.app import create_app
 
 # How the parent hands its command line to worker processes, which import `worker_app`.
@@ -24,7 +24,7 @@ REPLICA_ENV, POLL_ENV = "SERVING_REPLICA", "SERVING_POLL_SECONDS"
 
 def worker_app() -> FastAPI:
     """The app as each worker process builds it (uvicorn's factory)."""
-    params = load_params()
+    params = load_service_config()
     poll = float(os.environ.get(POLL_ENV) or params.serving.poll_seconds)
     params = params.model_copy(update={"serving": params.serving.model_copy(
         update={"poll_seconds": poll})})
@@ -32,7 +32,7 @@ def worker_app() -> FastAPI:
 
 
 def main() -> None:
-    params = load_params()
+    params = load_service_config()
     parser = argparse.ArgumentParser(prog="python -m serving")
     parser.add_argument("--host", default=params.serving.host)
     parser.add_argument("--port", type=int, default=params.serving.port)

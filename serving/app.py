@@ -4,7 +4,9 @@ Endpoints: POST /predict (one record or a batch), GET /health, /ready, /model, /
 POST /admin/reload (bearer token), POST /admin/webhook (MLflow's signed registry webhook);
 and MLflow's scoring protocol: POST /invocations, GET /ping, /version.
 Nothing lets a caller name a model URI or a file: the service serves
-`models:/<registered_model>@champion` from params.yaml and nothing else.
+`models:/<registered_model>@champion` from params.yaml and nothing else. Requests are checked
+against the served version's own contract (logged with it), and the OpenAPI document follows
+the champion when it changes.
 """
 
 
@@ -26,20 +28,19 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Body, FastAPI, Header, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import FastAPI, Header, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mlpipeline.config import Params, load_params
+from mlpipeline.config import ServiceConfig, load_service_config
 from serving import scoring
-from serving.champion import Champion
+from serving.champion import Champion, LoadedModel
 from serving.metrics import MetricsAndLimits, ServiceMetrics
 from serving.prediction_log import PredictionLog
-from serving.schemas import PredictResponse, record_model, request_body
+from serving.schemas import PredictResponse, RequestContract
 
 log = logging.getLogger("serving")
 
@@ -81,16 +82,10 @@ def _validation_errors(found: Sequence[Any]) -> list[dict[str, Any]]:
     return errors
 
 
-def create_app(params: Params | None = None, *, start_poller: bool = True,
+def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True,
                replica: str = "") -> FastAPI:
-    params = params or load_params()
+    params = params or load_service_config()
     settings = params.serving
-    schema = params.schema
-    threshold = params.evaluate.threshold
-    negative_class = schema.negative_class
-    Record = record_model(schema)
-    Body_ = request_body(Record, settings.max_records)
-    batch_of_records = TypeAdapter(list[Record])  # type: ignore[valid-type]
     metrics = ServiceMetrics()
 
     @contextlib.asynccontextmanager
@@ -134,27 +129,31 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
     app = FastAPI(
         title="Model service",
         description=f"Serves `models:/{params.mlflow.registered_model}@champion` from the "
-                    "MLflow registry; requests are validated against the training schema.",
+                    "MLflow registry; requests are validated against the served version's "
+                    "own contract (its training schema), which this document shows.",
         version="1.0",
         lifespan=lifespan,
     )
+
+    def openapi() -> dict[str, Any]:
+        """The document for the champion being served, rebuilt when its contract changes."""
+        champion = getattr(app.state, "champion", None)
+        requests = champion.current.requests if champion and champion.current else None
+        if app.openapi_schema is None or app.state.openapi_contract is not requests:
+            document = get_openapi(title=app.title, version=app.version,
+                                   description=app.description, routes=app.routes)
+            app.openapi_schema = document_request_bodies(document, requests,
+                                                         settings.max_records)
+            app.state.openapi_contract = requests
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(MetricsAndLimits, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        read_timeout_seconds=settings.read_timeout_seconds,
                        content_types={"/predict": ("application/json",),
                                       "/invocations": scoring.CONTENT_TYPES})
     app.state.metrics = metrics
     app.state.params = params
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_errors(exc.errors())}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        detail = exc.detail
-        if exc.status_code == 400 and detail == "There was an error parsing the body":
-            detail = "the body could not be read as JSON: it must be UTF-8 text"
-        return _json({"detail": detail}, exc.status_code)
 
     def batch_problem(count: int) -> Response | None:
         # Too many records breaks the documented `maxItems`: a 422 like any schema
@@ -169,17 +168,19 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
         return _json({"detail": [{"loc": ["body"], "record": None, "field": None,
                                   "msg": message, "type": kind}]}, 422)
 
-    def as_columns(records: list[Any]) -> dict[str, list[Any]]:
-        return {name: [r.__dict__[name] for r in records] for name in schema.feature_names}
-
-    def score(request: Request, columns: dict[str, list[Any]]) -> Scored | Response:
-        """Predict validated columns with the champion, log them and count them."""
-        model = request.app.state.champion.current  # one reference for the whole request
+    def served_model(request: Request) -> LoadedModel | Response:
+        """The champion this request is checked against and scored by, start to end (a swap
+        in between changes neither its contract nor its model)."""
+        model = request.app.state.champion.current
         if model is None:
             return _json({"detail": "no model to serve: "
                                     f"{request.app.state.champion.not_ready_reason}"}, 503)
+        return model
+
+    def score(request: Request, model: LoadedModel, columns: dict[str, list[Any]]) -> Scored:
+        """Predict validated columns with the champion, log them and count them."""
         proba = model.positive_proba(columns)
-        labels = [schema.positive_class if p >= threshold else negative_class for p in proba]
+        labels = model.requests.labels(proba)
         probabilities = np.round(proba.astype(np.float64), 6).tolist()
         request_id = uuid.uuid4().hex
         request.app.state.prediction_log.append(columns, labels, probabilities, model.version,
@@ -195,13 +196,28 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
         responses={**BODY_ERRORS, 400: {"description": "the body is not UTF-8 text"},
                    415: {"description": "the body is not application/json"}},
         summary="Predict one record or a batch",
+        description="One record (a JSON object) or a batch (an array of records), as the "
+                    "served version's contract describes them (see `Record`).",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictBody"}}}}},
     )
-    # Body_ is built from the schema at start-up: a real type to FastAPI, a variable to mypy.
-    def predict(request: Request, body: Annotated[Body_, Body()]) -> Response:  # type: ignore[valid-type]
-        records: list[Any] = body if isinstance(body, list) else [body]
-        scored = batch_problem(len(records)) or score(request, as_columns(records))
-        if isinstance(scored, Response):
-            return scored
+    async def predict(request: Request) -> Response:
+        body = await request.body()
+        return await run_in_threadpool(predict_body, request, body)
+
+    def predict_body(request: Request, body: bytes) -> Response:
+        model = served_model(request)
+        if isinstance(model, Response):
+            return model
+        try:
+            parsed = model.requests.body.validate_json(body)
+        except ValidationError as error:
+            return body_errors(error, body)
+        records: list[Any] = parsed if isinstance(parsed, list) else [parsed]
+        problem = batch_problem(len(records))
+        if problem:
+            return problem
+        scored = score(request, model, model.requests.columns(records))
         return _json({
             "model": {"name": scored.model, "version": scored.version},
             "request_id": scored.request_id,
@@ -218,8 +234,7 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
                     "`{\"predictions\": [...]}`; the model version and request id are in "
                     "the `X-Model-Version` and `X-Request-Id` headers.",
         openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": scoring.payload_json_schema(
-                Record.model_json_schema(), settings.max_records)}}}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/ScoringPayload"}}}}},
         responses={**BODY_ERRORS,
                    400: {"description": "not a scoring-protocol payload (or not UTF-8)"},
                    415: {"description": "neither application/json nor text/csv"}},
@@ -240,20 +255,22 @@ def create_app(params: Params | None = None, *, start_poller: bool = True,
         problem = batch_problem(count)
         if problem:
             return problem
+        model = served_model(request)
+        if isinstance(model, Response):
+            return model
         if isinstance(raw, dict):  # columns (dataframe_split): checked a column at a time
-            columns, detail = raw, scoring.column_errors(raw, schema)
+            columns, detail = raw, scoring.column_errors(raw, model.schema)
         else:
             try:
-                columns, detail = as_columns(batch_of_records.validate_python(raw)), []
+                columns = model.requests.columns(model.requests.records.validate_python(raw))
+                detail = []
             except ValidationError as error:
                 detail = _validation_errors([{**e, "loc": ("body", *e["loc"])}
                                              for e in error.errors()])
         if detail:
             return _json({"error_code": "BAD_REQUEST", "message": detail[0]["msg"],
                           "detail": detail}, 422)
-        scored = score(request, columns)
-        if isinstance(scored, Response):
-            return scored
+        scored = score(request, model, columns)
         if method == "predict_proba":  # one row per record, columns in the model's class order
             predictions: list[Any] = [
                 [1 - p, p] if scored.positive_index == 1 else [p, 1 - p]
@@ -366,6 +383,46 @@ class Scored:
     labels: list[Any]
     probabilities: list[float]
     request_id: str
+
+
+def body_errors(error: ValidationError, body: bytes) -> Response:
+    """/predict's answer to a body its contract refuses: 400 if it is not UTF-8 text, else 422
+    naming the record and field (or, for broken JSON, the character position)."""
+    found = error.errors()
+    if found and found[0]["type"] == "json_invalid":
+        try:
+            json.loads(body)  # the standard parser names the position as a character index
+        except UnicodeDecodeError:
+            return _json({"detail": "the body could not be read as JSON: it must be UTF-8 "
+                                    "text"}, 400)
+        except ValueError as decode_error:
+            position = getattr(decode_error, "pos", None)
+            reason = getattr(decode_error, "msg", str(decode_error))
+            return _json({"detail": [{"loc": ["body"], "record": None, "field": None,
+                                      "position": position, "type": "json_invalid",
+                                      "msg": f"the body is not valid JSON: {reason} at "
+                                             f"character {position}"}]}, 422)
+    return _json({"detail": _validation_errors(
+        [{**e, "loc": ("body", *e["loc"])} for e in found])}, 422)
+
+
+def document_request_bodies(document: dict[str, Any], requests: RequestContract | None,
+                            max_records: int) -> dict[str, Any]:
+    """Put the served contract's record, and the bodies built from it, in the document:
+    `Record`, `PredictBody` (one record or 1 to max_records of them) and `ScoringPayload`
+    (MLflow's payloads). Before a model is loaded, a record is any object."""
+    record = requests.record_json_schema() if requests else {
+        "type": "object", "title": "Record",
+        "description": "no model is loaded yet: its contract decides the fields"}
+    record = {**record, "properties": record.get("properties", {})}
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    components["Record"] = record
+    components["PredictBody"] = {"oneOf": [
+        {"$ref": "#/components/schemas/Record"},
+        {"type": "array", "minItems": 1, "maxItems": max_records,
+         "items": {"$ref": "#/components/schemas/Record"}}]}
+    components["ScoringPayload"] = scoring.payload_json_schema(record, max_records)
+    return document
 
 
 def freeze_long_lived_objects() -> None:

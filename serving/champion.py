@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from mlpipeline import onnx_export
-from mlpipeline.config import Params
-from mlpipeline.schema import Schema
+from mlpipeline.config import Params, ServiceConfig
+from mlpipeline.schema import CONTRACT_FILE, ModelContract, Schema
+from serving.schemas import RequestContract, request_contract
 
 log = logging.getLogger("serving.champion")
 
@@ -41,9 +42,13 @@ class LoadedModel:
     run_id: str
     model: Any  # the scikit-learn pipeline as registered
     positive_index: int
-    schema: Schema
+    requests: RequestContract  # the version's own contract, as request models
     onnx_session: Any = None  # its verified ONNX twin, when the version ships one
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def schema(self) -> Schema:
+        return self.requests.schema
 
     @property
     def runtime(self) -> str:
@@ -63,11 +68,17 @@ class LoadedModel:
 class Champion:
     """Holds the current champion; `check()` reloads it when the alias has moved."""
 
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: ServiceConfig) -> None:
         from mlpipeline import tracking  # mlflow: the service pays this once, at start-up
 
         self._mlflow = tracking.mlflow
         self.params = params
+        self.max_records = params.serving.max_records
+        # Versions logged before contracts travelled with models are served by the pipeline's
+        # params.yaml schema, when the service was given one.
+        self.fallback_contract = (
+            ModelContract(schema=params.schema, threshold=params.evaluate.threshold)
+            if isinstance(params, Params) else None)
         self.name = params.mlflow.registered_model
         self.client = tracking.client(params)
         self.current: LoadedModel | None = None
@@ -144,8 +155,9 @@ class Champion:
         model = self._mlflow.sklearn.load_model(str(local))
         twin = local / "extra_files" / onnx_export.FILE_NAME
         onnx_session = onnx_export.session(twin.read_bytes()) if twin.is_file() else None
-        shutil.rmtree(local, ignore_errors=True)  # both are in memory now
-        schema = self.params.schema
+        contract = self._contract(local / "extra_files" / CONTRACT_FILE, version.version)
+        shutil.rmtree(local, ignore_errors=True)  # all of it is in memory now
+        schema = contract.schema
         run = self.client.get_run(version.run_id) if version.run_id else None
         metrics = run.data.metrics if run else {}
         tags = version.tags
@@ -163,12 +175,26 @@ class Champion:
                         ("roc_auc", "pr_auc", "precision", "recall", "f1", "log_loss")
                         if k in metrics},
             "loaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "contract": {"features": schema.feature_names, "classes": schema.classes,
+                         "threshold": contract.threshold},
         }
         loaded = LoadedModel(self.name, str(version.version), version.run_id or "", model,
-                             list(model.classes_).index(schema.positive_class), schema,
-                             onnx_session, metadata)
+                             list(model.classes_).index(schema.positive_class),
+                             request_contract(contract, self.max_records), onnx_session,
+                             metadata)
         metadata["runtime"] = loaded.runtime
         return loaded
+
+    def _contract(self, path: Path, version: str) -> ModelContract:
+        if path.is_file():
+            return ModelContract.model_validate_json(path.read_text())
+        if self.fallback_contract is None:
+            raise ValueError(f"version {version} carries no {CONTRACT_FILE} (it was logged "
+                             "before models carried their contract): retrain it with `dvc "
+                             "repro`, or give the service a params.yaml with its `schema`")
+        log.warning("version %s carries no %s: serving it with params.yaml's schema",
+                    version, CONTRACT_FILE)
+        return self.fallback_contract
 
     def _scratch(self) -> str:
         import tempfile

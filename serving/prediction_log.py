@@ -73,10 +73,13 @@ class PredictionLog:
         # One Arrow table built from plain column lists: a few milliseconds for a flush, where
         # a DataFrame per request plus a concat held the GIL long enough to stall requests.
         columns: dict[str, list] = {}
+        # A swap to a version with other features can fall inside one part: every feature
+        # any request carried becomes a column, null where a request did not have it.
+        names = list(dict.fromkeys(name for item in items for name in item[0]))
         for features, labels, probabilities, version, request_id, at in items:
-            for name, values in features.items():
-                columns.setdefault(name, []).extend(values)
             n = len(labels)
+            for name in names:
+                columns.setdefault(name, []).extend(features.get(name) or [None] * n)
             columns.setdefault("prediction", []).extend(labels)
             columns.setdefault("probability", []).extend(probabilities)
             columns.setdefault("model_version", []).extend([version] * n)

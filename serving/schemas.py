@@ -1,6 +1,7 @@
-"""Request and response models, generated from the training schema in params.yaml.
+"""Request and response models, generated from the served model version's contract.
 
-No feature list is written here: add a feature to the schema and the API accepts it.
+No feature list is written here: a version trained with another feature brings its own
+contract, and the API takes the new field from the moment that version is served.
 Validation is strict: a number must be a JSON number (not "42"), a category one of the
 schema's, a value inside the schema's range; nullable only where the schema allows nulls;
 unknown fields are refused.
@@ -8,6 +9,8 @@ unknown fields are refused.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
@@ -16,11 +19,12 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    TypeAdapter,
     create_model,
 )
 from pydantic.config import JsonDict
 
-from mlpipeline.schema import FeatureSpec, Schema
+from mlpipeline.schema import FeatureSpec, ModelContract, Schema
 
 
 def _field(spec: FeatureSpec) -> tuple[Any, Any]:
@@ -60,6 +64,46 @@ def request_body(record: type[BaseModel], max_records: int) -> Any:
         | Annotated[list[record], Tag("batch"), limits],  # type: ignore[valid-type]
         Discriminator(shape),
     ]
+
+
+@dataclass(frozen=True)
+class RequestContract:
+    """One model contract as the service applies it: the request models, the JSON schema
+    the OpenAPI document shows, and the decision (threshold, class names)."""
+
+    contract: ModelContract
+    record: type[BaseModel]
+    body: TypeAdapter[Any]  # /predict: one record or a batch, validated from the JSON bytes
+    records: TypeAdapter[Any]  # a list of records already parsed (MLflow's scoring payloads)
+
+    @property
+    def schema(self) -> Schema:
+        return self.contract.schema
+
+    def columns(self, records: list[Any]) -> dict[str, list[Any]]:
+        """Validated records as lists by feature name, the model's input."""
+        return {name: [r.__dict__[name] for r in records] for name in self.schema.feature_names}
+
+    def labels(self, probabilities: Any) -> list[int | str]:
+        threshold = self.contract.threshold
+        positive, negative = self.schema.positive_class, self.schema.negative_class
+        return [positive if p >= threshold else negative for p in probabilities]
+
+    def record_json_schema(self) -> dict[str, Any]:
+        return self.record.model_json_schema()
+
+
+def request_contract(contract: ModelContract, max_records: int) -> RequestContract:
+    """The request models for `contract`; versions that share a contract share them."""
+    return _request_contract(contract.model_dump_json(by_alias=True), max_records)
+
+
+@functools.lru_cache(maxsize=8)
+def _request_contract(contract_json: str, max_records: int) -> RequestContract:
+    contract = ModelContract.model_validate_json(contract_json)
+    record = record_model(contract.schema)
+    return RequestContract(contract, record, TypeAdapter(request_body(record, max_records)),
+                           TypeAdapter(list[record]))  # type: ignore[valid-type]
 
 
 class Prediction(BaseModel):

@@ -112,8 +112,10 @@ def test_http_edges_get_the_status_that_names_the_problem(client: TestClient) ->
                        headers={"content-type": "text/plain"})
     assert text.status_code == 415 and "application/json" in text.json()["detail"]
 
-    body = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
-    [batch] = [s for s in body["content"]["application/json"]["schema"]["oneOf"]
+    document = client.get("/openapi.json").json()
+    body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/PredictBody"}
+    [batch] = [s for s in document["components"]["schemas"]["PredictBody"]["oneOf"]
                if s.get("type") == "array"]
     assert (batch["minItems"], batch["maxItems"]) == (1, 5)  # serving.max_records
 
@@ -310,6 +312,23 @@ def test_replicas_sharing_a_log_folder_never_collide(tmp_path: Path) -> None:
     assert sum("-replica-1-" in p for p in parts) == 3
     assert sum("-replica_2-" in p for p in parts) == 3  # a name is made safe for a file
     assert sorted(read_log(tmp_path)["age"]) == [20, 21, 22, 30, 31, 32]
+
+
+def test_a_part_spanning_a_swap_to_another_contract_keeps_every_column(tmp_path: Path) -> None:
+    """Requests before and after a swap to a version with one more feature can land in one
+    part: each feature is a column, null where a request did not carry it."""
+    from serving.prediction_log import PredictionLog
+
+    log = PredictionLog(tmp_path, flush_records=100, flush_seconds=60)
+    old = {name: [value, value] for name, value in RECORD.items()}
+    log.append(old, [0, 0], [0.1, 0.2], "1", "before")
+    log.append({**old, "has_cosigner": ["yes", "no"]}, [1, 0], [0.9, 0.3], "2", "after")
+    log.close()
+    assert len(list(tmp_path.glob("date=*/*.parquet"))) == 1  # one part across the swap
+    logged = read_log(tmp_path)
+    assert len(logged) == 4 and list(logged["model_version"]) == ["1", "1", "2", "2"]
+    assert list(logged["has_cosigner"]) == [None, None, "yes", "no"]
+    assert list(logged["age"]) == [41] * 4
 
 
 def test_loaded_model_is_frozen_out_of_the_gc_and_a_replaced_one_is_freed(

@@ -180,3 +180,86 @@ def test_two_workers_share_the_port_and_each_logs_its_own_files(
     assert len(pids) == 2, (pids, (tmp_path / "workers.log").read_text()[-2000:])
     logged = [rid for p in parts for rid in pq.read_table(p).column("request_id").to_pylist()]
     assert sorted(logged) == sorted(request_ids)  # every request, once, across both workers
+
+
+def test_a_version_with_another_contract_is_served_by_its_own_contract(
+        trained_project: Project, tmp_path: Path) -> None:
+    """The request model comes from the served version, not from the service's params.yaml:
+    a replica configured with only the registry settings (no `schema`) takes a new field as
+    soon as a version trained with it becomes champion, and refuses the old shape naming it."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from mlpipeline import evaluate, tracking, train
+    from mlpipeline.config import TEST_SPLIT, TRAIN_SPLIT
+    from mlpipeline.registry import Registry
+    from mlpipeline.schema import FeatureSpec
+
+    root = tmp_path / "project"  # a copy: the shared trained project keeps its champion
+    shutil.copytree(trained_project.root, root, ignore=shutil.ignore_patterns(".git"))
+    params = load_params(root)
+    service_dir = tmp_path / "replica"  # a replica's whole configuration: registry and limits
+    service_dir.mkdir()
+    (service_dir / "params.yaml").write_text(yaml.safe_dump({
+        "mlflow": {**params.mlflow.model_dump(), "tracking_uri": params.tracking_uri()},
+        "serving": {"prediction_log_dir": "log", "max_records": 50}}))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_service(service_dir, port, 0.2, tmp_path / "service.log", env=ENV)
+    try:
+        wait_http_ok(f"{url}/ready", process, timeout=90)
+        old = httpx.get(f"{url}/ready").json()["version"]
+        assert httpx.post(f"{url}/predict", json=RECORD).status_code == 200
+        assert "has_cosigner" not in httpx.get(f"{url}/openapi.json").json()[
+            "components"]["schemas"]["Record"]["properties"]
+
+        # A version trained with one more feature, and another decision threshold.
+        wider = params.schema.model_copy(update={"features": [
+            *params.schema.features,
+            FeatureSpec(name="has_cosigner", type="categorical", categories=["no", "yes"])]})
+        wider_params = params.model_copy(update={
+            "schema_": wider, "evaluate": params.evaluate.model_copy(update={"threshold": 0.3}),
+            "mlflow": params.mlflow.model_copy(update={"experiment": "wider"})})
+        rng = np.random.default_rng(0)
+        frames = {}
+        for split in (TRAIN_SPLIT, TEST_SPLIT):
+            frame = pd.read_parquet(root / split)
+            frame["has_cosigner"] = rng.choice(["no", "yes"], size=len(frame))
+            frames[split] = frame
+        model, info = train.fit(frames[TRAIN_SPLIT], wider_params)
+        metrics, predictions, plots = evaluate.evaluate(model, frames[TEST_SPLIT], wider_params)
+        run = tracking.log_training_run(
+            wider_params, model=model, metrics=metrics, train=frames[TRAIN_SPLIT],
+            test=frames[TEST_SPLIT], plot_tables=plots, predictions=predictions,
+            train_info=info)
+        registry = Registry(wider_params)
+        new = registry.register(run)
+        registry.set_champion(new, "manual", note="a version with one more feature")
+
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/ready").json()["version"] != new:
+            assert time.monotonic() < deadline, (tmp_path / "service.log").read_text()[-2000:]
+            time.sleep(0.1)
+        accepted = httpx.post(f"{url}/predict", json=[{**RECORD, "has_cosigner": "yes"}])
+        assert accepted.status_code == 200, accepted.text
+        assert accepted.json()["model"]["version"] == new
+        refused = httpx.post(f"{url}/predict", json=[RECORD])
+        assert refused.status_code == 422
+        assert [(e["record"], e["field"], e["type"]) for e in refused.json()["detail"]] == [
+            (0, "has_cosigner", "missing")]
+        split = {"dataframe_split": {"columns": list(RECORD),
+                                     "data": [list(RECORD.values())]}}
+        refused_split = httpx.post(f"{url}/invocations", json=split)
+        assert refused_split.status_code == 422 and "has_cosigner" in refused_split.text
+        record_schema = httpx.get(f"{url}/openapi.json").json()["components"]["schemas"][
+            "Record"]
+        assert "has_cosigner" in record_schema["required"]
+        described = httpx.get(f"{url}/model").json()["contract"]
+        assert described["threshold"] == 0.3 and "has_cosigner" in described["features"]
+        assert new != old
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)

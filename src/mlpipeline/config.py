@@ -154,27 +154,16 @@ class StackParams(_Strict):
     webhooks: bool = True  # each replica reloads on MLflow's alias webhook
 
 
-class Params(_Strict):
-    source: SourceParams
-    window: WindowParams
-    schema_: Schema = Field(alias="schema")
-    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
-    prepare: PrepareParams = PrepareParams()
-    train: TrainParams
-    evaluate: EvaluateParams = EvaluateParams()
-    gate: GateParams = GateParams()
+class ServiceConfig(_Strict):
+    """What the service needs: where the registry is and its own limits, nothing else.
+
+    A model version carries its own contract (features, classes, threshold), so a replica
+    runs from a params.yaml with only `mlflow` and `serving` sections; `Params` extends it
+    with the pipeline's sections."""
+
     mlflow: MlflowParams = MlflowParams()
-    monitoring: MonitoringParams = MonitoringParams()
-    ct: CtParams = CtParams()
     serving: ServingParams = ServingParams()
-    stack: StackParams = StackParams()
     root: Path = Path(".")  # folder of params.yaml; relative paths resolve against it
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @property
-    def schema(self) -> Schema:  # type: ignore[override]  # shadows pydantic v1's schema()
-        return self.schema_
 
     def path(self, relative: str | Path) -> Path:
         return self.root / relative
@@ -194,6 +183,26 @@ class Params(_Strict):
         return (self.root / self.mlflow.artifact_root).resolve().as_uri()
 
 
+class Params(ServiceConfig):
+    source: SourceParams
+    window: WindowParams
+    schema_: Schema = Field(alias="schema")
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    prepare: PrepareParams = PrepareParams()
+    train: TrainParams
+    evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
+    monitoring: MonitoringParams = MonitoringParams()
+    ct: CtParams = CtParams()
+    stack: StackParams = StackParams()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @property
+    def schema(self) -> Schema:  # type: ignore[override]  # shadows pydantic v1's schema()
+        return self.schema_
+
+
 def find_root(start: Path | None = None) -> Path:
     """The project folder: the nearest parent holding params.yaml."""
     here = (start or Path.cwd()).resolve()
@@ -207,6 +216,17 @@ def load_params(root: Path | None = None) -> Params:
     root = find_root(root)
     raw = yaml.safe_load((root / PARAMS_FILE).read_text())
     return Params.model_validate({**raw, "root": root})
+
+
+def load_service_config(root: Path | None = None) -> ServiceConfig:
+    """The service's settings. A replica's params.yaml may hold only `mlflow` and `serving`;
+    in the pipeline's own params.yaml the whole file is read, so its schema can serve a
+    version logged before models carried their contract."""
+    root = find_root(root)
+    raw = yaml.safe_load((root / PARAMS_FILE).read_text()) or {}
+    if "schema" in raw:
+        return Params.model_validate({**raw, "root": root})
+    return ServiceConfig.model_validate({**raw, "root": root})
 
 
 # Where each stage reads and writes, relative to the project root (dvc.yaml names the same).

@@ -103,6 +103,31 @@ class Schema(BaseModel):
         return next(f for f in self.features if f.name == name)
 
 
+# The contract's file inside each logged model (beside MLmodel), as MLflow's extra_files put it.
+CONTRACT_FILE = "contract.json"
+
+
+class ModelContract(BaseModel):
+    """What one model version takes and answers: its schema (features with types, ranges,
+    categories and nullability; the classes) and its decision threshold.
+
+    `evaluate` logs it with the model, so the contract travels with the version: the
+    service builds its request models from the champion's own contract, not from the
+    params.yaml beside the process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_: Schema = Field(alias="schema")
+    threshold: float = Field(ge=0, le=1)
+
+    @property
+    def schema(self) -> Schema:  # type: ignore[override]  # shadows pydantic v1's schema()
+        return self.schema_
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2) + "\n"
+
+
 @dataclass(frozen=True)
 class Check:
     """One rule applied to one column: how many rows broke it, and whether that is too many."""

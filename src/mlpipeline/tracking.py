@@ -21,8 +21,9 @@ import pandas as pd
 from mlflow.models import infer_signature
 
 from mlpipeline import onnx_export
-from mlpipeline.config import MODEL_FILE, REFERENCE, TRAIN_SPLIT, Params
+from mlpipeline.config import MODEL_FILE, REFERENCE, TRAIN_SPLIT, Params, ServiceConfig
 from mlpipeline.lineage import file_md5, flat_params, git_state, params_hash, raw_data_version
+from mlpipeline.schema import CONTRACT_FILE, ModelContract
 
 # What the served model needs at load time, pinned to the versions the lock installed.
 # Passing them saves MLflow ~10 s of inferring requirements in a subprocess.
@@ -44,7 +45,7 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in MODEL_REQUIREMENTS]
 
 
-def client(params: Params) -> Any:
+def client(params: ServiceConfig) -> Any:
     """An MlflowClient for the project's store (tracking and registry alike).
 
     The one way the project's modules reach MLflow: a client carries its store, so nothing
@@ -54,7 +55,7 @@ def client(params: Params) -> Any:
 
 
 @contextlib.contextmanager
-def store(params: Params) -> Iterator[None]:
+def store(params: ServiceConfig) -> Iterator[None]:
     """Fluent MLflow calls (start_run, register_model, load_model) in this block go to the
     project's store; the process's own URI and MLFLOW_TRACKING_URI are back after it.
 
@@ -184,7 +185,11 @@ def log_training_run(
         mlflow.log_metrics({k: v for k, v in onnx_figures.items() if not isinstance(v, str)})
         example = features.head(5)
         with tempfile.TemporaryDirectory() as tmp:
-            extra_files = []
+            # The contract the version is served by travels inside the model, beside it.
+            contract_path = Path(tmp) / CONTRACT_FILE
+            contract_path.write_text(
+                ModelContract(schema=schema, threshold=params.evaluate.threshold).to_json())
+            extra_files = [str(contract_path)]
             if onnx_bytes is not None:  # the verified twin travels inside the model
                 onnx_path = Path(tmp) / onnx_export.FILE_NAME
                 onnx_path.write_bytes(onnx_bytes)
@@ -196,7 +201,7 @@ def log_training_run(
                 input_example=example,
                 pip_requirements=pip_requirements(),
                 skops_trusted_types=trusted_types(model),
-                extra_files=extra_files or None,
+                extra_files=extra_files,
                 tags={**lineage, "onnx": onnx_figures["onnx"]},
             )
     return {"run_id": run.info.run_id, "experiment_id": experiment,
