@@ -88,6 +88,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, d
         yield project, state
     finally:
         down = project.run(sys.executable, "-m", "mlpipeline.stack", "down")
+        print(f"\n{down.stdout}", flush=True)  # each part with its stop time (seen with -s)
         assert "postgres" in down.stdout and "replica-2" in down.stdout
         deadline = time.monotonic() + 10
         while alive(pids) and time.monotonic() < deadline:  # zombies reaped by init
@@ -311,3 +312,25 @@ def test_a_cycle_whose_tracking_server_dies_leaves_the_champion(
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion
     after = {v.version for v in client.search_model_versions(f"name = '{MODEL}'")}
     assert after == versions  # nothing half-registered
+
+
+def test_stopping_a_part_does_not_wait_on_its_zombie() -> None:
+    """A part restarted in-process (`start_part`, as the test above does) is that process's
+    child: stopped from `stack down`, another process, it stays a zombie until its parent
+    reaps it. `down` took the zombie for a live process and waited out both of its timeouts
+    (60 s for the MLflow server after the test above)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                             start_new_session=True)
+    try:
+        started = time.monotonic()
+        stop = subprocess.run(
+            [sys.executable, "-c", "from mlpipeline.stack import stop_process; "
+                                   f"print(stop_process({child.pid}, timeout=30))"],
+            capture_output=True, text=True, env=ENV)
+        elapsed = time.monotonic() - started
+        assert stop.stdout.strip() == "True", stop.stderr
+        assert psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE  # not reaped here
+        assert elapsed < 30, f"waited {elapsed:.0f} s for a process that had exited"
+    finally:
+        child.kill()
+        child.wait()

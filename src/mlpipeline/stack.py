@@ -92,11 +92,24 @@ def stop_process(pid: int, timeout: float = 30) -> bool:
                     proc.send_signal(sig)
             except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
                 pass
-        _, alive = psutil.wait_procs(group, timeout=timeout)
-        if not alive:
+        deadline = time.monotonic() + timeout
+        while (group := [proc for proc in group if not _exited(proc)]) and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not group:
             return True
-        group = alive
     return True
+
+
+def _exited(proc: Any) -> bool:
+    """Gone, or a zombie: a part restarted by another process (`start_part` in a test or a
+    notebook) stays a zombie until that parent reaps it, and no signal changes that."""
+    import psutil
+
+    try:
+        return bool(proc.status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 # PostgreSQL: pgserver bundles the binaries and runs them as a system user when we are root.
@@ -303,24 +316,30 @@ def read_state(params: Params) -> dict[str, Any] | None:
 
 
 def down(params: Params) -> list[str]:
-    """Stop every part `up` recorded, drop the DVC remote and the stack's data; keep logs."""
+    """Stop every part `up` recorded, drop the DVC remote and the stack's data; keep logs.
+    Returns each part stopped, with how long it took to stop."""
     state = read_state(params)
     folder = params.path(params.stack.dir).resolve()
     stopped = []
+
+    def timed(name: str, stop: Any) -> None:
+        started = time.monotonic()
+        if stop():
+            stopped.append(f"{name} ({time.monotonic() - started:.1f} s)")
+
     if state:
         for replica in state.get("replicas", []):
-            if replica.get("pid") and stop_process(replica["pid"]):
-                stopped.append(replica["name"])
+            if replica.get("pid"):
+                timed(replica["name"], lambda pid=replica["pid"]: stop_process(pid))
         for name in ("mlflow", "s3"):
             pid = state.get(name, {}).get("pid")
-            if pid and stop_process(pid):
-                stopped.append(name)
+            if pid:
+                timed(name, lambda pid=pid: stop_process(pid))
         if state.get("dvc_remote"):
             subprocess.run([str(BIN / "dvc"), "remote", "remove", "--local", DVC_REMOTE],
                            cwd=params.root, capture_output=True, env={**os.environ, **QUIET})
     if (folder / "pg").exists():
-        if stop_postgres(folder / "pg"):
-            stopped.append("postgres")
+        timed("postgres", lambda: stop_postgres(folder / "pg"))
         shutil.rmtree(folder / "pg", ignore_errors=True)
     for name in (STATE_FILE, ENV_FILE):
         (folder / name).unlink(missing_ok=True)
