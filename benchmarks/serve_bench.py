@@ -16,6 +16,7 @@ Everything listens on 127.0.0.1 and stops by itself.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -27,7 +28,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mlpipeline.config import TEST_SPLIT, load_params
@@ -37,10 +40,12 @@ from serving.launch import free_port, wait_http_ok
 BIN = Path(sys.executable).parent
 
 
-def run_wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float]:
+def run_wrk(url: str, body: str | None, connections: int, seconds: int) -> dict[str, float]:
+    """POST `body` (GET when None) from `connections` connections for `seconds`."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                     f"wrk.body = {json.dumps(body)}\n")
+        if body is not None:
+            script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = '
+                         f'"application/json"\nwrk.body = {json.dumps(body)}\n')
     threads = min(connections, 2)
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
                           "--latency", "-s", script.name, url],
@@ -58,20 +63,24 @@ def run_wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, fl
             "p50": latency("50"), "p99": latency("99")}
 
 
-def run_python(url: str, body: str, connections: int, seconds: int) -> dict[str, float]:
+def run_python(url: str, body: str | None, connections: int, seconds: int
+               ) -> dict[str, float]:
     import http.client
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     latencies: list[float] = []
     stop = time.monotonic() + seconds
-    payload = body.encode()
+    payload = body.encode() if body is not None else None
 
     def worker() -> None:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         while time.monotonic() < stop:
             started = time.perf_counter()
-            conn.request("POST", parts.path, payload, {"Content-Type": "application/json"})
+            if payload is None:
+                conn.request("GET", parts.path)
+            else:
+                conn.request("POST", parts.path, payload, {"Content-Type": "application/json"})
             response = conn.getresponse()
             response.read()
             if response.status != 200:
@@ -158,6 +167,8 @@ def main() -> None:
                 continue
             results[label] = {
                 "c1": load(url + path, single, 1, args.seconds),
+                # The HTTP stack's own floor: an endpoint that does nothing (GET /ping).
+                "ping": load(url + "/ping", None, 1, args.seconds),
                 "c16": load(url + path, single, 16, args.seconds),
                 "batch": load(url + path, many, 1, args.seconds),
             }
@@ -192,9 +203,18 @@ def main() -> None:
     print(f"\ntwo workers (`--workers 2`), concurrency 16: {workers['rps']:.0f} requests/s "
           f"({workers['rps'] / ours['c16']['rps']:.2f}x one worker), p50 {workers['p50']:.2f} "
           f"ms, p99 {workers['p99']:.2f} ms")
+    print(f"HTTP floor: GET /ping (does nothing) p50 at concurrency 1: "
+          f"{ours['ping']['p50']:.2f} ms here, {theirs['ping']['p50']:.2f} ms on mlflow models "
+          f"serve; a prediction adds {ours['c1']['p50'] - ours['ping']['p50']:.2f} ms to it, "
+          f"the model call included")
     in_process = 1000 / (floor_batch / 1e3)
     print(f"in-process predict on the same 1,000 rows: {in_process:.0f} records/s; the service "
           f"reaches {ours['batch']['rps'] * 1000 / in_process:.0%} of it")
+    request_ms = 1000 / (ours["batch"]["rps"] * 1000) * 1e3
+    steps = batch_steps(served, many.encode(), median_ms)
+    print(f"where one 1,000-record request's {request_ms:.1f} ms go (in-process medians): "
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in steps.items())
+          + f"; HTTP, framework and the rest {request_ms - sum(steps.values()):.2f}")
     print("\ntargets (issue 15):")
     for text, value, target, met in [
         ("c=16 p99 / mlflow's", ours["c16"]["p99"] / theirs["c16"]["p99"], "<= 0.10",
@@ -210,6 +230,29 @@ def main() -> None:
          ">= 1.6", workers["rps"] / ours["c16"]["rps"] >= 1.6),
     ]:
         print(f"  {text}: {value:.2f} (target {target}) {'met' if met else 'MISSED'}")
+
+
+def batch_steps(served: Any, body: bytes, median_ms: Any) -> dict[str, float]:
+    """The service's steps for one /invocations body, each timed on its own (ms)."""
+    from serving import scoring
+    from serving.prediction_log import PredictionLog
+
+    columns, _ = scoring.parse_payload(body, "application/json")
+    proba = served.positive_proba(columns)
+    labels = served.requests.labels(proba)
+    probabilities = np.round(proba.astype(np.float64), 6).tolist()
+    log = PredictionLog(Path(tempfile.mkdtemp()), 10**9, 3600)  # never flushes on its own
+    item = (columns, labels, probabilities, "1", "r", dt.datetime.now(dt.UTC))
+    return {
+        "parse JSON": median_ms(lambda: scoring.parse_payload(body, "application/json"), 30),
+        "validate columns": median_ms(lambda: scoring.column_errors(columns, served.schema),
+                                      30),
+        "predict (ONNX)": median_ms(lambda: served.positive_proba(columns), 30),
+        "labels": median_ms(lambda: (served.requests.labels(proba),
+                                     np.round(proba.astype(np.float64), 6).tolist()), 30),
+        "answer JSON": median_ms(lambda: json.dumps({"predictions": labels}), 30),
+        "log part (other thread)": median_ms(lambda: log._write([item]), 10),
+    }
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ import gc
 import hashlib
 import hmac
 import importlib.metadata
+import itertools
 import json
 import logging
 import os
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -177,12 +177,19 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
                                     f"{request.app.state.champion.not_ready_reason}"}, 503)
         return model
 
+    def scored_inline(request: Request, body: bytes) -> bool:
+        """A small body for an ONNX model is scored on the event loop: a few records cost
+        less (~0.1 ms) than the hop to a worker thread and back."""
+        model = request.app.state.champion.current
+        return (len(body) <= settings.inline_body_bytes and model is not None
+                and model.onnx_session is not None)
+
     def score(request: Request, model: LoadedModel, columns: dict[str, list[Any]]) -> Scored:
         """Predict validated columns with the champion, log them and count them."""
         proba = model.positive_proba(columns)
         labels = model.requests.labels(proba)
         probabilities = np.round(proba.astype(np.float64), 6).tolist()
-        request_id = uuid.uuid4().hex
+        request_id = next_request_id()
         request.app.state.prediction_log.append(columns, labels, probabilities, model.version,
                                                 request_id)
         for label in set(labels):
@@ -203,6 +210,8 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
     )
     async def predict(request: Request) -> Response:
         body = await request.body()
+        if scored_inline(request, body):
+            return predict_body(request, body)
         return await run_in_threadpool(predict_body, request, body)
 
     def predict_body(request: Request, body: bytes) -> Response:
@@ -242,8 +251,10 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
     async def invocations(request: Request) -> Response:
         body = await request.body()
         content_type = request.headers.get("content-type", "application/json")
-        return await run_in_threadpool(invoke, request, body,
-                                       content_type.split(";")[0].strip().lower())
+        content_type = content_type.split(";")[0].strip().lower()
+        if scored_inline(request, body):
+            return invoke(request, body, content_type)
+        return await run_in_threadpool(invoke, request, body, content_type)
 
     def invoke(request: Request, body: bytes, content_type: str) -> Response:
         try:
@@ -423,6 +434,16 @@ def document_request_bodies(document: dict[str, Any], requests: RequestContract 
          "items": {"$ref": "#/components/schemas/Record"}}]}
     components["ScoringPayload"] = scoring.payload_json_schema(record, max_records)
     return document
+
+
+# Request ids: this process's random prefix and a counter, 32 hex digits like a UUID's but
+# without a system call per request (uuid4 reads os.urandom each time).
+_REQUEST_ID_PREFIX = secrets.token_hex(10)
+_request_numbers = itertools.count()
+
+
+def next_request_id() -> str:
+    return f"{_REQUEST_ID_PREFIX}{next(_request_numbers):012x}"
 
 
 def freeze_long_lived_objects() -> None:

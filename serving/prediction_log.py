@@ -84,8 +84,11 @@ class PredictionLog:
             columns.setdefault("probability", []).extend(probabilities)
             columns.setdefault("model_version", []).extend([version] * n)
             columns.setdefault("request_id", []).extend([request_id] * n)
-            columns.setdefault("served_at", []).extend([at] * n)
-        table = pa.table(columns)
+            # As microseconds: Arrow converts a list of ints ~8x faster than of datetimes,
+            # and this thread shares the GIL with the requests.
+            columns.setdefault("served_at", []).extend([_microseconds(at)] * n)
+        served_at = pa.array(columns.pop("served_at"), type=pa.timestamp("us", tz="UTC"))
+        table = pa.table({**columns, "served_at": served_at})
         now = dt.datetime.now(dt.UTC)
         folder = self.folder / f"date={now.date().isoformat()}"
         self._seq += 1
@@ -98,3 +101,7 @@ class PredictionLog:
             self.written += table.num_rows
         except OSError:
             self.failures += table.num_rows  # counted in /metrics; the service keeps serving
+
+
+def _microseconds(at: dt.datetime) -> int:
+    return int(at.timestamp() * 1_000_000)

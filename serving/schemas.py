@@ -85,9 +85,10 @@ class RequestContract:
         return {name: [r.__dict__[name] for r in records] for name in self.schema.feature_names}
 
     def labels(self, probabilities: Any) -> list[int | str]:
-        threshold = self.contract.threshold
+        """The class each probability (a numpy array) decides at the contract's threshold."""
         positive, negative = self.schema.positive_class, self.schema.negative_class
-        return [positive if p >= threshold else negative for p in probabilities]
+        return [positive if above else negative
+                for above in (probabilities >= self.contract.threshold).tolist()]
 
     def record_json_schema(self) -> dict[str, Any]:
         return self.record.model_json_schema()

@@ -133,6 +133,7 @@ class ServingParams(_Strict):
     max_records: int = Field(1000, gt=0)  # per request
     max_body_bytes: int = Field(2_000_000, gt=0)
     read_timeout_seconds: float = Field(10.0, gt=0)  # a body not in by then: 408 (stalled client)
+    inline_body_bytes: int = Field(16_384, ge=0)  # smaller bodies: scored on the event loop
     prediction_log_dir: str = "logs/predictions"
     log_flush_records: int = Field(500, gt=0)  # write a Parquet part every N records ...
     log_flush_seconds: float = Field(5.0, gt=0)  # ... or every T seconds, whichever first

@@ -33,10 +33,10 @@ def onnx_feed(columns: dict[str, Any], schema: Schema) -> dict[str, np.ndarray]:
     sklearn)."""
     feed = {}
     for name in schema.numeric:
-        feed[name] = np.array(columns[name], dtype=np.float32).reshape(-1, 1)  # None: NaN
+        feed[name] = np.array(columns[name], dtype=np.float32)[:, None]  # None: NaN
     for name in schema.categorical:
         feed[name] = np.array(["" if v is None else str(v) for v in columns[name]],
-                              dtype=object).reshape(-1, 1)
+                              dtype=object)[:, None]
     return feed
 
 
