@@ -63,7 +63,8 @@ demo: repro
 	@echo "  validation: reports/validation.json"
 	@echo "  gate:       reports/gate.json; registry: make models; make lineage V=<version>"
 	@echo "  drift:      reports/monitoring/drift_report.html; CT: reports/ct/summary.md"
-	@echo "  MLflow UI:  make ui                    (http://127.0.0.1:$(UI_PORT))"
+	@echo "  MLflow UI:  make ui, then:"
+	@$(RUN) python -m mlpipeline.registry urls --base http://127.0.0.1:$(UI_PORT)
 	@echo "  the demo moved the source clock and window: git diff params.yaml dvc.lock"
 
 test: setup
@@ -89,7 +90,9 @@ lint: setup $(ACTIONLINT)
 	$(RUN) check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
 
 ui: setup
-	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db \
+	@echo "MLflow UI; what the project tracked is at:"
+	@$(RUN) python -m mlpipeline.registry urls --base http://127.0.0.1:$(UI_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db \
 	  --default-artifact-root ./mlartifacts --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 serve: setup

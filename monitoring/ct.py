@@ -52,7 +52,7 @@ from mlpipeline.config import (
 )
 from mlpipeline.lineage import file_md5
 from mlpipeline.source import dated_batches
-from monitoring import decide, drift, journal
+from monitoring import decide, drift, journal, prom
 from monitoring.journal import TRACKED, Journal
 
 LOCK_FILE = ".ct.lock"
@@ -402,6 +402,8 @@ def write_summary(folder: Path, summary: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     (folder / "summary.md").write_text(to_markdown(summary))
+    textfile = folder / prom.CT_FILE  # for Prometheus; its counters go on from the last file
+    prom.write(prom.ct_metrics(summary, prom.read_samples(textfile)), textfile)
 
 
 def commit(root: Path, summary: dict[str, Any]) -> None:

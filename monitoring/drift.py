@@ -34,7 +34,7 @@ from mlpipeline.config import RAW_DIR, Params, load_params
 from mlpipeline.prediction_log import read_log
 from mlpipeline.schema import Schema, coerce
 from mlpipeline.source import dated_batches, read_batch
-from monitoring import decide
+from monitoring import decide, prom
 
 REPORT_HTML = "drift_report.html"
 REPORT_JSON = "drift.json"
@@ -168,6 +168,7 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
         "champion_data_version": info.data_version,
     }
     (out_dir / REPORT_JSON).write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    prom.write(prom.drift_metrics(summary), out_dir / prom.DRIFT_FILE)  # for Prometheus
     return summary
 
 

@@ -215,3 +215,59 @@ def test_the_ct_workflow_step_exits_75_when_a_cycle_holds_the_lock(tmp_path: Pat
     assert "another CT cycle holds .ct.lock" in result.stderr
     # GNU make exits 2 for any failed recipe; it still names the cycle's code.
     assert make.returncode == 2 and "Error 75" in make.stderr
+
+
+def check_summary(drifted: int, action: str) -> dict:
+    """A drift check's summary as monitoring.drift writes it (the fields prom reads)."""
+    perf = decide.performance({"roc_auc": 0.66, "precision": 0.41, "recall": 0.52}, 1500,
+                              {"roc_auc": 0.70, "precision": 0.30})
+    return {"time": "2026-03-09T10:00:00+00:00", "window": {"kind": "batch", "rows": 1500},
+            "reference": {"model": "loan-default", "champion": "3"},
+            "drift": drift_result(drifted).as_dict(), "performance": perf.as_dict(),
+            "decision": {"action": action}}
+
+
+def test_drift_check_figures_parse_as_prometheus_text_named_by_its_conventions(
+        tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from monitoring import prom
+
+    path = tmp_path / prom.DRIFT_FILE
+    prom.write(prom.drift_metrics(check_summary(4, "retrain")), path)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(path.read_text())
+               for s in family.samples}
+    assert samples[("model_drift_drifted_features_ratio", ())] == 0.4
+    assert samples[("model_drift_detected", ())] == 1.0
+    assert samples[("model_drift_decision", (("action", "retrain"),))] == 1.0
+    assert samples[("model_drift_decision", (("action", "no-retrain"),))] == 0.0
+    assert samples[("model_drift_feature_score", (("feature", "f0"), ("method", "ks")))] == 0.9
+    assert samples[("model_champion_version", (("model", "loan-default"),))] == 3.0
+    assert samples[("model_champion_live_metric", (("metric", "roc_auc"),))] == 0.66
+    assert samples[("model_champion_live_metric_floor", (("metric", "roc_auc"),))] == 0.70
+    assert samples[("model_drift_check_timestamp_seconds", ())] == dt.datetime(
+        2026, 3, 9, 10, tzinfo=dt.UTC).timestamp()
+    # Conventions: snake_case with a namespace, base units (_seconds), _ratio for a share.
+    names = {name for name, _ in samples}
+    assert all(n.startswith("model_") and n == n.lower() for n in names)
+    assert not any(n.endswith(("_ms", "_percent", "_minutes")) for n in names)
+
+
+def test_ct_counters_go_on_from_the_last_textfile(tmp_path: Path) -> None:
+    from monitoring import prom
+
+    path = tmp_path / prom.CT_FILE
+    cycles = [{"status": "ok", "promoted": True, "champion_after": "2"},
+              {"status": "ok", "promoted": False, "champion_after": "2"},
+              {"status": "failed", "promoted": False, "champion_after": "2"}]
+    for cycle in cycles:
+        summary = {"time": "2026-03-09T10:00:00+00:00", "seconds": 42.5, **cycle}
+        prom.write(prom.ct_metrics(summary, prom.read_samples(path)), path)
+    samples = prom.read_samples(path)
+    assert samples['model_ct_cycles_total{status="ok"}'] == 2
+    assert samples['model_ct_cycles_total{status="failed"}'] == 1
+    assert samples["model_ct_promotions_total"] == 1
+    assert samples["model_ct_last_cycle_success"] == 0
+    assert samples["model_ct_last_cycle_duration_seconds"] == 42.5
+    assert samples["model_champion_version"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,27 @@ print(json.dumps({"set": utils._tracking_uri, "env": os.environ.get("MLFLOW_TRAC
     found = json.loads(out.strip().splitlines()[-1])
     assert found["versions"] >= 1 and found["rows"] > 0
     assert found["set"] is None and found["env"] is None
+
+
+@pytest.mark.slow
+def test_the_logged_signature_and_contract_come_from_the_schema(trained_project) -> None:
+    """The signature is built from the schema, not inferred from five rows: a feature the
+    schema lets be null is optional. The contract beside it is the schema and threshold."""
+    from mlflow.models import get_model_info
+
+    from mlpipeline import tracking
+    from mlpipeline.config import load_params
+    from mlpipeline.schema import CONTRACT_FILE, ModelContract
+
+    params = load_params(trained_project.root)
+    run = json.loads((trained_project.root / "reports/run.json").read_text())
+    with tracking.store(params):
+        inputs = {spec.name: spec for spec in get_model_info(run["model_uri"]).signature.inputs}
+        folder = tracking.mlflow.artifacts.download_artifacts(run["model_uri"])
+    optional = {name for name, spec in inputs.items() if not spec.required}
+    assert optional == {"employment_years", "credit_score"}  # max_null_share > 0
+    assert inputs["age"].type.name == "double" and inputs["region"].type.name == "string"
+    contract = ModelContract.model_validate_json(
+        (Path(folder) / "extra_files" / CONTRACT_FILE).read_text())
+    assert contract.schema == params.schema
+    assert contract.threshold == params.evaluate.threshold

@@ -326,6 +326,20 @@ def _print_history(history: list[Promotion]) -> None:
               + (f"  ({p.note})" if p.note else ""))
 
 
+def ui_urls(registry: Registry, base: str) -> dict[str, str]:
+    """Direct links into the MLflow UI: its home page is an overview without runs, where a
+    new user concludes nothing was tracked."""
+    params = registry.params
+    urls = {}
+    experiment = registry.client.get_experiment_by_name(params.mlflow.experiment)
+    if experiment is not None:
+        runs = f"{base}/#/experiments/{experiment.experiment_id}/runs"
+        urls["runs"] = runs  # the table: run, dataset, source, registered version
+        urls["metric charts"] = f"{runs}?compareRunsMode=CHART"  # every run's metrics
+    urls["registered model"] = f"{base}/#/models/{registry.name}"
+    return urls
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mlpipeline.registry",
                                      description="Inspect and steer the model registry.")
@@ -340,9 +354,15 @@ def main(argv: list[str] | None = None) -> None:
     promote = sub.add_parser("promote", help="make VERSION the champion by hand")
     promote.add_argument("version")
     promote.add_argument("--note", default="")
+    urls = sub.add_parser("urls", help="where the MLflow UI shows the runs and the model")
+    urls.add_argument("--base", default="http://127.0.0.1:5000", help="the UI's address")
     args = parser.parse_args(argv)
 
     registry = Registry(load_params())
+    if args.command == "urls":
+        for what, url in ui_urls(registry, args.base.rstrip("/")).items():
+            print(f"  {what + ':':<18}{url}")
+        return
     if args.command == "list":
         aliases = registry.aliases()
         header = f"{'version':>7}  {'aliases':<28}  " + "  ".join(f"{m:>9}" for m in KEY_METRICS)

@@ -23,7 +23,7 @@ from mlflow.models import infer_signature
 from mlpipeline import onnx_export
 from mlpipeline.config import MODEL_FILE, REFERENCE, TRAIN_SPLIT, Params, ServiceConfig
 from mlpipeline.lineage import file_md5, flat_params, git_state, params_hash, raw_data_version
-from mlpipeline.schema import CONTRACT_FILE, ModelContract
+from mlpipeline.schema import CONTRACT_FILE, ModelContract, Schema
 
 # What the served model needs at load time, pinned to the versions the lock installed.
 # Passing them saves MLflow ~10 s of inferring requirements in a subprocess.
@@ -83,6 +83,19 @@ def experiment_id(params: Params) -> str:
     if experiment is not None:
         return str(experiment.experiment_id)
     return str(tracker.create_experiment(name, artifact_location=params.artifact_location()))
+
+
+def signature(schema: Schema, example: pd.DataFrame, predictions: Any) -> Any:
+    """The model's MLflow signature from the schema, not guessed from a few rows: every
+    feature the schema lets be null is optional (`required: false`)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec
+    from mlflow.types import Schema as ColumnSchema
+
+    inputs = ColumnSchema([
+        ColSpec("double" if spec.type == "numeric" else "string", spec.name,
+                required=spec.max_null_share == 0) for spec in schema.features])
+    return ModelSignature(inputs, infer_signature(example, predictions).outputs)
 
 
 def trusted_types(model: Any) -> list[str]:
@@ -183,7 +196,8 @@ def log_training_run(
             mlflow.log_text(error_text, onnx_export.ERROR_FILE)
         mlflow.set_tags({k: v for k, v in onnx_figures.items() if isinstance(v, str)})
         mlflow.log_metrics({k: v for k, v in onnx_figures.items() if not isinstance(v, str)})
-        example = features.head(5)
+        # Numbers as doubles, as the schema declares them (an integer column cannot hold null).
+        example = features.head(5).astype({name: "float64" for name in schema.numeric})
         with tempfile.TemporaryDirectory() as tmp:
             # The contract the version is served by travels inside the model, beside it.
             contract_path = Path(tmp) / CONTRACT_FILE
@@ -197,7 +211,7 @@ def log_training_run(
             logged = mlflow.sklearn.log_model(
                 model,
                 name="model",
-                signature=infer_signature(example, model.predict(example)),
+                signature=signature(schema, example, model.predict(example)),
                 input_example=example,
                 pip_requirements=pip_requirements(),
                 skops_trusted_types=trusted_types(model),
