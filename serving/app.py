@@ -59,19 +59,11 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 
 def _validation_errors(found: Sequence[Any]) -> list[dict[str, Any]]:
-    """Pydantic's errors (loc starting at "body"), with the record index and field spelled
-    out for the caller."""
+    """Pydantic's errors on a body, with the record index and field spelled out for the
+    caller (loc starts at "body", without the one-record-or-batch tag)."""
     errors = []
     for error in found:
-        loc = [p for p in error["loc"] if p not in ("single", "batch")]
-        if error["type"] == "json_invalid":  # loc holds a character position, not a record
-            position = loc[-1] if isinstance(loc[-1], int) else None
-            reason = (error.get("ctx") or {}).get("error", "invalid JSON")
-            errors.append({"loc": ["body"], "record": None, "field": None,
-                           "position": position, "type": "json_invalid",
-                           "msg": f"the body is not valid JSON: {reason} at character "
-                                  f"{position}"})
-            continue
+        loc = ["body", *(p for p in error["loc"] if p not in ("single", "batch"))]
         record = next((p for p in loc[1:] if isinstance(p, int)), None)
         field = next((p for p in reversed(loc) if isinstance(p, str) and p != "body"), None)
         message = error["msg"]
@@ -276,8 +268,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
                 columns = model.requests.columns(model.requests.records.validate_python(raw))
                 detail = []
             except ValidationError as error:
-                detail = _validation_errors([{**e, "loc": ("body", *e["loc"])}
-                                             for e in error.errors()])
+                detail = _validation_errors(error.errors())
         if detail:
             return _json({"error_code": "BAD_REQUEST", "message": detail[0]["msg"],
                           "detail": detail}, 422)
@@ -413,8 +404,7 @@ def body_errors(error: ValidationError, body: bytes) -> Response:
                                       "position": position, "type": "json_invalid",
                                       "msg": f"the body is not valid JSON: {reason} at "
                                              f"character {position}"}]}, 422)
-    return _json({"detail": _validation_errors(
-        [{**e, "loc": ("body", *e["loc"])} for e in found])}, 422)
+    return _json({"detail": _validation_errors(found)}, 422)
 
 
 def document_request_bodies(document: dict[str, Any], requests: RequestContract | None,

@@ -474,3 +474,21 @@ def test_mlflow_scoring_protocol_with_mlflow_own_client(trained_project: Project
         assert requests.get(f"{url}/ping").status_code == 200
     logged = read_log(tmp_path / "log")
     assert len(logged) == 20 * 8  # /predict, the client, four JSON shapes, CSV, predict_proba
+
+
+def test_a_version_logged_without_a_contract_is_served_by_params_schema_or_refused(
+        tmp_path: Path) -> None:
+    """Versions registered before models carried their contract: the pipeline's own
+    params.yaml still serves them (its schema and threshold); a replica given only the
+    registry settings refuses them, naming the file and the fix."""
+    from mlpipeline.config import ServiceConfig
+    from mlpipeline.schema import ModelContract
+    from serving.champion import Champion
+    from tests.conftest import REPO
+
+    params = load_params(REPO).model_copy(update={"root": tmp_path})
+    missing = tmp_path / "extra_files" / "contract.json"
+    assert Champion(params)._contract(missing, "3") == ModelContract(
+        schema=params.schema, threshold=params.evaluate.threshold)
+    with pytest.raises(ValueError, match=r"version 3 carries no contract\.json.*retrain"):
+        Champion(ServiceConfig(root=tmp_path))._contract(missing, "3")
