@@ -25,7 +25,7 @@ export UV_PYTHON := $(PYTHON_EXE)
 # 7), and the pipeline, the CT cycle and the tests start hundreds of processes.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help setup demo repro test test-fast lint ui serve bench bench-data bench-reload ct drift models lineage rollback stack stack-down clean
+.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-data bench-reload ct drift models lineage rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
@@ -36,6 +36,7 @@ help:
 	@echo "make bench-data  cold dvc repro and one CT cycle on 200,000 rows of landed batches"
 	@echo "make bench-reload  promotion to served on the stack: webhook vs polling"
 	@echo "make ui     MLflow UI on http://127.0.0.1:$(UI_PORT) for the embedded store"
+	@echo "make dashboard  Evidently UI on http://127.0.0.1:8050: every drift check over time"
 	@echo "make serve  the champion over REST on http://127.0.0.1:8000 (PORT=... to change)"
 	@echo "make ct [FORCE=1]           one CT cycle: new batch, drift check, maybe retrain and promote"
 	@echo "make drift [CURRENT=log]    drift check only (newest batch, or the prediction log)"
@@ -63,6 +64,7 @@ demo: repro
 	@echo "  validation: reports/validation.json"
 	@echo "  gate:       reports/gate.json; registry: make models; make lineage V=<version>"
 	@echo "  drift:      reports/monitoring/drift_report.html; CT: reports/ct/summary.md"
+	@echo "  history:    make dashboard (Evidently UI: every check of the demo, over time)"
 	@echo "  MLflow UI:  make ui, then:"
 	@$(RUN) python -m mlpipeline.registry urls --base http://127.0.0.1:$(UI_PORT)
 	@echo "  the demo moved the source clock and window: git diff params.yaml dvc.lock"
@@ -94,6 +96,10 @@ ui: setup
 	@$(RUN) python -m mlpipeline.registry urls --base http://127.0.0.1:$(UI_PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db \
 	  --default-artifact-root ./mlartifacts --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+# Evidently's UI on the history of drift checks (reports/monitoring/evidently, git-ignored).
+dashboard: setup
+	$(RUN) python -m monitoring.history ui $(if $(PORT),--port $(PORT))
 
 serve: setup
 	$(RUN) python -m serving $(if $(PORT),--port $(PORT))

@@ -80,17 +80,30 @@ class PerformanceResult:
     floors: dict[str, float]
     source: str  # what was scored: the served predictions, or the champion re-scored
     below: list[str] = field(default_factory=list)  # metrics under their floor
+    # Served predictions: how the outcomes found them (on_id, on_features) and how many
+    # found none (outcomes_without_prediction).
+    joined: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def described(self) -> str:
+        rows = f"{self.source}, {self.rows} rows"
+        if self.joined:
+            rows += (f": {self.joined['on_id']} joined on id, {self.joined['on_features']} on "
+                     f"feature values, {self.joined['outcomes_without_prediction']} outcomes "
+                     "without a prediction")
+        return rows
+
 
 def performance(metrics: dict[str, float], rows: int, floors: dict[str, float],
-                source: str = "champion re-scored") -> PerformanceResult:
+                source: str = "champion re-scored", joined: dict[str, int] | None = None
+                ) -> PerformanceResult:
     # `not >=` so that a missing or NaN metric (one class only in the data) fails too.
     below = [name for name, floor in floors.items()
              if not metrics.get(name, float("nan")) >= floor]
-    return PerformanceResult(rows, metrics, dict(floors), source, below)
+    return PerformanceResult(rows, metrics, dict(floors), source, below, joined)
 
 
 def batches_after(batch_dates: list[dt.date], last_trained_end: dt.date | None) -> int | None:
@@ -154,9 +167,9 @@ def decide(*, current_rows: int, min_rows: int, drift: DriftResult | None,
                           for k, v in perf.floors.items())
         if perf.below:
             triggers.append("performance")
-            reasons.append(f"performance below floor ({perf.source}, {perf.rows} rows): {shown}")
+            reasons.append(f"performance below floor ({perf.described}): {shown}")
         else:
-            reasons.append(f"performance holds ({perf.source}, {perf.rows} rows): {shown}")
+            reasons.append(f"performance holds ({perf.described}): {shown}")
     if force:
         return Verdict(RETRAIN, [*reasons, "forced: retrain regardless of drift and cooldown"],
                        [*triggers, "force"])

@@ -37,7 +37,10 @@ def upcoming_traffic(params: Params) -> pd.DataFrame:
         if found is None:
             return pd.DataFrame()
         frame = read_batch(found[1])
-    return frame[params.schema.feature_names]
+    # With their ids (schema.id_column), so the outcomes are later joined on them.
+    schema = params.schema
+    return frame[[*schema.feature_names, *[c for c in schema.optional_columns
+                                             if c in frame.columns]]]
 
 
 def send(url: str, frame: pd.DataFrame, chunk: int) -> set[str]:
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         if summary.get("report_html"):
             print(f"demo: drift report (Evidently): {summary['report_html']}")
         print(f"demo: cycle summary: {params.ct.summary_dir}/summary.md")
+        print(f"demo: every check's history (Evidently workspace "
+              f"{params.monitoring.history_dir}): make dashboard")
     finally:
         service.terminate()
         service.wait(timeout=30)

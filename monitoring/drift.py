@@ -10,7 +10,8 @@
 - Evidently's DataDriftPreset runs one drift test per feature (method and threshold from
   params.yaml, or Evidently's defaults); the HTML report is Evidently's own.
 - Performance: where the window carries outcomes (a raw batch does), the predictions the
-  service logged for those rows are joined with them (on the feature values) and scored
+  service logged for those rows are joined with them (on the id, schema.id_column, where
+  request and outcome carry one; else on the feature values) and scored
   against gate.min_metrics; with no logged traffic, the champion is re-scored on them. A drop
   below a floor is a second trigger.
 
@@ -32,9 +33,9 @@ import pandas as pd
 
 from mlpipeline.config import RAW_DIR, Params, load_params
 from mlpipeline.prediction_log import read_log
-from mlpipeline.schema import Schema, coerce
+from mlpipeline.schema import Schema, coerce, row_ids
 from mlpipeline.source import dated_batches, read_batch
-from monitoring import decide, prom
+from monitoring import decide, history, prom
 
 REPORT_HTML = "drift_report.html"
 REPORT_JSON = "drift.json"
@@ -56,17 +57,44 @@ def typed_features(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
 
 
 def logged_outcomes(log: pd.DataFrame, labelled: pd.DataFrame, schema: Schema) -> pd.DataFrame:
-    """The served predictions of the rows whose outcomes arrived, joined on the feature values
-    (the request carries no id that the source also knows). The latest answer per row wins."""
+    """The served predictions of the rows whose outcomes arrived: on the id where both carry
+    one (schema.id_column), else on the feature values, with log rows that have no id. The
+    latest answer per id (or per feature row) wins; `joined_on` says which join found it.
+
+    An outcome whose id is not in the log is never matched on its features with a row
+    logged under another id: that is another application that only looks the same."""
     keys = schema.feature_names
     if log.empty or not set(keys) <= set(log.columns):
-        return pd.DataFrame(columns=[*keys, schema.target, "probability", "model_version"])
+        return pd.DataFrame(columns=[*keys, schema.target, "probability", "model_version",
+                                     "joined_on"])
     served = typed_features(log, schema).assign(
-        probability=log["probability"].to_numpy(), model_version=log["model_version"].to_numpy())
-    served = served.drop_duplicates(keys, keep="last")
+        probability=log["probability"].to_numpy(), model_version=log["model_version"].to_numpy(),
+        _id=_ids(log, schema))
     outcomes = typed_features(labelled, schema).assign(
-        **{schema.target: labelled[schema.target].to_numpy()})
-    return outcomes.merge(served, on=keys, how="inner")
+        **{schema.target: labelled[schema.target].to_numpy()}, _id=_ids(labelled, schema))
+    answers = ["probability", "model_version"]
+    by_id = outcomes[outcomes["_id"].notna()].merge(
+        served[served["_id"].notna()].drop_duplicates("_id", keep="last")[["_id", *answers]],
+        on="_id", how="inner", validate="many_to_one")
+    rest = outcomes[~outcomes["_id"].isin(by_id["_id"]) | outcomes["_id"].isna()]
+    anonymous = served[served["_id"].isna()].drop_duplicates(keys, keep="last")
+    by_features = rest.merge(anonymous[[*keys, *answers]], on=keys, how="inner")
+    joined = pd.concat([by_id.assign(joined_on="id"), by_features.assign(joined_on="features")],
+                       ignore_index=True)
+    return joined.drop(columns="_id")
+
+
+def join_counts(joined: pd.DataFrame, outcomes: int) -> dict[str, int]:
+    """How the outcomes found their predictions, for the report."""
+    on_id = int((joined["joined_on"] == "id").sum())
+    return {"on_id": on_id, "on_features": len(joined) - on_id,
+            "outcomes_without_prediction": outcomes - len(joined)}
+
+
+def _ids(frame: pd.DataFrame, schema: Schema) -> pd.Series:
+    if schema.id_column is None or schema.id_column not in frame.columns:
+        return pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    return row_ids(frame[schema.id_column])
 
 
 @dataclass
@@ -74,6 +102,8 @@ class Window:
     kind: str  # batch | log
     description: str
     frame: pd.DataFrame  # typed features; the target too for a labelled batch
+    batch: str | None = None  # the batch's first day (kind=batch)
+    until: str | None = None  # the log window's end (kind=log)
 
 
 def batch_window(params: Params) -> Window:
@@ -82,7 +112,7 @@ def batch_window(params: Params) -> Window:
         raise SystemExit(f"drift: no batch in {RAW_DIR}/: run the pipeline first (make demo)")
     day, file = found
     frame = coerce(read_batch(file), params.schema)
-    return Window("batch", f"batch {day} ({file.name})", frame)
+    return Window("batch", f"batch {day} ({file.name})", frame, batch=day.isoformat())
 
 
 def log_window(params: Params, since: dt.datetime | None, until: dt.datetime | None) -> Window:
@@ -95,12 +125,14 @@ def log_window(params: Params, since: dt.datetime | None, until: dt.datetime | N
     frame = (typed_features(log, params.schema) if not log.empty
              else pd.DataFrame(columns=params.schema.feature_names))
     return Window("log", f"prediction log {since.isoformat(timespec='seconds')} .. "
-                         f"{until.isoformat(timespec='seconds')}", frame)
+                         f"{until.isoformat(timespec='seconds')}", frame,
+                  until=until.isoformat(timespec="seconds"))
 
 
 def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, params: Params
                      ) -> tuple[Any, decide.DriftResult]:
     from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import RowCount
     from evidently.presets import DataDriftPreset
 
     schema, settings = params.schema, params.monitoring
@@ -112,7 +144,8 @@ def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, params: Par
 
     preset = DataDriftPreset(columns=schema.feature_names, drift_share=settings.drift_share,
                              method=settings.drift_method, threshold=settings.drift_threshold)
-    snapshot = Report([preset], include_tests=True).run(dataset(current), dataset(reference))
+    report = Report([preset, RowCount()], include_tests=True)  # rows: for the history
+    snapshot = report.run(dataset(current), dataset(reference))
     features = decide.feature_drift(snapshot.dict(), schema.feature_names)
     return snapshot, decide.DriftResult(features, settings.drift_share, len(reference),
                                         len(current))
@@ -140,7 +173,8 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
     drift_result, snapshot = None, None
     if len(window.frame) >= settings.min_rows:
         snapshot, drift_result = evidently_report(reference, window.frame, params)
-    perf = performance_check(params, window, registry, info)
+    scored = performance_check(params, window, registry, info)
+    perf = scored[0] if scored else None
     batch_dates = [day for day, _ in dated_batches(params.path(RAW_DIR))]
     since_training = decide.batches_after(batch_dates, registry.last_training_end())
     verdict = decide.decide(current_rows=len(window.frame), min_rows=settings.min_rows,
@@ -157,7 +191,7 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
     summary = {
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "window": {"kind": window.kind, "description": window.description,
-                   "rows": len(window.frame)},
+                   "rows": len(window.frame), "batch": window.batch, "until": window.until},
         "reference": {"model": registry.name, "champion": info.version, "run_id": info.run_id,
                       "training_window": info.training_window, "rows": len(reference)},
         "drift": drift_result.as_dict() if drift_result else None,
@@ -167,9 +201,27 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
         "report_html": str(html.relative_to(params.root)) if snapshot is not None else None,
         "champion_data_version": info.data_version,
     }
+    summary["history"] = keep_history(params, summary, snapshot, window, scored)
     (out_dir / REPORT_JSON).write_text(json.dumps(summary, indent=2, default=float) + "\n")
     prom.write(prom.drift_metrics(summary), out_dir / prom.DRIFT_FILE)  # for Prometheus
     return summary
+
+
+def keep_history(params: Params, summary: dict[str, Any], drift_snapshot: Any, window: Window,
+                 scored: tuple[decide.PerformanceResult, pd.DataFrame] | None
+                 ) -> dict[str, Any]:
+    """The check's snapshots into the Evidently workspace (monitoring.history). A broken
+    workspace costs the history, never the check: the error goes in the summary."""
+    snapshots = {"drift": drift_snapshot} if drift_snapshot is not None else {
+        "rows": history.rows_snapshot(typed_features(window.frame, params.schema))}
+    try:
+        if scored is not None:
+            snapshots["performance"] = history.performance_snapshot(scored[1], params)
+        added = history.record(params, summary, snapshots)
+    except Exception as error:  # Evidently and the file system raise many kinds
+        print(f"drift: WARNING: the check was not added to the history: {error}")
+        return {"workspace": params.monitoring.history_dir, "error": str(error)}
+    return {"workspace": params.monitoring.history_dir, "snapshots": len(added)}
 
 
 def champion_reference(registry: Any) -> tuple[ChampionInfo, pd.DataFrame]:
@@ -189,9 +241,10 @@ def champion_reference(registry: Any) -> tuple[ChampionInfo, pd.DataFrame]:
 
 
 def performance_check(params: Params, window: Window, registry: Any, info: ChampionInfo
-                      ) -> decide.PerformanceResult | None:
+                      ) -> tuple[decide.PerformanceResult, pd.DataFrame] | None:
     """The champion's real performance on the window's outcomes, when it carries them: what
-    the service answered for those rows, or (no traffic logged) the champion re-scored."""
+    the service answered for those rows, or (no traffic logged) the champion re-scored.
+    With the scored rows (`actual` 0/1, `probability`) for the history."""
     from mlpipeline.evaluate import classification_metrics, evaluate
 
     schema, settings = params.schema, params.monitoring
@@ -203,14 +256,20 @@ def performance_check(params: Params, window: Window, registry: Any, info: Champ
     if len(served) >= settings.min_labelled_rows:
         # What production actually answered, whichever version and runtime answered it.
         actual = (served[schema.target] == schema.positive_class).astype(int).to_numpy()
-        metrics = classification_metrics(actual, served["probability"].to_numpy(),
-                                         params.evaluate.threshold)
+        probability = served["probability"].to_numpy()
+        metrics = classification_metrics(actual, probability, params.evaluate.threshold)
         return decide.performance(metrics, len(served), params.gate.min_metrics,
-                                  "served predictions joined with outcomes")
+                                  "served predictions joined with outcomes",
+                                  join_counts(served, len(labelled))), pd.DataFrame(
+            {"actual": actual, "probability": probability})
     if len(labelled) >= settings.min_labelled_rows:
-        metrics, _, _ = evaluate(registry.load_sklearn(info.version), labelled, params)
+        metrics, predictions, _ = evaluate(registry.load_sklearn(info.version), labelled,
+                                           params)
+        actual = (predictions["actual"] == schema.positive_class).astype(int)
         return decide.performance(metrics, len(labelled), params.gate.min_metrics,
-                                  f"champion v{info.version} re-scored on outcomes")
+                                  f"champion v{info.version} re-scored on outcomes"), \
+            pd.DataFrame({"actual": actual.to_numpy(),
+                          "probability": predictions["probability"].to_numpy()})
     return None
 
 

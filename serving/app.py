@@ -40,7 +40,7 @@ from serving import scoring
 from serving.champion import Champion, LoadedModel
 from serving.metrics import MetricsAndLimits, ServiceMetrics
 from serving.prediction_log import PredictionLog
-from serving.schemas import PredictResponse, RequestContract
+from serving.schemas import PredictResponse, RequestContract, valid_id
 
 log = logging.getLogger("serving")
 
@@ -263,6 +263,9 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
             return model
         if isinstance(raw, dict):  # columns (dataframe_split): checked a column at a time
             columns, detail = raw, scoring.column_errors(raw, model.schema)
+            id_column = model.schema.id_column
+            if id_column in columns and not detail:  # as text, as the log keeps ids
+                columns[id_column] = [valid_id(value) for value in columns[id_column]]
         else:
             try:
                 columns = model.requests.columns(model.requests.records.validate_python(raw))

@@ -18,11 +18,14 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PlainValidator,
     Tag,
     TypeAdapter,
+    WithJsonSchema,
     create_model,
 )
 from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
 
 from mlpipeline.schema import FeatureSpec, ModelContract, Schema
 
@@ -40,8 +43,34 @@ def _field(spec: FeatureSpec) -> tuple[Any, Any]:
     return kind, Field(..., description=description, examples=[spec.example_value()])
 
 
+# An id is logged, not scored: any short text, or an integer (logged as text).
+ID_MAX_LENGTH = 128
+ID_MESSAGE = f"Input should be a text of 1 to {ID_MAX_LENGTH} characters, an integer or null"
+
+
+def valid_id(value: Any) -> str | None:
+    """The id as the log keeps it (text); one error type for every wrong shape, where a
+    pydantic union would answer one error per member."""
+    if value is None or type(value) is int:
+        return None if value is None else str(value)
+    if type(value) is str and 1 <= len(value) <= ID_MAX_LENGTH:
+        return value
+    raise PydanticCustomError("id_type", ID_MESSAGE)
+
+
+def _id_field(name: str) -> tuple[Any, Any]:
+    kind = Annotated[Any, PlainValidator(valid_id), WithJsonSchema({"anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": ID_MAX_LENGTH}, {"type": "integer"},
+        {"type": "null"}]})]
+    return kind, Field(None, description=f"optional: the record's {name}, logged with the "
+                       "prediction so the outcome can be joined with it later; never a "
+                       "feature", examples=["20260105-00001"])
+
+
 def record_model(schema: Schema) -> type[BaseModel]:
     fields = {spec.name: _field(spec) for spec in schema.features}
+    if schema.id_column is not None:
+        fields[schema.id_column] = _id_field(schema.id_column)
     example = {spec.name: spec.example_value() for spec in schema.features}
     config = ConfigDict(strict=True, extra="forbid",
                         json_schema_extra={"examples": [cast(JsonDict, example)]})
@@ -81,8 +110,14 @@ class RequestContract:
         return self.contract.schema
 
     def columns(self, records: list[Any]) -> dict[str, list[Any]]:
-        """Validated records as lists by feature name, the model's input."""
-        return {name: [r.__dict__[name] for r in records] for name in self.schema.feature_names}
+        """Validated records as lists by feature name, the model's input, and the ids (text,
+        None where a record has none) when the contract names an id column."""
+        columns = {name: [r.__dict__[name] for r in records]
+                   for name in self.schema.feature_names}
+        if self.schema.id_column is not None:  # already text (valid_id)
+            columns[self.schema.id_column] = [r.__dict__[self.schema.id_column]
+                                              for r in records]
+        return columns
 
     def labels(self, probabilities: Any) -> list[int | str]:
         """The class each probability (a numpy array) decides at the contract's threshold."""

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import orjson
+from pydantic_core import PydanticCustomError
 
 from mlpipeline.schema import FeatureSpec, Schema
+from serving.schemas import ID_MESSAGE, valid_id
 
 PAYLOAD_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 CONTENT_TYPES = ("application/json", "text/csv")
@@ -82,11 +84,19 @@ def payload_json_schema(record: dict[str, Any], max_records: int) -> dict[str, A
                 "properties": {key: data, "params": params}}
 
     records = {**rows, "items": {"$ref": "#/components/schemas/Record"}}
-    split = {"type": "object", "required": ["columns", "data"], "properties": {
-        "columns": {"const": list(fields)},
-        "data": {**rows, "items": {"type": "array", "prefixItems": list(fields.values()),
-                                   "minItems": len(fields), "maxItems": len(fields)}},
-        "index": {"type": "array"}}}
+
+    def split_of(names: list[str]) -> dict[str, Any]:
+        return {"type": "object", "required": ["columns", "data"], "properties": {
+            "columns": {"const": names},
+            "data": {**rows, "items": {"type": "array",
+                                       "prefixItems": [fields[name] for name in names],
+                                       "minItems": len(names), "maxItems": len(names)}},
+            "index": {"type": "array"}}}
+
+    # The features, or the features and the optional id column (when the contract has one).
+    required = [name for name in fields if name in record.get("required", [])]
+    split = (split_of(required) if len(required) == len(fields)
+             else {"oneOf": [split_of(required), split_of(list(fields))]})
     return {"oneOf": [shape("dataframe_split", split), shape("dataframe_records", records),
                       shape("instances", records), shape("inputs", records)]}
 
@@ -123,9 +133,11 @@ def column_errors(columns: dict[str, list[Any]], schema: Schema) -> list[dict[st
     The same rules and error types as the record model of `/predict` (strict numbers,
     finite and in range, known categories, nulls only where the schema allows them, no
     unknown fields), with the record index and field of each error."""
-    known = set(schema.feature_names)
+    known = {*schema.feature_names, *schema.optional_columns}
     errors = [_error(None, name, "extra_forbidden", "Extra inputs are not permitted")
               for name in columns if name not in known]
+    if schema.id_column in columns:
+        errors += _id_errors(columns[schema.id_column], schema.id_column)
     for spec in schema.features:
         if spec.name not in columns:
             errors.append(_error(None, spec.name, "missing", "Field required"))
@@ -163,6 +175,16 @@ def _numeric_errors(values: list[Any], spec: FeatureSpec) -> list[dict[str, Any]
                           f"Input should be less than or equal to {spec.max:g}")
                    for i in np.flatnonzero(present & np.isfinite(array) & (array > spec.max))]
     return sorted(errors, key=lambda e: e["record"])
+
+
+def _id_errors(values: list[Any], name: str) -> list[dict[str, Any]]:
+    errors = []
+    for i, value in enumerate(values):
+        try:
+            valid_id(value)
+        except PydanticCustomError:
+            errors.append(_error(i, name, "id_type", ID_MESSAGE))
+    return errors
 
 
 def _category_errors(values: list[Any], spec: FeatureSpec) -> list[dict[str, Any]]:

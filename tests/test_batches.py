@@ -166,6 +166,29 @@ def test_extra_column_names_the_batch_that_has_it(raw: Path) -> None:
     assert "ssn" not in table.columns and check_batches(table, batches, params).failed == []
 
 
+def test_ids_are_optional_but_one_id_names_one_application(raw: Path) -> None:
+    """schema.id_column: kept (never a feature), may be missing, must not repeat, within a
+    batch or across the window's batches."""
+    table, _ = ingest(params_for(raw))
+    assert table["application_id"].notna().all()
+    bad = batch(2)
+    bad.loc[:9, "application_id"] = None  # missing ids: joined on the features later
+    bad.loc[20:22, "application_id"] = bad.loc[19, "application_id"]
+    bad.to_csv(raw / f"{BAD_DAY}.csv", index=False)
+    (batch(3).assign(application_id=batch(0)["application_id"])
+     .to_csv(raw / f"{DAYS[3]}.csv", index=False))  # each id of batch 0 again
+    validation = judge(raw)
+    assert refused(validation) == [f"{BAD_DAY}.csv"]
+    assert failures(validation)[0] == (
+        f"batch {BAD_DAY}.csv: column 'application_id', rule unique ids: 3 of 1500 rows (0.20%) "
+        f"broke it, allowed 0.00%; e.g. '20260119-00020' at row 21 of {BAD_DAY}.csv")
+    assert failures(validation)[1].startswith(
+        "column 'application_id', rule unique ids: 1503 of 6000 rows")  # the window
+    batch(2).drop(columns="application_id").to_csv(raw / f"{BAD_DAY}.csv", index=False)
+    batch(3).to_csv(raw / f"{DAYS[3]}.csv", index=False)
+    assert failures(judge(raw)) == []  # a batch without the column is fine
+
+
 def test_unknown_categories_in_one_batch_cannot_hide_in_the_window(raw: Path) -> None:
     bad = batch(2)
     bad.loc[:44, "purpose"] = "crypto"  # 45 of 1500 = 3% here, 45 of 6000 = 0.75% overall

@@ -123,6 +123,8 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
         assert "performance" in summary["decision"]["triggers"]  # v1's served answers, scored
         assert summary["performance"]["source"] == "served predictions joined with outcomes"
         assert summary["performance"]["rows"] == 1500
+        assert summary["performance"]["joined"] == {  # the requests carried their ids
+            "on_id": 1500, "on_features": 0, "outcomes_without_prediction": 0}
         assert summary["performance"]["metrics"]["roc_auc"] < 0.70
         assert summary["decision"]["action"] == "retrain"
         assert summary["gate"]["promoted"] is True
@@ -197,6 +199,24 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
     assert check["decision"]["action"] == "no-retrain"
     assert "fewer than monitoring.min_rows" in check["decision"]["reasons"][0]
 
+
+    # Evidently's workspace: every check of the five cycles and the last one, with its tags.
+    from monitoring.history import CHECK_TAG, read_history, tag_value
+
+    checks: dict[str, list] = {}
+    for run in read_history(load_params(project.root)):
+        checks.setdefault(tag_value(run.tags, CHECK_TAG[:-1]), []).append(run)
+    found = [(tag_value(runs[0].tags, "window"), tag_value(runs[0].tags, "batch"),
+              tag_value(runs[0].tags, "champion"), tag_value(runs[0].tags, "decision"),
+              sorted(tag_value(r.tags, "kind") for r in runs))
+             for _, runs in sorted(checks.items())]
+    assert found == [
+        ("log", None, "v1", "no-retrain", ["drift"]),
+        ("batch", "2026-03-09", "v1", "retrain", ["drift", "performance"]),
+        ("batch", "2026-03-16", "v2", "no-retrain", ["drift", "performance"]),
+        ("batch", "2026-03-23", "v2", "retrain", ["drift", "performance"]),
+        ("batch", "2026-03-30", "v2", "retrain", ["drift", "performance"]),
+        ("log", None, "v2", "no-retrain", ["rows"])]
 
     # Prometheus' textfiles: the five cycles counted, the last check's figures.
     from monitoring import prom

@@ -19,7 +19,7 @@ from mlpipeline.config import load_params, set_values
 from mlpipeline.prediction_log import read_log
 from mlpipeline.source import synthetic_batch
 from monitoring import ct, decide
-from monitoring.drift import evidently_report, logged_outcomes
+from monitoring.drift import evidently_report, join_counts, logged_outcomes
 from tests.conftest import ENV, REPO, Project
 
 PARAMS = load_params(REPO)
@@ -133,6 +133,116 @@ def test_served_predictions_are_joined_with_the_outcomes_that_arrived_later() ->
     assert list(joined["probability"]) == [0.1, 0.3]  # the latest answer for row 1
     assert list(joined[schema.target]) == list(batch[schema.target].iloc[:2])
     assert logged_outcomes(pd.DataFrame(), batch, schema).empty
+
+
+def test_outcomes_join_on_the_id_when_applications_share_every_feature_value() -> None:
+    """Pairs of applications with the same features and opposite outcomes: on the id each
+    outcome meets its own answer (ROC AUC 1); on the feature values both would meet the
+    latest one (ROC AUC 0.5). Rows without an id fall back to the features."""
+    from mlpipeline.evaluate import classification_metrics
+
+    schema, target, key = PARAMS.schema, PARAMS.schema.target, PARAMS.schema.id_column
+    first = synthetic_batch(PARAMS.source, 0).head(200)
+    twin = first.assign(application_id=first[key] + "-twin")
+    outcomes = pd.concat([first.assign(**{target: 0}), twin.assign(**{target: 1})],
+                         ignore_index=True)
+    served = outcomes[[key, *schema.feature_names]].assign(
+        probability=outcomes[target].map({0: 0.1, 1: 0.9}), model_version="1")
+    log = served.sample(frac=1, random_state=0)  # answered in another order than the outcomes
+
+    def roc_auc(joined: pd.DataFrame) -> float:
+        return classification_metrics(joined[target].to_numpy(),
+                                      joined["probability"].to_numpy(), 0.5)["roc_auc"]
+
+    joined = logged_outcomes(log, outcomes, schema)
+    assert len(joined) == 400 and set(joined["joined_on"]) == {"id"}
+    assert roc_auc(joined) == 1.0
+    by_features = logged_outcomes(log.drop(columns=key), outcomes.drop(columns=key), schema)
+    assert roc_auc(by_features) == 0.5  # what the feature-value join alone would report
+
+    # One outcome without an id, whose request came without one: found on its features.
+    # One whose id was never logged: not matched to its twin's answer, counted as unmatched.
+    lone = outcomes.iloc[[0]].assign(application_id=None, purpose="medical")
+    lost = outcomes.iloc[[1]].assign(application_id="never-served")
+    more_log = pd.concat([log, lone.drop(columns=[target, key]).assign(
+        probability=0.3, model_version="1")], ignore_index=True)
+    joined = logged_outcomes(more_log, pd.concat([outcomes, lone, lost]), schema)
+    assert join_counts(joined, 402) == {"on_id": 400, "on_features": 1,
+                                        "outcomes_without_prediction": 1}
+    assert joined[joined["joined_on"] == "features"]["probability"].tolist() == [0.3]
+
+
+def history_summary(time: str, kind: str, rows: int, action: str, batch: str | None = None,
+                  until: str | None = None) -> dict:
+    """A drift check's summary, as monitoring.drift writes it (the parts the history uses)."""
+    return {"time": time, "window": {"kind": kind, "description": f"{kind} window",
+                                     "rows": rows, "batch": batch, "until": until},
+            "reference": {"model": "loan-default", "champion": "3",
+                          "training_window": "2026-01-05..2026-02-23"},
+            "decision": {"action": action, "reasons": ["a reason"]}}
+
+
+def test_each_check_adds_its_tagged_snapshots_to_the_evidently_history(tmp_path: Path) -> None:
+    """Read back through Evidently's own API: every check's snapshots with their tags, dated
+    by their data, the champion's real figures as Evidently computes them, the dashboard."""
+    from evidently.core.report import Snapshot
+
+    from mlpipeline.evaluate import classification_metrics
+    from monitoring import drift, history
+
+    params = PARAMS.model_copy(update={"root": tmp_path})
+    reference, current = synthetic_batch(params.source, 0), synthetic_batch(params.source, 9)
+    drift_snapshot, _ = evidently_report(reference, current, params)
+    actual = current[params.schema.target].to_numpy()
+    probability = (0.6 * actual + 0.4 * pd.Series(range(len(actual))) / len(actual)).to_numpy()
+    scored = pd.DataFrame({"actual": actual, "probability": probability})
+    history.record(params, history_summary("2026-11-30T10:00:00+00:00", "batch", 1500,
+                                         "retrain", batch="2026-03-09"),
+                   {"drift": drift_snapshot,
+                    "performance": history.performance_snapshot(scored, params)})
+    few = drift.Window("log", "log", current.head(10), until="2026-03-16T00:00:00+00:00")
+    summary = history_summary("2026-11-30T11:00:00+00:00", "log", 10, "no-retrain",
+                            until="2026-03-16T00:00:00+00:00")
+    assert drift.keep_history(params, summary, None, few, None) == {
+        "workspace": "reports/monitoring/evidently", "snapshots": 1}
+
+    runs = history.read_history(params)
+    assert [(r.timestamp.date().isoformat(), history.tag_value(r.tags, "kind"),
+             history.tag_value(r.tags, "decision")) for r in runs] == [
+        ("2026-03-09", "drift", "retrain"), ("2026-03-09", "performance", "retrain"),
+        ("2026-03-16", "rows", "no-retrain")]
+    assert {"check:2026-11-30T10:00:00+00:00", "window:batch", "champion:v3",
+            "batch:2026-03-09"} <= set(runs[0].tags)
+    assert runs[0].metadata["decision"] == "retrain"
+
+    def values(run: object) -> dict[str, float]:
+        return {m["metric_name"].split("(")[0]: m["value"]
+                for m in Snapshot.load_model(run).dict()["metrics"]}
+
+    ours = classification_metrics(actual, probability, params.evaluate.threshold)
+    figures = values(runs[1])
+    assert figures["RocAuc"] == pytest.approx(ours["roc_auc"], abs=1e-6)
+    assert figures["Precision"] == pytest.approx(ours["precision"], abs=1e-6)
+    assert figures["Recall"] == pytest.approx(ours["recall"], abs=1e-6)
+    assert values(runs[2]) == {"RowCount": 10}
+    assert values(runs[0])["RowCount"] == 1500
+    tests = Snapshot.load_model(runs[1]).dict()["tests"]
+    assert sorted(t["name"] for t in tests) == ["Precision metric: Greater or Equal 0.300",
+                                                "RocAuc metric: Greater or Equal 0.700"]
+
+    _, project = history.open_project(params)
+    panels = project.dashboard.model().panels
+    assert [p.title for p in panels][1:] == [
+        "Share of drifted features", "Rows per window", "Drift score per feature",
+        "Champion's real performance on labelled batches"]
+    assert [v.metric_labels["column"] for v in panels[3].values] == params.schema.feature_names
+
+    # A workspace that cannot be written costs the history, not the check.
+    (tmp_path / "blocked").write_text("a file where the workspace should be\n")
+    blocked = params.model_copy(update={"monitoring": params.monitoring.model_copy(
+        update={"history_dir": "blocked/evidently"})})
+    kept = drift.keep_history(blocked, summary, None, few, None)
+    assert kept["workspace"] == "blocked/evidently" and kept["error"]
 
 
 def test_log_parts_with_an_all_missing_column_read_as_one_frame(tmp_path) -> None:

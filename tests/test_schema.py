@@ -104,3 +104,13 @@ def test_schema_rejects_inconsistent_feature() -> None:
     with pytest.raises(ValueError, match="needs `categories`"):
         Schema.model_validate({"target": "y", "time_column": "t",
                                "features": [{"name": "c", "type": "categorical"}]})
+
+
+def test_the_id_column_is_a_column_of_its_own() -> None:
+    data = SCHEMA.model_dump()
+    with pytest.raises(ValueError, match="id_column 'age' is also the target, the time, a "
+                                         "feature or an ignored column"):
+        Schema.model_validate({**data, "id_column": "age"})
+    typed = coerce(pd.DataFrame({**{c: ["1"] for c in SCHEMA.columns},
+                                 "application_id": [1042]}), SCHEMA)
+    assert typed["application_id"].tolist() == ["1042"]  # ids are text, as the log keeps them

@@ -192,6 +192,35 @@ def test_prediction_log_holds_every_served_record(trained_project: Project,
     assert log["credit_score"].iloc[0] == 690 and log["region"].iloc[0] == "north"
 
 
+def test_a_record_may_carry_its_id_which_is_logged_and_never_scored(
+        trained_project: Project, tmp_path: Path) -> None:
+    """schema.id_column (application_id): optional per record, any short text or integer,
+    logged as text beside the prediction, and no input of the model."""
+    params = service_params(trained_project, tmp_path)
+    with TestClient(create_app(params, start_poller=False)) as c:
+        answer = c.post("/predict", json=[{**RECORD, "application_id": "20260105-00001"},
+                                          {**RECORD, "application_id": 77}, RECORD])
+        assert answer.status_code == 200
+        assert len({p["probability"] for p in answer.json()["predictions"]}) == 1
+        split = {"columns": [*RECORD, "application_id"],
+                 "data": [[*RECORD.values(), "a-2"], [*RECORD.values(), None]]}
+        assert c.post("/invocations", json={"dataframe_split": split}).status_code == 200
+        for bad in ("", 1.5, True, "x" * 129):
+            refused = c.post("/predict", json=[RECORD, {**RECORD, "application_id": bad}])
+            assert refused.status_code == 422, bad
+            assert {(e["record"], e["field"]) for e in refused.json()["detail"]} == {
+                (1, "application_id")}
+        split["data"][1][-1] = 1.5
+        refused = c.post("/invocations", json={"dataframe_split": split})
+        assert [(e["record"], e["field"]) for e in refused.json()["detail"]] == [
+            (1, "application_id")]
+        record = c.get("/openapi.json").json()["components"]["schemas"]["Record"]
+        assert "application_id" in record["properties"]
+        assert "application_id" not in record["required"]
+    log = read_log(Path(params.serving.prediction_log_dir))
+    assert log["application_id"].tolist() == ["20260105-00001", "77", None, "a-2", None]
+
+
 def test_admin_reload_needs_a_configured_token(client: TestClient,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     assert client.post("/admin/reload").status_code == 403

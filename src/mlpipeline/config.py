@@ -118,6 +118,8 @@ class MonitoringParams(_Strict):
     drift_share: float = Field(0.3, gt=0, le=1)  # share of drifted features that means drift
     min_labelled_rows: int = Field(200, gt=0)  # for the performance check on new outcomes
     report_dir: str = "reports/monitoring"
+    history_dir: str = "reports/monitoring/evidently"  # Evidently workspace: every check
+    dashboard_port: int = 8050  # make dashboard: Evidently's UI on 127.0.0.1
 
 
 class CtParams(_Strict):

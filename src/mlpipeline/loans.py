@@ -5,8 +5,8 @@ Shape of the data (one weekly batch at a time):
   interest_rate, debt_to_income, open_accounts, delinquencies_2y) and 4 categorical
   (term, home_ownership, purpose, region); `employment_years` and `credit_score` have missing
   values, as bureau and HR data do.
-- `application_date`, a timestamp inside the batch's week, and `default` (0/1), about 15%
-  positives.
+- `application_id` (unique: the batch's first day and the row's number), `application_date`,
+  a timestamp inside the batch's week, and `default` (0/1), about 15% positives.
 - The label comes from a logistic model of the features plus noise, so a classifier can learn
   it but not perfectly (ROC AUC around 0.8).
 
@@ -93,6 +93,8 @@ def make_batch(
     start = pd.Timestamp(start_date) + pd.Timedelta(days=batch_days * index)
     seconds = np.sort(rng.integers(0, batch_days * 86_400, n))
     return pd.DataFrame({
+        # The lender's own reference: outcomes arrive with it, requests may carry it.
+        "application_id": [f"{start:%Y%m%d}-{i:05d}" for i in range(1, n + 1)],
         "application_date": start + pd.to_timedelta(seconds, unit="s"),
         "age": age,
         "annual_income": income,

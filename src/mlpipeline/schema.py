@@ -58,6 +58,11 @@ class Schema(BaseModel):
     # Columns the batches may carry that the model does not use (ids, free text): dropped
     # by `ingest`. Any other column not named here is refused as unexpected.
     ignore_columns: list[str] = []
+    # A column naming each row (an application id the source knows): never a feature; a
+    # request may carry it per record, the service logs it, and monitoring joins the
+    # outcomes that arrive later with the logged predictions on it. Optional in batches
+    # and requests; unique where present.
+    id_column: str | None = None
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -69,6 +74,14 @@ class Schema(BaseModel):
             raise ValueError(f"classes must name exactly two labels (binary classification), "
                              f"got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _id_is_not_a_feature(self) -> Schema:
+        named = {self.target, self.time_column, *self.feature_names, *self.ignore_columns}
+        if self.id_column is not None and self.id_column in named:
+            raise ValueError(f"id_column {self.id_column!r} is also the target, the time, a "
+                             "feature or an ignored column: name a column of its own")
+        return self
 
     @property
     def positive_class(self) -> int | str:
@@ -86,6 +99,11 @@ class Schema(BaseModel):
     def columns(self) -> list[str]:
         """Every column a batch must have: time, target, features."""
         return [self.time_column, self.target, *self.feature_names]
+
+    @property
+    def optional_columns(self) -> list[str]:
+        """Columns a batch may carry and the pipeline keeps: the id."""
+        return [self.id_column] if self.id_column is not None else []
 
     @property
     def feature_names(self) -> list[str]:
@@ -193,7 +211,14 @@ def coerce(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
             col = frame[spec.name]
             out[spec.name] = col.where(col.isna(), col.astype(str)).astype(object)
     out[schema.target] = coerce_labels(frame[schema.target], schema)
+    if schema.id_column is not None and schema.id_column in frame.columns:
+        out[schema.id_column] = row_ids(frame[schema.id_column])
     return out
+
+
+def row_ids(values: pd.Series) -> pd.Series:
+    """Ids as text (a feed may write 1042 or "1042"), missing where absent."""
+    return values.where(values.isna(), values.astype(str).str.strip()).astype(object)
 
 
 def coerce_labels(values: pd.Series, schema: Schema) -> pd.Series:
@@ -266,4 +291,8 @@ def check_frame(
             unknown = value.notna() & ~value.isin(spec.categories or [])
             checks.append(check(spec.name, "allowed categories", unknown,
                                 max_unknown_category_share))
+    if schema.id_column is not None and schema.id_column in frame.columns:
+        # Outcomes are joined with predictions on the id: one id, one application.
+        ids = row_ids(frame[schema.id_column])
+        checks.append(check(schema.id_column, "unique ids", ids.notna() & ids.duplicated(), 0.0))
     return checks

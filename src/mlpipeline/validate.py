@@ -92,7 +92,7 @@ def file_checks(batch: BatchFile, schema: Schema, first_of_day: str | None,
             f"{first_of_day} is a batch of {batch.date} too ({batch.rows} rows here)"
             + ("; rows they share are dropped" if drop else
                ": keep one of them in the landing folder"), passed=drop))
-    known = {*schema.columns, *schema.ignore_columns}
+    known = {*schema.columns, *schema.ignore_columns, *schema.optional_columns}
     for column in schema.columns:
         if column not in batch.columns:
             checks.append(_table_rule(batch, column, "column present", batch.rows,
@@ -119,6 +119,11 @@ def dating_check(rows: pd.DataFrame, typed_time: pd.Series, batch: BatchFile,
                       rows[schema.time_column], rows, batch.file)
 
 
+def present(table: pd.DataFrame, schema: Schema) -> list[str]:
+    """The schema's optional columns (the id) that the batches carry."""
+    return [c for c in schema.optional_columns if c in table.columns]
+
+
 def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
                   ) -> Validation:
     """Every rule, batch by batch and over the window. A plain function on data."""
@@ -141,7 +146,7 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
         first_file_of_day.setdefault(batch.date, batch.file)
         if not any(not c.passed for c in found):
             rows = table[table[BATCH_COLUMN] == batch.file][
-                [*schema.columns, BATCH_COLUMN, ROW_COLUMN]]
+                [*schema.columns, *present(table, schema), BATCH_COLUMN, ROW_COLUMN]]
             found += check_frame(rows, schema, min_rows=rules.min_batch_rows, **value_rules,
                                  batch=batch.file)
             typed = coerce(rows, schema)
@@ -164,7 +169,8 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
 
     in_window = table[BATCH_COLUMN].isin([b.file for b in batches if b.role == "window"])
     window = table[in_window & keep]
-    checks += check_frame(window[[*schema.columns, BATCH_COLUMN, ROW_COLUMN]]
+    checks += check_frame(window[[*schema.columns, *present(table, schema), BATCH_COLUMN,
+                                  ROW_COLUMN]]
                           if set(schema.columns) <= set(window.columns) else window,
                           schema, min_rows=rules.min_rows, **value_rules)
     return Validation(checks, verdicts, in_window & keep)

@@ -1,0 +1,202 @@
+"""Every drift check's figures, kept over time in a local Evidently workspace, and the
+dashboard over them.
+
+`python -m monitoring.history ui` (`make dashboard`) opens Evidently's own UI on 127.0.0.1;
+`python -m monitoring.history list` prints the checks it holds.
+
+Each check (by hand, in a CT cycle, on a batch or on the prediction log) adds to the project
+named after the registered model:
+- its drift snapshot (Evidently's DataDriftPreset plus the window's row count), or, when the
+  window is too small for a verdict, the row count alone;
+- on a window with outcomes, the champion's real ROC AUC, precision and recall, each floor of
+  `gate.min_metrics` an Evidently test on its metric.
+Every snapshot carries the check's tags (check time, batch date, window kind, champion
+version, decision) and is dated by the data it describes (the batch's first day, or the end of
+a log window), so the dashboard's time axis is the data's weeks.
+
+The workspace is a folder (`monitoring.history_dir`, git-ignored). Imports evidently: it runs
+in the drift check's process, never in the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlpipeline.config import Params, load_params
+
+# Evidently's metric ids, as dashboards name them.
+SHARE_DRIFTED = "evidently:metric_v2:DriftedColumnsCount"
+VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
+ROW_COUNT = "evidently:metric_v2:RowCount"
+PERFORMANCE = {"roc_auc": "evidently:metric_v2:RocAuc",
+               "precision": "evidently:metric_v2:Precision",
+               "recall": "evidently:metric_v2:Recall"}
+CHECK_TAG = "check:"  # the tag every snapshot of one check shares: check:<ISO time>
+
+
+def check_tags(summary: dict[str, Any]) -> list[str]:
+    """The tags of one check's snapshots, from the check's summary (monitoring.drift)."""
+    window = summary["window"]
+    tags = [f"{CHECK_TAG}{summary['time']}", f"window:{window['kind']}",
+            f"champion:v{summary['reference']['champion']}",
+            f"decision:{summary['decision']['action']}"]
+    if window.get("batch"):
+        tags.append(f"batch:{window['batch']}")
+    return tags
+
+
+def check_metadata(summary: dict[str, Any]) -> dict[str, str]:
+    decision = summary["decision"]
+    return {"window": summary["window"]["description"],
+            "rows": str(summary["window"]["rows"]),
+            "model": summary["reference"]["model"],
+            "champion_training_window": summary["reference"]["training_window"],
+            "decision": decision["action"], "reasons": " | ".join(decision["reasons"])}
+
+
+def data_time(summary: dict[str, Any]) -> dt.datetime:
+    """When the checked data is from: the batch's first day, or the log window's end."""
+    window = summary["window"]
+    when = dt.datetime.fromisoformat(window["batch"] or window["until"])
+    return when.replace(tzinfo=None)  # Evidently stores naive times
+
+
+def dashboard_panels(params: Params) -> list[Any]:
+    """The project's dashboard: drift share, each feature's drift score, rows per window and
+    the champion's real performance, with the gate's floors."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import bar_plot_panel, line_plot_panel, text_panel
+
+    floors = ", ".join(f"{name} >= {floor}" for name, floor in params.gate.min_metrics.items())
+    return [
+        text_panel(f"{params.mlflow.registered_model}: every drift check, by the date of its "
+                   "data", description="Each point is one check (make drift, a CT cycle); "
+                   "its snapshot's tags name the champion and the decision."),
+        line_plot_panel("Share of drifted features", size="half", values=[PanelMetric(
+            legend="share", metric=SHARE_DRIFTED, metric_labels={"value_type": "share"})],
+            description=f"retrain at {params.monitoring.drift_share} (monitoring.drift_share)"),
+        bar_plot_panel("Rows per window", size="half", values=[
+            PanelMetric(legend="rows", metric=ROW_COUNT)]),
+        line_plot_panel("Drift score per feature", values=[
+            PanelMetric(legend=name, metric=VALUE_DRIFT, metric_labels={"column": name})
+            for name in params.schema.feature_names],
+            description="the value of each feature's drift test (method per column type)"),
+        line_plot_panel("Champion's real performance on labelled batches", values=[
+            PanelMetric(legend=name, metric=metric) for name, metric in PERFORMANCE.items()],
+            description=f"gate floors: {floors}; each snapshot tests them (Tests tab)"),
+    ]
+
+
+def performance_snapshot(scored: pd.DataFrame, params: Params) -> Any:
+    """Evidently's ROC AUC, precision and recall on outcomes with the champion's answers
+    (`actual` 0/1, `probability`), with the gate's floors as tests."""
+    from evidently import BinaryClassification, DataDefinition, Dataset, Report
+    from evidently.metrics import Precision, Recall, RocAuc, RowCount
+    from evidently.tests import gte
+
+    frame = pd.DataFrame({
+        "actual": scored["actual"].astype(int).to_numpy(),
+        "probability": scored["probability"].astype(float).to_numpy(),
+        "predicted": (scored["probability"] >= params.evaluate.threshold).astype(int)})
+    definition = DataDefinition(classification=[BinaryClassification(
+        target="actual", prediction_labels="predicted", prediction_probas="probability",
+        pos_label=1)])
+    floors = params.gate.min_metrics
+
+    def tests(name: str) -> list[Any] | None:
+        return [gte(floors[name])] if name in floors else None
+
+    report = Report([RocAuc(tests=tests("roc_auc")), Precision(tests=tests("precision")),
+                     Recall(tests=tests("recall")), RowCount()])
+    return report.run(Dataset.from_pandas(frame, data_definition=definition), None)
+
+
+def rows_snapshot(frame: pd.DataFrame) -> Any:
+    """The window's row count alone: a check with too few rows for a drift verdict."""
+    from evidently import Report
+    from evidently.metrics import RowCount
+
+    return Report([RowCount()]).run(frame, None)
+
+
+def record(params: Params, summary: dict[str, Any], snapshots: dict[str, Any]) -> list[str]:
+    """Add one check's snapshots (by kind: drift, rows, performance), tagged and dated."""
+    from evidently.core.report import Snapshot
+
+    workspace, project = open_project(params)
+    tags, metadata, when = check_tags(summary), check_metadata(summary), data_time(summary)
+    added = []
+    for kind, snapshot in snapshots.items():
+        model = snapshot.to_snapshot_model()  # public route to the tags after the run
+        model.tags = [*model.tags, *tags, f"kind:{kind}"]
+        model.metadata = {**model.metadata, **metadata}
+        model.timestamp = when
+        ref = workspace.add_run(project.id, Snapshot.load_model(model),
+                                name=f"{kind} {summary['window']['description']}")
+        added.append(str(ref.id))
+    return added
+
+
+def open_project(params: Params) -> tuple[Any, Any]:
+    """The workspace and the model's project in it, created with its dashboard if new."""
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace.create(str(params.path(params.monitoring.history_dir)))
+    name = params.mlflow.registered_model
+    found = [p for p in workspace.list_projects() if p.name == name]
+    if found:
+        return workspace, found[0]
+    project = workspace.create_project(name, description="drift checks and the champion's "
+                                       "real performance (monitoring.history)")
+    for panel in dashboard_panels(params):
+        project.dashboard.add_panel(panel)
+    return workspace, project
+
+
+def read_history(params: Params) -> list[Any]:
+    """Every snapshot the workspace holds for the model (Evidently's SnapshotModel), oldest
+    data first."""
+    if not params.path(params.monitoring.history_dir).is_dir():
+        return []
+    workspace, project = open_project(params)
+    runs = [workspace.get_run(project.id, run) for run in workspace.list_runs(project.id)]
+    return sorted((r for r in runs if r is not None), key=lambda r: (r.timestamp, r.tags))
+
+
+def tag_value(tags: list[str], key: str) -> str | None:
+    return next((t.split(":", 1)[1] for t in tags if t.startswith(f"{key}:")), None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.history",
+                                     description="The drift checks' history in Evidently.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ui = sub.add_parser("ui", help="open Evidently's UI on the workspace (127.0.0.1)")
+    ui.add_argument("--port", type=int, help="default: monitoring.dashboard_port")
+    sub.add_parser("list", help="the checks the workspace holds")
+    args = parser.parse_args(argv)
+    params = load_params()
+    folder = params.path(params.monitoring.history_dir)
+    if args.command == "list":
+        for run in read_history(params):
+            print(f"{run.timestamp:%Y-%m-%d}  {tag_value(run.tags, 'kind'):<11} "
+                  f"{tag_value(run.tags, 'window'):<5} champion "
+                  f"{tag_value(run.tags, 'champion'):<4} {tag_value(run.tags, 'decision')}")
+        return
+    open_project(params)  # the dashboard exists before the first check, too
+    port = args.port or params.monitoring.dashboard_port
+    print(f"history: Evidently UI on http://127.0.0.1:{port} (workspace {folder}); Ctrl-C stops")
+    evidently = Path(sys.executable).with_name("evidently")
+    sys.exit(subprocess.call([str(evidently), "ui", "--workspace", str(folder),
+                              "--host", "127.0.0.1", "--port", str(port)]))
+
+
+if __name__ == "__main__":
+    main()
