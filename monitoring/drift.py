@@ -212,9 +212,9 @@ def keep_history(params: Params, summary: dict[str, Any], drift_snapshot: Any, w
                  ) -> dict[str, Any]:
     """The check's snapshots into the Evidently workspace (monitoring.history). A broken
     workspace costs the history, never the check: the error goes in the summary."""
-    snapshots = {"drift": drift_snapshot} if drift_snapshot is not None else {
-        "rows": history.rows_snapshot(typed_features(window.frame, params.schema))}
     try:
+        snapshots = {"drift": drift_snapshot} if drift_snapshot is not None else {
+            "rows": history.rows_snapshot(typed_features(window.frame, params.schema), params)}
         if scored is not None:
             snapshots["performance"] = history.performance_snapshot(scored[1], params)
         added = history.record(params, summary, snapshots)

@@ -53,6 +53,8 @@ def valid_id(value: Any) -> str | None:
     pydantic union would answer one error per member."""
     if value is None or type(value) is int:
         return None if value is None else str(value)
+    if type(value) is float and value.is_integer():  # JSON Schema's integer: 5.0 is 5
+        return str(int(value))
     if type(value) is str and 1 <= len(value) <= ID_MAX_LENGTH:
         return value
     raise PydanticCustomError("id_type", ID_MESSAGE)

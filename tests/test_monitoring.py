@@ -201,6 +201,10 @@ def test_each_check_adds_its_tagged_snapshots_to_the_evidently_history(tmp_path:
                    {"drift": drift_snapshot,
                     "performance": history.performance_snapshot(scored, params)})
     few = drift.Window("log", "log", current.head(10), until="2026-03-16T00:00:00+00:00")
+    none = drift.Window("log", "log", current.head(0), until="2026-03-23T00:00:00+00:00")
+    assert drift.keep_history(params, history_summary(
+        "2026-11-30T12:00:00+00:00", "log", 0, "no-retrain", until=none.until), None, none,
+        None)["snapshots"] == 1
     summary = history_summary("2026-11-30T11:00:00+00:00", "log", 10, "no-retrain",
                             until="2026-03-16T00:00:00+00:00")
     assert drift.keep_history(params, summary, None, few, None) == {
@@ -210,7 +214,7 @@ def test_each_check_adds_its_tagged_snapshots_to_the_evidently_history(tmp_path:
     assert [(r.timestamp.date().isoformat(), history.tag_value(r.tags, "kind"),
              history.tag_value(r.tags, "decision")) for r in runs] == [
         ("2026-03-09", "drift", "retrain"), ("2026-03-09", "performance", "retrain"),
-        ("2026-03-16", "rows", "no-retrain")]
+        ("2026-03-16", "rows", "no-retrain"), ("2026-03-23", "rows", "no-retrain")]
     assert {"check:2026-11-30T10:00:00+00:00", "window:batch", "champion:v3",
             "batch:2026-03-09"} <= set(runs[0].tags)
     assert runs[0].metadata["decision"] == "retrain"
@@ -224,7 +228,7 @@ def test_each_check_adds_its_tagged_snapshots_to_the_evidently_history(tmp_path:
     assert figures["RocAuc"] == pytest.approx(ours["roc_auc"], abs=1e-6)
     assert figures["Precision"] == pytest.approx(ours["precision"], abs=1e-6)
     assert figures["Recall"] == pytest.approx(ours["recall"], abs=1e-6)
-    assert values(runs[2]) == {"RowCount": 10}
+    assert values(runs[2]) == {"RowCount": 10} and values(runs[3]) == {"RowCount": 0}
     assert values(runs[0])["RowCount"] == 1500
     tests = Snapshot.load_model(runs[1]).dict()["tests"]
     assert sorted(t["name"] for t in tests) == ["Precision metric: Greater or Equal 0.300",

@@ -199,7 +199,8 @@ def test_a_record_may_carry_its_id_which_is_logged_and_never_scored(
     params = service_params(trained_project, tmp_path)
     with TestClient(create_app(params, start_poller=False)) as c:
         answer = c.post("/predict", json=[{**RECORD, "application_id": "20260105-00001"},
-                                          {**RECORD, "application_id": 77}, RECORD])
+                                          {**RECORD, "application_id": 77},
+                                          {**RECORD, "application_id": 5.0}, RECORD])
         assert answer.status_code == 200
         assert len({p["probability"] for p in answer.json()["predictions"]}) == 1
         split = {"columns": [*RECORD, "application_id"],
@@ -218,7 +219,7 @@ def test_a_record_may_carry_its_id_which_is_logged_and_never_scored(
         assert "application_id" in record["properties"]
         assert "application_id" not in record["required"]
     log = read_log(Path(params.serving.prediction_log_dir))
-    assert log["application_id"].tolist() == ["20260105-00001", "77", None, "a-2", None]
+    assert log["application_id"].tolist() == ["20260105-00001", "77", "5", None, "a-2", None]
 
 
 def test_admin_reload_needs_a_configured_token(client: TestClient,
