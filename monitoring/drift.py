@@ -217,11 +217,12 @@ def keep_history(params: Params, summary: dict[str, Any], drift_snapshot: Any, w
             "rows": history.rows_snapshot(typed_features(window.frame, params.schema), params)}
         if scored is not None:
             snapshots["performance"] = history.performance_snapshot(scored[1], params)
-        added = history.record(params, summary, snapshots)
+        snapshot_id = history.record(params, summary, snapshots)
     except Exception as error:  # Evidently and the file system raise many kinds
         print(f"drift: WARNING: the check was not added to the history: {error}")
         return {"workspace": params.monitoring.history_dir, "error": str(error)}
-    return {"workspace": params.monitoring.history_dir, "snapshots": len(added)}
+    return {"workspace": params.monitoring.history_dir, "snapshot": snapshot_id,
+            "parts": list(snapshots)}
 
 
 def champion_reference(registry: Any) -> tuple[ChampionInfo, pd.DataFrame]:

@@ -4,15 +4,17 @@ dashboard over them.
 `python -m monitoring.history ui` (`make dashboard`) opens Evidently's own UI on 127.0.0.1;
 `python -m monitoring.history list` prints the checks it holds.
 
-Each check (by hand, in a CT cycle, on a batch or on the prediction log) adds to the project
-named after the registered model:
-- its drift snapshot (Evidently's DataDriftPreset plus the window's row count), or, when the
+Each check (by hand, in a CT cycle, on a batch or on the prediction log) adds one snapshot
+to the project named after the registered model, holding:
+- its drift results (Evidently's DataDriftPreset plus the window's row count), or, when the
   window is too small for a verdict, the row count alone;
 - on a window with outcomes, the champion's real ROC AUC, precision and recall, each floor of
   `gate.min_metrics` an Evidently test on its metric.
-Every snapshot carries the check's tags (check time, batch date, window kind, champion
-version, decision) and is dated by the data it describes (the batch's first day, or the end of
-a log window), so the dashboard's time axis is the data's weeks.
+One snapshot per check, not one per report: the dashboard's series are read per snapshot,
+and a line broken by the other report's empty points draws nothing. The snapshot carries the
+check's tags (check time, batch date, window kind, champion version, decision, the parts it
+holds) and is dated by the data it describes (the batch's first day, or the end of a log
+window), so the dashboard's time axis is the data's weeks.
 
 The workspace is a folder (`monitoring.history_dir`, git-ignored). Imports evidently: it runs
 in the drift check's process, never in the service.
@@ -78,7 +80,7 @@ def dashboard_panels(params: Params) -> list[Any]:
     return [
         text_panel(f"{params.mlflow.registered_model}: every drift check, by the date of its "
                    "data", description="Each point is one check (make drift, a CT cycle); "
-                   "its snapshot's tags name the champion and the decision."),
+                   "its snapshot's tags name the champion and the decision (Reports tab)."),
         line_plot_panel("Share of drifted features", size="half", values=[PanelMetric(
             legend="share", metric=SHARE_DRIFTED, metric_labels={"value_type": "share"})],
             description=f"retrain at {params.monitoring.drift_share} (monitoring.drift_share)"),
@@ -98,7 +100,7 @@ def performance_snapshot(scored: pd.DataFrame, params: Params) -> Any:
     """Evidently's ROC AUC, precision and recall on outcomes with the champion's answers
     (`actual` 0/1, `probability`), with the gate's floors as tests."""
     from evidently import BinaryClassification, DataDefinition, Dataset, Report
-    from evidently.metrics import Precision, Recall, RocAuc, RowCount
+    from evidently.metrics import Precision, Recall, RocAuc
     from evidently.tests import gte
 
     frame = pd.DataFrame({
@@ -114,7 +116,7 @@ def performance_snapshot(scored: pd.DataFrame, params: Params) -> Any:
         return [gte(floors[name])] if name in floors else None
 
     report = Report([RocAuc(tests=tests("roc_auc")), Precision(tests=tests("precision")),
-                     Recall(tests=tests("recall")), RowCount()])
+                     Recall(tests=tests("recall"))])
     return report.run(Dataset.from_pandas(frame, data_definition=definition), None)
 
 
@@ -135,22 +137,35 @@ def rows_snapshot(frame: pd.DataFrame, params: Params) -> Any:
                                         None)
 
 
-def record(params: Params, summary: dict[str, Any], snapshots: dict[str, Any]) -> list[str]:
-    """Add one check's snapshots (by kind: drift, rows, performance), tagged and dated."""
+def record(params: Params, summary: dict[str, Any], parts: dict[str, Any]) -> str:
+    """Add one check as one snapshot: its reports' results (by part: drift, rows,
+    performance) together, tagged and dated. Returns the snapshot's id."""
     from evidently.core.report import Snapshot
 
     workspace, project = open_project(params)
-    tags, metadata, when = check_tags(summary), check_metadata(summary), data_time(summary)
-    added = []
-    for kind, snapshot in snapshots.items():
-        model = snapshot.to_snapshot_model()  # public route to the tags after the run
-        model.tags = [*model.tags, *tags, f"kind:{kind}"]
-        model.metadata = {**model.metadata, **metadata}
-        model.timestamp = when
-        ref = workspace.add_run(project.id, Snapshot.load_model(model),
-                                name=f"{kind} {summary['window']['description']}")
-        added.append(str(ref.id))
-    return added
+    model = merged([snapshot.to_snapshot_model() for snapshot in parts.values()])
+    model.tags = [*check_tags(summary), *(f"part:{part}" for part in parts)]
+    model.metadata = check_metadata(summary)
+    model.timestamp = data_time(summary)
+    ref = workspace.add_run(project.id, Snapshot.load_model(model),
+                            name=f"check of {summary['window']['description']}")
+    return str(ref.id)
+
+
+def merged(models: list[Any]) -> Any:
+    """Evidently snapshots (SnapshotModel) as one: their metric results, tests and widgets.
+    Their metrics differ (the performance report has no row count), so no result is lost."""
+    first, *rest = models
+    for model in rest:
+        first.metric_results = {**first.metric_results, **model.metric_results}
+        first.top_level_metrics = [*first.top_level_metrics, *model.top_level_metrics]
+        first.widgets = [*first.widgets, *model.widgets]
+        first.tests_widgets = [*first.tests_widgets, *model.tests_widgets]
+    return first
+
+
+def tag_values(tags: list[str], key: str) -> list[str]:
+    return [t.split(":", 1)[1] for t in tags if t.startswith(f"{key}:")]
 
 
 def open_project(params: Params) -> tuple[Any, Any]:
@@ -180,7 +195,7 @@ def read_history(params: Params) -> list[Any]:
 
 
 def tag_value(tags: list[str], key: str) -> str | None:
-    return next((t.split(":", 1)[1] for t in tags if t.startswith(f"{key}:")), None)
+    return next(iter(tag_values(tags, key)), None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,9 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     folder = params.path(params.monitoring.history_dir)
     if args.command == "list":
         for run in read_history(params):
-            print(f"{run.timestamp:%Y-%m-%d}  {tag_value(run.tags, 'kind'):<11} "
-                  f"{tag_value(run.tags, 'window'):<5} champion "
-                  f"{tag_value(run.tags, 'champion'):<4} {tag_value(run.tags, 'decision')}")
+            print(f"{run.timestamp:%Y-%m-%d}  {tag_value(run.tags, 'window'):<5} champion "
+                  f"{tag_value(run.tags, 'champion'):<4} {tag_value(run.tags, 'decision'):<10} "
+                  f"{'+'.join(tag_values(run.tags, 'part'))}")
         return
     open_project(params)  # the dashboard exists before the first check, too
     port = args.port or params.monitoring.dashboard_port

@@ -200,17 +200,14 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
     assert "fewer than monitoring.min_rows" in check["decision"]["reasons"][0]
 
 
-    # Evidently's workspace: every check of the five cycles and the last one, with its tags.
-    from monitoring.history import CHECK_TAG, read_history, tag_value
+    # Evidently's workspace: a snapshot for every check of the five cycles and the last one.
+    from monitoring.history import read_history, tag_value, tag_values
 
-    checks: dict[str, list] = {}
-    for run in read_history(load_params(project.root)):
-        checks.setdefault(tag_value(run.tags, CHECK_TAG[:-1]), []).append(run)
-    found = [(tag_value(runs[0].tags, "window"), tag_value(runs[0].tags, "batch"),
-              tag_value(runs[0].tags, "champion"), tag_value(runs[0].tags, "decision"),
-              sorted(tag_value(r.tags, "kind") for r in runs))
-             for _, runs in sorted(checks.items())]
-    assert found == [
+    runs = sorted(read_history(load_params(project.root)),
+                  key=lambda run: tag_value(run.tags, "check"))
+    assert [(tag_value(r.tags, "window"), tag_value(r.tags, "batch"),
+             tag_value(r.tags, "champion"), tag_value(r.tags, "decision"),
+             tag_values(r.tags, "part")) for r in runs] == [
         ("log", None, "v1", "no-retrain", ["drift"]),
         ("batch", "2026-03-09", "v1", "retrain", ["drift", "performance"]),
         ("batch", "2026-03-16", "v2", "no-retrain", ["drift", "performance"]),
