@@ -15,7 +15,8 @@
   against gate.min_metrics; with no logged traffic, the champion is re-scored on them. A drop
   below a floor is a second trigger.
 
-Writes <report_dir>/drift_report.html and drift.json (figures, window, verdict and reasons).
+Writes <report_dir>/drift_report.html and drift.json (figures, window, verdict and reasons),
+drift.prom for Prometheus, and adds the check to the Evidently history (monitoring.history).
 Imports mlflow and evidently (~6 s each): it runs in its own process, never in the service.
 """
 

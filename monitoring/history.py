@@ -157,6 +157,8 @@ def merged(models: list[Any]) -> Any:
     Their metrics differ (the performance report has no row count), so no result is lost."""
     first, *rest = models
     for model in rest:
+        if first.metric_results.keys() & model.metric_results.keys():
+            raise ValueError("two reports of one check computed the same metric")
         first.metric_results = {**first.metric_results, **model.metric_results}
         first.top_level_metrics = [*first.top_level_metrics, *model.top_level_metrics]
         first.widgets = [*first.widgets, *model.widgets]

@@ -67,6 +67,15 @@ def drift_metrics(summary: dict[str, Any]) -> CollectorRegistry:
             floor.labels(name).set(value)
         gauge("model_champion_live_rows", "Labelled rows the live metrics were computed on",
               performance["rows"])
+        joined = performance.get("joined")
+        if joined:  # served predictions: how the outcomes found them
+            rows = Gauge("model_outcomes_joined_rows", "Outcomes joined with a served "
+                         "prediction, by the join that found it (id, features)", ["join"],
+                         registry=registry)
+            rows.labels("id").set(joined["on_id"])
+            rows.labels("features").set(joined["on_features"])
+            gauge("model_outcomes_without_prediction_rows", "Outcomes that found no served "
+                  "prediction", joined["outcomes_without_prediction"])
     return registry
 
 

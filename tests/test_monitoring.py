@@ -333,7 +333,9 @@ def test_the_ct_workflow_step_exits_75_when_a_cycle_holds_the_lock(tmp_path: Pat
 def check_summary(drifted: int, action: str) -> dict:
     """A drift check's summary as monitoring.drift writes it (the fields prom reads)."""
     perf = decide.performance({"roc_auc": 0.66, "precision": 0.41, "recall": 0.52}, 1500,
-                              {"roc_auc": 0.70, "precision": 0.30})
+                              {"roc_auc": 0.70, "precision": 0.30}, "served",
+                              {"on_id": 1490, "on_features": 10,
+                               "outcomes_without_prediction": 3})
     return {"time": "2026-03-09T10:00:00+00:00", "window": {"kind": "batch", "rows": 1500},
             "reference": {"model": "loan-default", "champion": "3"},
             "drift": drift_result(drifted).as_dict(), "performance": perf.as_dict(),
@@ -359,6 +361,9 @@ def test_drift_check_figures_parse_as_prometheus_text_named_by_its_conventions(
     assert samples[("model_champion_version", (("model", "loan-default"),))] == 3.0
     assert samples[("model_champion_live_metric", (("metric", "roc_auc"),))] == 0.66
     assert samples[("model_champion_live_metric_floor", (("metric", "roc_auc"),))] == 0.70
+    assert samples[("model_outcomes_joined_rows", (("join", "id"),))] == 1490
+    assert samples[("model_outcomes_joined_rows", (("join", "features"),))] == 10
+    assert samples[("model_outcomes_without_prediction_rows", ())] == 3
     assert samples[("model_drift_check_timestamp_seconds", ())] == dt.datetime(
         2026, 3, 9, 10, tzinfo=dt.UTC).timestamp()
     # Conventions: snake_case with a namespace, base units (_seconds), _ratio for a share.
