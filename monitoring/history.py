@@ -211,7 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     folder = params.path(params.monitoring.history_dir)
     if args.command == "list":
-        for run in read_history(params):
+        runs = read_history(params)
+        if not runs:
+            print(f"history: no check yet in {folder}: make drift, make ct or make demo add one")
+        for run in runs:
             print(f"{run.timestamp:%Y-%m-%d}  {tag_value(run.tags, 'window'):<5} champion "
                   f"{tag_value(run.tags, 'champion'):<4} {tag_value(run.tags, 'decision'):<10} "
                   f"{'+'.join(tag_values(run.tags, 'part'))}")
