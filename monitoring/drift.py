@@ -130,23 +130,30 @@ def log_window(params: Params, since: dt.datetime | None, until: dt.datetime | N
                   until=until.isoformat(timespec="seconds"))
 
 
+def feature_dataset(frame: pd.DataFrame, schema: Schema) -> Any:
+    """A table's schema-typed features as an Evidently Dataset (zero rows included)."""
+    import warnings
+
+    from evidently import DataDefinition, Dataset
+
+    definition = DataDefinition(numerical_columns=schema.numeric,
+                                categorical_columns=schema.categorical)
+    with warnings.catch_warnings():  # zero rows: Evidently's column stats divide by zero
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return Dataset.from_pandas(typed_features(frame, schema), data_definition=definition)
+
+
 def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, params: Params
                      ) -> tuple[Any, decide.DriftResult]:
-    from evidently import DataDefinition, Dataset, Report
+    from evidently import Report
     from evidently.metrics import RowCount
     from evidently.presets import DataDriftPreset
 
     schema, settings = params.schema, params.monitoring
-    definition = DataDefinition(numerical_columns=schema.numeric,
-                                categorical_columns=schema.categorical)
-
-    def dataset(frame: pd.DataFrame) -> Any:
-        return Dataset.from_pandas(typed_features(frame, schema), data_definition=definition)
-
     preset = DataDriftPreset(columns=schema.feature_names, drift_share=settings.drift_share,
                              method=settings.drift_method, threshold=settings.drift_threshold)
     report = Report([preset, RowCount()], include_tests=True)  # rows: for the history
-    snapshot = report.run(dataset(current), dataset(reference))
+    snapshot = report.run(feature_dataset(current, schema), feature_dataset(reference, schema))
     features = decide.feature_drift(snapshot.dict(), schema.feature_names)
     return snapshot, decide.DriftResult(features, settings.drift_share, len(reference),
                                         len(current))
@@ -215,7 +222,7 @@ def keep_history(params: Params, summary: dict[str, Any], drift_snapshot: Any, w
     workspace costs the history, never the check: the error goes in the summary."""
     try:
         snapshots = {"drift": drift_snapshot} if drift_snapshot is not None else {
-            "rows": history.rows_snapshot(typed_features(window.frame, params.schema), params)}
+            "rows": history.rows_snapshot(feature_dataset(window.frame, params.schema))}
         if scored is not None:
             snapshots["performance"] = history.performance_snapshot(scored[1], params)
         snapshot_id = history.record(params, summary, snapshots)
