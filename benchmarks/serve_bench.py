@@ -8,8 +8,9 @@ predict on the same rows. Prints a table with the ratios and issue 15's targets.
 Load comes from wrk (Debian package `wrk`) when installed,
 otherwise from a Python load generator (slower: it shares the two cores with the servers).
 
-Run from the project folder after `make demo`: `make bench`
-(or `uv run python benchmarks/serve_bench.py`).
+Run from the project folder after `make demo`: `make bench` (after `make demo TASK=regression`,
+`make bench TASK=regression` benchmarks that task's champion; or `uv run python
+benchmarks/serve_bench.py` in a project's folder).
 Everything listens on 127.0.0.1 and stops by itself.
 """
 
@@ -30,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from mlpipeline.config import TEST_SPLIT, load_params
@@ -134,7 +134,7 @@ def main() -> None:
         """In-process predict with the runtime the service uses (records in, probabilities out)."""
         rows = frame_records(frame, schema)
         columns = {name: [r[name] for r in rows] for name in schema.feature_names}
-        return median_ms(lambda: served.positive_proba(columns), repeat)
+        return median_ms(lambda: served.scores(columns), repeat)
 
     # Both servers get the same requests on the same path: MLflow's scoring protocol, as
     # MLflow's own client sends a DataFrame (`dataframe_split`).
@@ -178,10 +178,10 @@ def main() -> None:
 
     floor_one = floor(one, 300)
     floor_batch = floor(batch, 30)
-    sklearn_one = median_ms(lambda: served.model.predict_proba(one), 100)
+    sklearn_one = median_ms(lambda: served.task.scores(served.model, one), 100)
     ours, theirs = results["this service"], results["mlflow models serve"]
-    print(f"\nmodel: {name}@champion ({params.train.model}), {os.cpu_count()} cores, "
-          f"{args.seconds} s per run\n")
+    print(f"\nmodel: {name}@champion ({served.task.name}, {params.train.model}), "
+          f"{os.cpu_count()} cores, {args.seconds} s per run\n")
     print("| measure | this service | mlflow models serve | ratio |")
     print("|---|---|---|---|")
     for c in ("c1", "c16"):
@@ -194,7 +194,7 @@ def main() -> None:
     print(f"| records/s, 1,000-record requests | {ours['batch']['rps'] * 1000:.0f} | "
           f"{theirs['batch']['rps'] * 1000:.0f} | "
           f"{ours['batch']['rps'] / theirs['batch']['rps']:.2f}x |")
-    print(f"\nserved runtime: {served.runtime}; scikit-learn predict_proba on 1 record: "
+    print(f"\nserved runtime: {served.runtime}; scikit-learn's scores on 1 record: "
           f"{sklearn_one:.2f} ms (what mlflow models serve runs)")
     print(f"in-process floor: predict on 1 record with {served.runtime} {floor_one:.3f} ms; "
           f"service overhead above it at concurrency 1: {ours['c1']['p50'] - floor_one:.2f} ms "
@@ -238,19 +238,17 @@ def batch_steps(served: Any, body: bytes, median_ms: Any) -> dict[str, float]:
     from serving.prediction_log import PredictionLog
 
     columns, _ = scoring.parse_payload(body, "application/json")
-    proba = served.positive_proba(columns)
-    labels = served.requests.labels(proba)
-    probabilities = np.round(proba.astype(np.float64), 6).tolist()
+    scores = served.scores(columns)
+    answers = served.task.answers(scores)
     log = PredictionLog(Path(tempfile.mkdtemp()), 10**9, 3600)  # never flushes on its own
-    item = (columns, labels, probabilities, "1", "r", dt.datetime.now(dt.UTC))
+    item = (columns, answers.log, "1", "r", dt.datetime.now(dt.UTC))
     return {
         "parse JSON": median_ms(lambda: scoring.parse_payload(body, "application/json"), 30),
         "validate columns": median_ms(lambda: scoring.column_errors(columns, served.schema),
                                       30),
-        "predict (ONNX)": median_ms(lambda: served.positive_proba(columns), 30),
-        "labels": median_ms(lambda: (served.requests.labels(proba),
-                                     np.round(proba.astype(np.float64), 6).tolist()), 30),
-        "answer JSON": median_ms(lambda: json.dumps({"predictions": labels}), 30),
+        f"predict ({served.runtime})": median_ms(lambda: served.scores(columns), 30),
+        "answers": median_ms(lambda: served.task.answers(scores), 30),
+        "answer JSON": median_ms(lambda: json.dumps({"predictions": answers.predictions}), 30),
         "log part (other thread)": median_ms(lambda: log._write([item]), 10),
     }
 

@@ -1,6 +1,7 @@
 """The monitoring decisions as plain functions on data: no files, no MLflow, no Evidently.
 
-- `feature_drift`: per-feature verdicts read from an Evidently report's results.
+- `column_drift`: per-column verdicts (features, target, predictions) read from an Evidently
+  report's results.
 - `performance`: the champion's real metrics on newly labelled data against the gate's floors.
 - `decide`: retrain or not, with every reason, after the guards against retraining storms.
 """
@@ -8,6 +9,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +31,10 @@ class DriftResult:
     drift_share: float  # the share of drifted features that counts as drift
     reference_rows: int
     current_rows: int
+    # The model's side: "target" (outcomes vs the training target) and "prediction" (the
+    # window's predictions vs the model's own on its reference), where the window has them.
+    # Reported, not triggers: a drop in performance is the trigger they would anticipate.
+    outputs: dict[str, FeatureDrift] = field(default_factory=dict)
 
     @property
     def drifted(self) -> list[str]:
@@ -46,11 +52,13 @@ class DriftResult:
         return {"detected": self.detected, "share": round(self.share, 4),
                 "drift_share": self.drift_share, "drifted": self.drifted,
                 "reference_rows": self.reference_rows, "current_rows": self.current_rows,
-                "features": [asdict(f) for f in self.features]}
+                "features": [asdict(f) for f in self.features],
+                **{name: asdict(self.outputs[name]) if name in self.outputs else None
+                   for name in ("target", "prediction")}}
 
 
-def feature_drift(report: dict[str, Any], features: list[str]) -> list[FeatureDrift]:
-    """Per-feature verdicts from an Evidently 0.7 report (`snapshot.dict()`).
+def column_drift(report: dict[str, Any], columns: list[str]) -> dict[str, FeatureDrift]:
+    """Per-column verdicts from an Evidently 0.7 report (`snapshot.dict()`).
 
     The verdict is the status of each column's drift test (FAIL = drifted), not a threshold
     applied here: Evidently picks the method and threshold per column type and size unless
@@ -67,10 +75,10 @@ def feature_drift(report: dict[str, Any], features: list[str]) -> list[FeatureDr
             name=spec["column"], method=str(spec.get("method")),
             score=float(scores[config["metric_id"]]), threshold=float(spec.get("threshold")),
             drifted=test["status"] == "FAIL")
-    missing = [name for name in features if name not in found]
+    missing = [name for name in columns if name not in found]
     if missing:
         raise ValueError(f"the drift report has no verdict for {missing}")
-    return [found[name] for name in features]
+    return {name: found[name] for name in columns}
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,14 @@ class PerformanceResult:
     # Served predictions: how the outcomes found them (on_id, on_features) and how many
     # found none (outcomes_without_prediction).
     joined: dict[str, int] | None = None
+    ceilings: list[str] = field(default_factory=list)  # floors of lower-is-better metrics
+
+    def shown(self) -> str:
+        """Each floored metric with its value and bound, e.g. `rmse 812.3 (<= 900)`."""
+        return ", ".join(
+            f"{name} {self.metrics.get(name, float('nan')):.4f} "
+            f"({'<=' if name in self.ceilings else 'floor'} {floor})"
+            for name, floor in self.floors.items())
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,12 +114,17 @@ class PerformanceResult:
 
 
 def performance(metrics: dict[str, float], rows: int, floors: dict[str, float],
-                source: str = "champion re-scored", joined: dict[str, int] | None = None
-                ) -> PerformanceResult:
-    # `not >=` so that a missing or NaN metric (one class only in the data) fails too.
-    below = [name for name, floor in floors.items()
-             if not metrics.get(name, float("nan")) >= floor]
-    return PerformanceResult(rows, metrics, dict(floors), source, below, joined)
+                lower_is_better: Collection[str], source: str = "champion re-scored",
+                joined: dict[str, int] | None = None) -> PerformanceResult:
+    """The metrics that break their floor (for a lower-is-better metric, rise above it)."""
+    def holds(name: str, floor: float) -> bool:
+        # Compared this way a missing or NaN metric (one class only in the data) fails too.
+        value = metrics.get(name, float("nan"))
+        return value <= floor if name in lower_is_better else value >= floor
+
+    below = [name for name, floor in floors.items() if not holds(name, floor)]
+    return PerformanceResult(rows, metrics, dict(floors), source, below, joined,
+                             sorted(set(lower_is_better) & set(floors)))
 
 
 def batches_after(batch_dates: list[dt.date], last_trained_end: dt.date | None) -> int | None:
@@ -162,9 +183,13 @@ def decide(*, current_rows: int, min_rows: int, drift: DriftResult | None,
             reasons.append(f"drift: {figures}: {', '.join(drift.drifted)}")
         else:
             reasons.append(f"no drift: {figures}")
+    if drift is not None:
+        for name, output in drift.outputs.items():  # reported; not a trigger of its own
+            reasons.append(f"{name} drift: {'yes' if output.drifted else 'no'} "
+                           f"({output.method} {output.score:.4g}, threshold "
+                           f"{output.threshold:g})")
     if perf is not None:
-        shown = ", ".join(f"{k} {perf.metrics.get(k, float('nan')):.4f} (floor {v})"
-                          for k, v in perf.floors.items())
+        shown = perf.shown()
         if perf.below:
             triggers.append("performance")
             reasons.append(f"performance below floor ({perf.described}): {shown}")

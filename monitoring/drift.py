@@ -26,16 +26,19 @@ import argparse
 import datetime as dt
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mlpipeline.config import RAW_DIR, Params, load_params
 from mlpipeline.prediction_log import read_log
-from mlpipeline.schema import Schema, coerce, row_ids
+from mlpipeline.schema import PREDICTION_COLUMN, Schema, coerce, row_ids
 from mlpipeline.source import dated_batches, read_batch
+from mlpipeline.tasks import Task
 from monitoring import decide, history, prom
 
 REPORT_HTML = "drift_report.html"
@@ -57,23 +60,23 @@ def typed_features(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     return pd.DataFrame({**numeric, **categorical})[schema.feature_names]
 
 
-def logged_outcomes(log: pd.DataFrame, labelled: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+def logged_outcomes(log: pd.DataFrame, labelled: pd.DataFrame, task: Task) -> pd.DataFrame:
     """The served predictions of the rows whose outcomes arrived: on the id where both carry
     one (schema.id_column), else on the feature values, with log rows that have no id. The
     latest answer per id (or per feature row) wins; `joined_on` says which join found it.
 
     An outcome whose id is not in the log is never matched on its features with a row
-    logged under another id: that is another application that only looks the same."""
+    logged under another id: that is another application that only looks the same.
+    The answers are the task's logged score columns (e.g. `probability`) and the version."""
+    schema = task.schema
     keys = schema.feature_names
-    if log.empty or not set(keys) <= set(log.columns):
-        return pd.DataFrame(columns=[*keys, schema.target, "probability", "model_version",
-                                     "joined_on"])
+    answers = [*task.log_score_columns, "model_version"]
+    if log.empty or not {*keys, *answers} <= set(log.columns):
+        return pd.DataFrame(columns=[*keys, schema.target, *answers, "joined_on"])
     served = typed_features(log, schema).assign(
-        probability=log["probability"].to_numpy(), model_version=log["model_version"].to_numpy(),
-        _id=_ids(log, schema))
+        **{name: log[name].to_numpy() for name in answers}, _id=_ids(log, schema))
     outcomes = typed_features(labelled, schema).assign(
         **{schema.target: labelled[schema.target].to_numpy()}, _id=_ids(labelled, schema))
-    answers = ["probability", "model_version"]
     by_id = outcomes[outcomes["_id"].notna()].merge(
         served[served["_id"].notna()].drop_duplicates("_id", keep="last")[["_id", *answers]],
         on="_id", how="inner", validate="many_to_one")
@@ -105,6 +108,7 @@ class Window:
     frame: pd.DataFrame  # typed features; the target too for a labelled batch
     batch: str | None = None  # the batch's first day (kind=batch)
     until: str | None = None  # the log window's end (kind=log)
+    served: pd.DataFrame | None = None  # kind=log: the logged rows, answers included
 
 
 def batch_window(params: Params) -> Window:
@@ -127,36 +131,69 @@ def log_window(params: Params, since: dt.datetime | None, until: dt.datetime | N
              else pd.DataFrame(columns=params.schema.feature_names))
     return Window("log", f"prediction log {since.isoformat(timespec='seconds')} .. "
                          f"{until.isoformat(timespec='seconds')}", frame,
-                  until=until.isoformat(timespec="seconds"))
+                  until=until.isoformat(timespec="seconds"), served=log)
 
 
 def feature_dataset(frame: pd.DataFrame, schema: Schema) -> Any:
     """A table's schema-typed features as an Evidently Dataset (zero rows included)."""
-    import warnings
+    return drift_dataset(typed_features(frame, schema), schema.numeric, schema.categorical)
 
+
+def drift_dataset(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> Any:
     from evidently import DataDefinition, Dataset
 
-    definition = DataDefinition(numerical_columns=schema.numeric,
-                                categorical_columns=schema.categorical)
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     with warnings.catch_warnings():  # zero rows: Evidently's column stats divide by zero
         warnings.simplefilter("ignore", RuntimeWarning)
-        return Dataset.from_pandas(typed_features(frame, schema), data_definition=definition)
+        return Dataset.from_pandas(frame[[*numeric, *categorical]], data_definition=definition)
 
 
-def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, params: Params
+def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, params: Params,
+                     predictions: tuple[pd.Series, bool] | None = None
                      ) -> tuple[Any, decide.DriftResult]:
+    """Feature drift (Evidently's DataDriftPreset), target drift where both tables hold the
+    target, and prediction drift when `predictions` (the served or re-scored predictions
+    of the window, and whether they are numbers) and the reference's own are given."""
     from evidently import Report
-    from evidently.metrics import RowCount
+    from evidently.metrics import RowCount, ValueDrift
     from evidently.presets import DataDriftPreset
 
     schema, settings = params.schema, params.monitoring
+    test = {"method": settings.drift_method, "threshold": settings.drift_threshold}
     preset = DataDriftPreset(columns=schema.feature_names, drift_share=settings.drift_share,
-                             method=settings.drift_method, threshold=settings.drift_threshold)
-    report = Report([preset, RowCount()], include_tests=True)  # rows: for the history
-    snapshot = report.run(feature_dataset(current, schema), feature_dataset(reference, schema))
-    features = decide.feature_drift(snapshot.dict(), schema.feature_names)
-    return snapshot, decide.DriftResult(features, settings.drift_share, len(reference),
-                                        len(current))
+                             **test)
+    features = typed_features(current, schema)
+    baseline = typed_features(reference, schema)
+    numeric, categorical = list(schema.numeric), list(schema.categorical)
+    target = schema.target
+    metrics: list[Any] = [preset, RowCount()]  # rows: for the history
+    if target in current.columns and target in reference.columns:
+        features[target] = current[target].to_numpy()
+        baseline[target] = reference[target].to_numpy()
+        (numeric if schema.numeric_target else categorical).append(target)
+        metrics.append(ValueDrift(column=target, **test))
+    snapshot = Report(metrics, include_tests=True).run(
+        drift_dataset(features, numeric, categorical),
+        drift_dataset(baseline, numeric, categorical))
+    found = decide.column_drift(snapshot.dict(), [*schema.feature_names,
+                                                  *([target] if target in numeric + categorical
+                                                    else [])])
+    outputs = {"target": found[target]} if target in found else {}
+    snapshots = [snapshot]
+    if (predictions is not None and PREDICTION_COLUMN in reference.columns
+            and len(predictions[0]) >= settings.min_rows):
+        values, is_number = predictions
+        kind = ([PREDICTION_COLUMN], []) if is_number else ([], [PREDICTION_COLUMN])
+        served = pd.DataFrame({PREDICTION_COLUMN: values.to_numpy()})
+        own = reference[[PREDICTION_COLUMN]]
+        drifted = Report([ValueDrift(column=PREDICTION_COLUMN, **test)], include_tests=True).run(
+            drift_dataset(served, *kind), drift_dataset(own, *kind))
+        outputs["prediction"] = decide.column_drift(drifted.dict(), [PREDICTION_COLUMN])[
+            PREDICTION_COLUMN]
+        snapshots.append(drifted)
+    return history.merged(snapshots), decide.DriftResult(
+        [found[name] for name in schema.feature_names], settings.drift_share, len(reference),
+        len(current), outputs)
 
 
 @dataclass
@@ -178,11 +215,12 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
     registry = Registry(params)
     info, reference = champion_reference(registry)
     settings = params.monitoring
+    scored = performance_check(params, window, registry, info)
+    perf = scored.result if scored else None
     drift_result, snapshot = None, None
     if len(window.frame) >= settings.min_rows:
-        snapshot, drift_result = evidently_report(reference, window.frame, params)
-    scored = performance_check(params, window, registry, info)
-    perf = scored[0] if scored else None
+        snapshot, drift_result = evidently_report(reference, window.frame, params,
+                                                  served_predictions(params.task, window, scored))
     batch_dates = [day for day, _ in dated_batches(params.path(RAW_DIR))]
     since_training = decide.batches_after(batch_dates, registry.last_training_end())
     verdict = decide.decide(current_rows=len(window.frame), min_rows=settings.min_rows,
@@ -216,15 +254,15 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
 
 
 def keep_history(params: Params, summary: dict[str, Any], drift_snapshot: Any, window: Window,
-                 scored: tuple[decide.PerformanceResult, pd.DataFrame] | None
-                 ) -> dict[str, Any]:
+                 scored: Scored | None) -> dict[str, Any]:
     """The check's snapshots into the Evidently workspace (monitoring.history). A broken
     workspace costs the history, never the check: the error goes in the summary."""
     try:
         snapshots = {"drift": drift_snapshot} if drift_snapshot is not None else {
             "rows": history.rows_snapshot(feature_dataset(window.frame, params.schema))}
         if scored is not None:
-            snapshots["performance"] = history.performance_snapshot(scored[1], params)
+            snapshots["performance"] = params.task.evidently_performance(
+                scored.actual, scored.scores, params.gate.min_metrics)
         snapshot_id = history.record(params, summary, snapshots)
     except Exception as error:  # Evidently and the file system raise many kinds
         print(f"drift: WARNING: the check was not added to the history: {error}")
@@ -249,36 +287,52 @@ def champion_reference(registry: Any) -> tuple[ChampionInfo, pd.DataFrame]:
         return info, pd.read_parquet(local)
 
 
-def performance_check(params: Params, window: Window, registry: Any, info: ChampionInfo
-                      ) -> tuple[decide.PerformanceResult, pd.DataFrame] | None:
-    """The champion's real performance on the window's outcomes, when it carries them: what
-    the service answered for those rows, or (no traffic logged) the champion re-scored.
-    With the scored rows (`actual` 0/1, `probability`) for the history."""
-    from mlpipeline.evaluate import classification_metrics, evaluate
+@dataclass
+class Scored:
+    """The champion's answers on outcomes that arrived, and what they score."""
 
-    schema, settings = params.schema, params.monitoring
+    result: decide.PerformanceResult
+    actual: pd.Series  # the outcomes
+    scores: np.ndarray  # the champion's scores for them (the task's layout)
+
+
+def performance_check(params: Params, window: Window, registry: Any, info: ChampionInfo
+                      ) -> Scored | None:
+    """The champion's real performance on the window's outcomes, when it carries them: what
+    the service answered for those rows, or (no traffic logged) the champion re-scored;
+    the task's metrics against the gate's floors."""
+    schema, task, settings = params.schema, params.task, params.monitoring
     if schema.target not in window.frame.columns:
         return None
     labelled = window.frame[window.frame[schema.target].notna()]
     served = logged_outcomes(read_log(params.path(params.serving.prediction_log_dir)),
-                             labelled, schema)
+                             labelled, task)
     if len(served) >= settings.min_labelled_rows:
         # What production actually answered, whichever version and runtime answered it.
-        actual = (served[schema.target] == schema.positive_class).astype(int).to_numpy()
-        probability = served["probability"].to_numpy()
-        metrics = classification_metrics(actual, probability, params.evaluate.threshold)
-        return decide.performance(metrics, len(served), params.gate.min_metrics,
-                                  "served predictions joined with outcomes",
-                                  join_counts(served, len(labelled))), pd.DataFrame(
-            {"actual": actual, "probability": probability})
-    if len(labelled) >= settings.min_labelled_rows:
-        metrics, predictions, _ = evaluate(registry.load_sklearn(info.version), labelled,
-                                           params)
-        actual = (predictions["actual"] == schema.positive_class).astype(int)
-        return decide.performance(metrics, len(labelled), params.gate.min_metrics,
-                                  f"champion v{info.version} re-scored on outcomes"), \
-            pd.DataFrame({"actual": actual.to_numpy(),
-                          "probability": predictions["probability"].to_numpy()})
+        actual, scores = served[schema.target], task.scores_from_log(served)
+        source, joined = "served predictions joined with outcomes", join_counts(served,
+                                                                                 len(labelled))
+    elif len(labelled) >= settings.min_labelled_rows:
+        model = registry.load_sklearn(info.version)
+        actual, scores = labelled[schema.target], task.scores(model,
+                                                              labelled[schema.feature_names])
+        source, joined = f"champion v{info.version} re-scored on outcomes", None
+    else:
+        return None
+    result = decide.performance(task.metrics(actual, scores), len(actual),
+                                params.gate.min_metrics, task.lower_is_better, source, joined)
+    return Scored(result, actual.reset_index(drop=True), scores)
+
+
+def served_predictions(task: Task, window: Window, scored: Scored | None
+                       ) -> tuple[pd.Series, bool] | None:
+    """The window's predictions for prediction drift: the log's answers (kind=log), else
+    the champion's answers on the batch's outcomes (served, or re-scored)."""
+    if window.served is not None and not window.served.empty \
+            and set(task.log_score_columns) <= set(window.served.columns):
+        return task.drifting_prediction(task.scores_from_log(window.served))
+    if scored is not None:
+        return task.drifting_prediction(scored.scores)
     return None
 
 

@@ -8,8 +8,9 @@ Each check (by hand, in a CT cycle, on a batch or on the prediction log) adds on
 to the project named after the registered model, holding:
 - its drift results (Evidently's DataDriftPreset plus the window's row count), or, when the
   window is too small for a verdict, the row count alone;
-- on a window with outcomes, the champion's real ROC AUC, precision and recall, each floor of
-  `gate.min_metrics` an Evidently test on its metric.
+- on a window with outcomes, the champion's real performance by Evidently's metrics for the
+  task (ROC AUC, precision, recall; accuracy, F1, log loss, ROC AUC; RMSE, MAE, R2, MAPE),
+  each floor of `gate.min_metrics` an Evidently test on its metric.
 One snapshot per check, not one per report: the dashboard's series are read per snapshot,
 and a line broken by the other report's empty points draws nothing. The snapshot carries the
 check's tags (check time, batch date, window kind, champion version, decision, the parts it
@@ -29,17 +30,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from mlpipeline.config import Params, load_params
+from mlpipeline.schema import PREDICTION_COLUMN
 
 # Evidently's metric ids, as dashboards name them.
 SHARE_DRIFTED = "evidently:metric_v2:DriftedColumnsCount"
 VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
 ROW_COUNT = "evidently:metric_v2:RowCount"
-PERFORMANCE = {"roc_auc": "evidently:metric_v2:RocAuc",
-               "precision": "evidently:metric_v2:Precision",
-               "recall": "evidently:metric_v2:Recall"}
 CHECK_TAG = "check:"  # the tag every snapshot of one check shares: check:<ISO time>
 
 
@@ -71,12 +68,16 @@ def data_time(summary: dict[str, Any]) -> dt.datetime:
 
 
 def dashboard_panels(params: Params) -> list[Any]:
-    """The project's dashboard: drift share, each feature's drift score, rows per window and
-    the champion's real performance, with the gate's floors."""
+    """The project's dashboard: drift share, each feature's drift score, rows per window,
+    prediction and target drift, and the champion's real performance, with the gate's
+    floors."""
     from evidently.sdk.models import PanelMetric
     from evidently.sdk.panels import bar_plot_panel, line_plot_panel, text_panel
 
-    floors = ", ".join(f"{name} >= {floor}" for name, floor in params.gate.min_metrics.items())
+    task = params.task
+    floors = ", ".join(f"{name} {'<=' if name in task.lower_is_better else '>='} {floor}"
+                       for name, floor in params.gate.min_metrics.items())
+    outputs = {"prediction": PREDICTION_COLUMN, "target": params.schema.target}
     return [
         text_panel(f"{params.mlflow.registered_model}: every drift check, by the date of its "
                    "data", description="Each point is one check (make drift, a CT cycle); "
@@ -90,34 +91,17 @@ def dashboard_panels(params: Params) -> list[Any]:
             PanelMetric(legend=name, metric=VALUE_DRIFT, metric_labels={"column": name})
             for name in params.schema.feature_names],
             description="the value of each feature's drift test (method per column type)"),
+        line_plot_panel("Prediction and target drift", values=[
+            PanelMetric(legend=name, metric=VALUE_DRIFT, metric_labels={"column": column})
+            for name, column in outputs.items()],
+            description="the served predictions against the champion's own on its reference; "
+                        "the outcomes against its training target"),
         line_plot_panel("Champion's real performance on labelled batches", values=[
-            PanelMetric(legend=name, metric=metric) for name, metric in PERFORMANCE.items()],
-            description=f"gate floors: {floors}; each snapshot tests them (Tests tab)"),
+            PanelMetric(legend=name, metric=metric)
+            for name, metric in task.evidently_metric_ids.items()],
+            description=f"gate floors: {floors or 'none'}; each snapshot tests them "
+                        "(Tests tab)"),
     ]
-
-
-def performance_snapshot(scored: pd.DataFrame, params: Params) -> Any:
-    """Evidently's ROC AUC, precision and recall on outcomes with the champion's answers
-    (`actual` 0/1, `probability`), with the gate's floors as tests."""
-    from evidently import BinaryClassification, DataDefinition, Dataset, Report
-    from evidently.metrics import Precision, Recall, RocAuc
-    from evidently.tests import gte
-
-    frame = pd.DataFrame({
-        "actual": scored["actual"].astype(int).to_numpy(),
-        "probability": scored["probability"].astype(float).to_numpy(),
-        "predicted": (scored["probability"] >= params.evaluate.threshold).astype(int)})
-    definition = DataDefinition(classification=[BinaryClassification(
-        target="actual", prediction_labels="predicted", prediction_probas="probability",
-        pos_label=1)])
-    floors = params.gate.min_metrics
-
-    def tests(name: str) -> list[Any] | None:
-        return [gte(floors[name])] if name in floors else None
-
-    report = Report([RocAuc(tests=tests("roc_auc")), Precision(tests=tests("precision")),
-                     Recall(tests=tests("recall"))])
-    return report.run(Dataset.from_pandas(frame, data_definition=definition), None)
 
 
 def rows_snapshot(window: Any) -> Any:
@@ -136,7 +120,7 @@ def record(params: Params, summary: dict[str, Any], parts: dict[str, Any]) -> st
     from evidently.core.report import Snapshot
 
     workspace, project = open_project(params)
-    model = merged([snapshot.to_snapshot_model() for snapshot in parts.values()])
+    model = merged_models([snapshot.to_snapshot_model() for snapshot in parts.values()])
     model.tags = [*check_tags(summary), *(f"part:{part}" for part in parts)]
     model.metadata = check_metadata(summary)
     model.timestamp = data_time(summary)
@@ -145,7 +129,16 @@ def record(params: Params, summary: dict[str, Any], parts: dict[str, Any]) -> st
     return str(ref.id)
 
 
-def merged(models: list[Any]) -> Any:
+def merged(snapshots: list[Any]) -> Any:
+    """Evidently snapshots (of reports run on the same data) as one Snapshot."""
+    from evidently.core.report import Snapshot
+
+    if len(snapshots) == 1:
+        return snapshots[0]
+    return Snapshot.load_model(merged_models([s.to_snapshot_model() for s in snapshots]))
+
+
+def merged_models(models: list[Any]) -> Any:
     """Evidently snapshots (SnapshotModel) as one: their metric results, tests and widgets.
     Their metrics differ (the performance report has no row count), so no result is lost."""
     first, *rest = models

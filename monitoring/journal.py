@@ -20,12 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpipeline.config import GATE_REPORT, METRICS, PARAMS_FILE, PLOTS_DIR, VALIDATION_REPORT
+from mlpipeline.config import (
+    GATE_REPORT,
+    METRICS,
+    PARAMS_FILE,
+    PLOTS_DIR,
+    PLOTS_SPEC,
+    VALIDATION_REPORT,
+)
 
 JOURNAL_DIR = ".ct-journal"
 ENTRY = "journal.json"
 # What a cycle may rewrite that git tracks; DVC-cached outputs come back with `dvc checkout`.
-TRACKED = [Path(PARAMS_FILE), Path("dvc.lock"), METRICS, GATE_REPORT, VALIDATION_REPORT]
+TRACKED = [Path(PARAMS_FILE), Path("dvc.lock"), METRICS, GATE_REPORT, VALIDATION_REPORT,
+           PLOTS_SPEC]
 
 
 @dataclass

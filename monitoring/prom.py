@@ -54,13 +54,25 @@ def drift_metrics(summary: dict[str, Any]) -> CollectorRegistry:
         for feature in drift["features"]:
             score.labels(feature["name"], feature["method"]).set(feature["score"])
             drifted.labels(feature["name"]).set(float(feature["drifted"]))
+        outputs = {name: drift.get(name) for name in ("target", "prediction")
+                   if drift.get(name)}
+        if outputs:  # the model's side: outcomes and predictions against the reference's
+            output_score = Gauge("model_drift_output_score", "Drift score of the target "
+                                 "(outcomes) or of the predictions", ["output", "method"],
+                                 registry=registry)
+            output_drifted = Gauge("model_drift_output_drifted", "1 if the target's or the "
+                                   "predictions' drift test failed", ["output"],
+                                   registry=registry)
+            for name, output in outputs.items():
+                output_score.labels(name, output["method"]).set(output["score"])
+                output_drifted.labels(name).set(float(output["drifted"]))
     performance = summary["performance"]
     if performance is not None:  # the champion on labelled outcomes
         live = Gauge("model_champion_live_metric", "The champion's metric on the outcomes "
-                     "that arrived (ROC AUC, precision, recall...)", ["metric"],
+                     "that arrived (the task's: roc_auc, f1_macro, rmse...)", ["metric"],
                      registry=registry)
-        floor = Gauge("model_champion_live_metric_floor", "The gate's floor for that metric",
-                      ["metric"], registry=registry)
+        floor = Gauge("model_champion_live_metric_floor", "The gate's floor for that metric "
+                      "(a ceiling for a lower-is-better one)", ["metric"], registry=registry)
         for name, value in performance["metrics"].items():
             live.labels(name).set(value)
         for name, value in performance["floors"].items():

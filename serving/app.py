@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from mlpipeline.config import ServiceConfig, load_service_config
+from mlpipeline.tasks import Answers, PredictMethodError
 from serving import scoring
 from serving.champion import Champion, LoadedModel
 from serving.metrics import MetricsAndLimits, ServiceMetrics
@@ -109,7 +110,8 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         metrics.registry_reachable.set(0 if outcome == "error" else 1)
         if current and outcome == "loaded":
             metrics.model_info.info({"name": current.name, "version": current.version,
-                                     "run_id": current.run_id})
+                                     "run_id": current.run_id, "task": current.task.name})
+            metrics.use_value_buckets(current.requests.contract.value_buckets)
             freeze_long_lived_objects()
         return outcome
 
@@ -176,18 +178,14 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         return (len(body) <= settings.inline_body_bytes and model is not None
                 and model.onnx_session is not None)
 
-    def score(request: Request, model: LoadedModel, columns: dict[str, list[Any]]) -> Scored:
-        """Predict validated columns with the champion, log them and count them."""
-        proba = model.positive_proba(columns)
-        labels = model.requests.labels(proba)
-        probabilities = np.round(proba.astype(np.float64), 6).tolist()
+    def record(request: Request, model: LoadedModel, columns: dict[str, list[Any]],
+               scores: np.ndarray) -> Scored:
+        """Turn scores into the task's answers; log them and count them."""
+        answers = model.task.answers(scores)
         request_id = next_request_id()
-        request.app.state.prediction_log.append(columns, labels, probabilities, model.version,
-                                                request_id)
-        for label in set(labels):
-            metrics.predictions.labels(str(label), model.version).inc(labels.count(label))
-        return Scored(model.name, model.version, model.positive_index, labels, probabilities,
-                      request_id)
+        request.app.state.prediction_log.append(columns, answers.log, model.version, request_id)
+        model.task.count(metrics, answers.predictions, model.version)
+        return Scored(model.name, model.version, answers, request_id)
 
     @app.post(
         "/predict",
@@ -218,12 +216,12 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         problem = batch_problem(len(records))
         if problem:
             return problem
-        scored = score(request, model, model.requests.columns(records))
+        columns = model.requests.columns(records)
+        scored = record(request, model, columns, model.scores(columns))
         return _json({
             "model": {"name": scored.model, "version": scored.version},
             "request_id": scored.request_id,
-            "predictions": [{"label": lab, "probability": p} for lab, p in
-                            zip(scored.labels, scored.probabilities, strict=True)],
+            "predictions": scored.answers.records(),
         })
 
     @app.post(
@@ -275,13 +273,15 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         if detail:
             return _json({"error_code": "BAD_REQUEST", "message": detail[0]["msg"],
                           "detail": detail}, 422)
-        scored = score(request, model, columns)
-        if method == "predict_proba":  # one row per record, columns in the model's class order
-            predictions: list[Any] = [
-                [1 - p, p] if scored.positive_index == 1 else [p, 1 - p]
-                for p in scored.probabilities]
-        else:
-            predictions = scored.labels
+        scores = model.scores(columns)
+        if method == "predict_proba":  # one row per record, a column per class (model order)
+            try:
+                predictions: list[Any] = model.task.proba_rows(scores, model.model)
+            except PredictMethodError as error:
+                return _json({"error_code": "BAD_REQUEST", "message": str(error)}, 400)
+        scored = record(request, model, columns, scores)
+        if method == "predict":
+            predictions = scored.answers.predictions
         return Response(json.dumps({"predictions": predictions}), media_type="application/json",
                         headers={"X-Model-Version": scored.version,
                                  "X-Request-Id": scored.request_id})
@@ -380,13 +380,11 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
 
 @dataclass(frozen=True)
 class Scored:
-    """One request's predictions, as logged."""
+    """One request's answers, as logged."""
 
     model: str
     version: str
-    positive_index: int
-    labels: list[Any]
-    probabilities: list[float]
+    answers: Answers
     request_id: str
 
 
@@ -414,7 +412,8 @@ def document_request_bodies(document: dict[str, Any], requests: RequestContract 
                             max_records: int) -> dict[str, Any]:
     """Put the served contract's record, and the bodies built from it, in the document:
     `Record`, `PredictBody` (one record or 1 to max_records of them) and `ScoringPayload`
-    (MLflow's payloads). Before a model is loaded, a record is any object."""
+    (MLflow's payloads); and its task's answer, `Prediction`. Before a model is loaded, a
+    record and a prediction are any object."""
     record = requests.record_json_schema() if requests else {
         "type": "object", "title": "Record",
         "description": "no model is loaded yet: its contract decides the fields"}
@@ -426,6 +425,13 @@ def document_request_bodies(document: dict[str, Any], requests: RequestContract 
         {"type": "array", "minItems": 1, "maxItems": max_records,
          "items": {"$ref": "#/components/schemas/Record"}}]}
     components["ScoringPayload"] = scoring.payload_json_schema(record, max_records)
+    components["Prediction"] = requests.task.prediction_json_schema() if requests else {
+        "type": "object", "title": "Prediction",
+        "description": "no model is loaded yet: its task decides the fields"}
+    response = components.get("PredictResponse", {}).get("properties", {})
+    if "predictions" in response:
+        response["predictions"] = {"type": "array", "title": "Predictions",
+                                   "items": {"$ref": "#/components/schemas/Prediction"}}
     return document
 
 

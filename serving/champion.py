@@ -14,16 +14,17 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from mlpipeline import onnx_export
 from mlpipeline.config import Params, ServiceConfig
 from mlpipeline.schema import CONTRACT_FILE, ModelContract, Schema
+from mlpipeline.tasks import Task
 from serving.schemas import RequestContract, request_contract
 
 log = logging.getLogger("serving.champion")
@@ -41,28 +42,26 @@ class LoadedModel:
     version: str
     run_id: str
     model: Any  # the scikit-learn pipeline as registered
-    positive_index: int
-    requests: RequestContract  # the version's own contract, as request models
+    requests: RequestContract  # the version's own contract, as request models and its task
     onnx_session: Any = None  # its verified ONNX twin, when the version ships one
     metadata: dict[str, Any] = field(default_factory=dict)
+    # validated columns -> scores, with the twin when there is one (set after init)
+    scores: Callable[[dict[str, list[Any]]], np.ndarray] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scores", self.task.scorer(self.model, self.onnx_session))
 
     @property
     def schema(self) -> Schema:
         return self.requests.schema
 
     @property
+    def task(self) -> Task:
+        return self.requests.task
+
+    @property
     def runtime(self) -> str:
         return "onnxruntime" if self.onnx_session is not None else "scikit-learn"
-
-    def positive_proba(self, columns: dict[str, list[Any]]) -> np.ndarray:
-        """Probability of the positive class for validated columns (lists by feature name,
-        None where a value is missing)."""
-        if self.onnx_session is not None:
-            return onnx_export.positive_proba(
-                self.onnx_session, onnx_export.onnx_feed(columns, self.schema),
-                self.positive_index)
-        frame = pd.DataFrame(columns, columns=self.schema.feature_names)
-        return self.model.predict_proba(frame)[:, self.positive_index]
 
 
 class Champion:
@@ -157,7 +156,7 @@ class Champion:
         onnx_session = onnx_export.session(twin.read_bytes()) if twin.is_file() else None
         contract = self._contract(local / "extra_files" / CONTRACT_FILE, version.version)
         shutil.rmtree(local, ignore_errors=True)  # all of it is in memory now
-        schema = contract.schema
+        schema, task = contract.schema, contract.task
         run = self.client.get_run(version.run_id) if version.run_id else None
         metrics = run.data.metrics if run else {}
         tags = version.tags
@@ -165,21 +164,20 @@ class Champion:
             "name": self.name,
             "version": str(version.version),
             "run_id": version.run_id,
+            "task": task.name,
             "data_version": tags.get("data_version", ""),
             "raw_data_version": tags.get("raw_data_version", ""),
             "training_window": tags.get("training_window", ""),
             "git_commit": tags.get("git_commit", ""),
             "gate": tags.get("gate", ""),
             "gate_reason": tags.get("gate_reason", ""),
-            "metrics": {k: metrics[k] for k in
-                        ("roc_auc", "pr_auc", "precision", "recall", "f1", "log_loss")
-                        if k in metrics},
+            "metrics": {k: metrics[k] for k in task.metric_directions if k in metrics},
             "loaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "contract": {"features": schema.feature_names, "classes": schema.classes,
-                         "threshold": contract.threshold},
+            "contract": {"task": task.name, "features": schema.feature_names,
+                         "target": schema.target, "classes": schema.classes,
+                         "threshold": contract.threshold, "decision": task.decision},
         }
         loaded = LoadedModel(self.name, str(version.version), version.run_id or "", model,
-                             list(model.classes_).index(schema.positive_class),
                              request_contract(contract, self.max_records), onnx_session,
                              metadata)
         metadata["runtime"] = loaded.runtime

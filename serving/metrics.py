@@ -31,6 +31,10 @@ class ServiceMetrics:
             registry=r)
         self.predictions = Counter("predictions_total", "Predicted records by class",
                                    ["label", "model_version"], registry=r)
+        # Regression: a histogram of the predicted values, its buckets from the served
+        # version's contract (the training target's deciles); made when one is served.
+        self.predicted_values: Histogram | None = None
+        self._value_buckets: tuple[float, ...] = ()
         self.model_info = Info("served_model", "The model being served", registry=r)
         self.model_loaded = Gauge("model_loaded", "1 when a model is loaded", registry=r)
         self.registry_reachable = Gauge(
@@ -43,6 +47,35 @@ class ServiceMetrics:
                                  "Records written to the prediction log", registry=r)
         self.log_failures = Gauge("prediction_log_records_failed",
                                   "Records the prediction log failed to write", registry=r)
+
+
+    def use_value_buckets(self, buckets: list[float]) -> None:
+        """The histogram of predicted values with the served version's buckets. Another
+        version's buckets start a new histogram (Prometheus cannot change them in place)."""
+        if not buckets or tuple(buckets) == self._value_buckets:
+            return
+        if self.predicted_values is not None:
+            self.registry.unregister(self.predicted_values)
+        self._value_buckets = tuple(buckets)
+        self.predicted_values = Histogram(
+            "predicted_values", "Predicted values (regression), in buckets at the training "
+            "target's deciles", ["model_version"], buckets=self._value_buckets,
+            registry=self.registry)
+
+    def count_labels(self, labels: list[object], version: str) -> None:
+        for label in set(labels):
+            self.predictions.labels(str(label), version).inc(labels.count(label))
+
+    def observe_values(self, values: list[float], version: str) -> None:
+        if self.predicted_values is None:  # a version logged without buckets
+            self.use_value_buckets(DEFAULT_VALUE_BUCKETS)
+        histogram = self.predicted_values.labels(version)  # type: ignore[union-attr]
+        for value in values:
+            histogram.observe(value)
+
+
+# For a version whose contract has no buckets: prometheus_client's defaults, widened.
+DEFAULT_VALUE_BUCKETS = [0.1, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000]
 
 
 class MetricsAndLimits:

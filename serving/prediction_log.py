@@ -37,12 +37,12 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def append(self, columns: dict[str, list], labels: list[int | str],
-               probabilities: list[float], version: str, request_id: str) -> None:
-        """Hand one request's features (lists by name) to the writer; costs a queue put on
-        the request path."""
-        self._queue.put((columns, labels, probabilities, version, request_id,
-                         dt.datetime.now(dt.UTC)))
+    def append(self, columns: dict[str, list], answers: dict[str, list], version: str,
+               request_id: str) -> None:
+        """Hand one request's features (lists by name) and answers (the task's log columns:
+        `prediction` and, e.g., `probability`) to the writer; costs a queue put on the
+        request path."""
+        self._queue.put((columns, answers, version, request_id, dt.datetime.now(dt.UTC)))
 
     def close(self) -> None:
         self._queue.put(_STOP)
@@ -60,7 +60,7 @@ class PredictionLog:
                 item = None
             if item is not None and item is not _STOP:
                 pending.append(item)
-                rows += len(item[1])
+                rows += len(item[1]["prediction"])
             if pending and (item is None or item is _STOP or rows >= self.flush_records):
                 self._write(pending)
                 pending, rows = [], 0
@@ -76,12 +76,13 @@ class PredictionLog:
         # A swap to a version with other features can fall inside one part: every feature
         # any request carried becomes a column, null where a request did not have it.
         names = list(dict.fromkeys(name for item in items for name in item[0]))
-        for features, labels, probabilities, version, request_id, at in items:
-            n = len(labels)
+        answer_names = list(dict.fromkeys(name for item in items for name in item[1]))
+        for features, answers, version, request_id, at in items:
+            n = len(answers["prediction"])
             for name in names:
                 columns.setdefault(name, []).extend(features.get(name) or [None] * n)
-            columns.setdefault("prediction", []).extend(labels)
-            columns.setdefault("probability", []).extend(probabilities)
+            for name in answer_names:
+                columns.setdefault(name, []).extend(answers.get(name) or [None] * n)
             columns.setdefault("model_version", []).extend([version] * n)
             columns.setdefault("request_id", []).extend([request_id] * n)
             # As microseconds: Arrow converts a list of ints ~8x faster than of datetimes,

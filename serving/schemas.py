@@ -28,6 +28,7 @@ from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from mlpipeline.schema import FeatureSpec, ModelContract, Schema
+from mlpipeline.tasks import Task
 
 
 def _field(spec: FeatureSpec) -> tuple[Any, Any]:
@@ -100,12 +101,14 @@ def request_body(record: type[BaseModel], max_records: int) -> Any:
 @dataclass(frozen=True)
 class RequestContract:
     """One model contract as the service applies it: the request models, the JSON schema
-    the OpenAPI document shows, and the decision (threshold, class names)."""
+    the OpenAPI document shows, and the task that turns scores into answers."""
 
     contract: ModelContract
     record: type[BaseModel]
     body: TypeAdapter[Any]  # /predict: one record or a batch, validated from the JSON bytes
     records: TypeAdapter[Any]  # a list of records already parsed (MLflow's scoring payloads)
+
+    task: Task
 
     @property
     def schema(self) -> Schema:
@@ -121,12 +124,6 @@ class RequestContract:
                                               for r in records]
         return columns
 
-    def labels(self, probabilities: Any) -> list[int | str]:
-        """The class each probability (a numpy array) decides at the contract's threshold."""
-        positive, negative = self.schema.positive_class, self.schema.negative_class
-        return [positive if above else negative
-                for above in (probabilities >= self.contract.threshold).tolist()]
-
     def record_json_schema(self) -> dict[str, Any]:
         return self.record.model_json_schema()
 
@@ -141,12 +138,8 @@ def _request_contract(contract_json: str, max_records: int) -> RequestContract:
     contract = ModelContract.model_validate_json(contract_json)
     record = record_model(contract.schema)
     return RequestContract(contract, record, TypeAdapter(request_body(record, max_records)),
-                           TypeAdapter(list[record]))  # type: ignore[valid-type]
-
-
-class Prediction(BaseModel):
-    label: int | str = Field(description="predicted class, as the schema's `classes` name it")
-    probability: float = Field(description="probability of the positive class")
+                           TypeAdapter(list[record]),  # type: ignore[valid-type]
+                           contract.task)
 
 
 class ModelRef(BaseModel):
@@ -155,6 +148,10 @@ class ModelRef(BaseModel):
 
 
 class PredictResponse(BaseModel):
+    """/predict's answer. Each prediction's shape is the task's: `label` and `probability`
+    (binary), `label` and `probabilities` (multiclass), `value` (regression); the OpenAPI
+    document shows the served version's (`Prediction`)."""
+
     model: ModelRef
     request_id: str
-    predictions: list[Prediction]
+    predictions: list[dict[str, Any]]

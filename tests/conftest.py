@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,11 +13,9 @@ import pytest
 import yaml
 
 from mlpipeline.config import set_values
+from mlpipeline.preset import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
-# What a pipeline run needs from the repository; src/ because dvc.yaml hashes stage code.
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config",
-                 ".dvc/.gitignore", "data/.gitignore", "data/landing/.gitkeep", "src"]
 BIN = Path(sys.executable).parent
 # The source clock and training window that params.yaml ships with (CT moves them).
 INITIAL_STATE = {"source.n_batches": 8, "window.start": "2026-01-05", "window.end": "2026-02-23"}
@@ -39,10 +36,11 @@ ENV.pop("MLFLOW_TRACKING_URI", None)  # each project copy uses its own embedded 
 # xdist hands out test files in collection order (--dist loadfile --no-loadscope-reorder):
 # the longest go first, so the short ones fill in behind them at the end instead of a long
 # one starting last and adding up. Seconds on two workers: loop ~360, stack ~280, landing
-# ~250, pipeline ~150, killed cycle ~110, serving (live) ~110, promotions ~70, tracking
-# server ~50, registry ~50, serving ~50, monitoring ~35.
+# ~250, the other tasks' loops ~190, pipeline ~150, killed cycle ~110, serving (live) ~110,
+# promotions ~70, tracking server ~50, registry ~50, serving ~50, monitoring ~35.
 RUN_FIRST = ("tests/test_loop.py", "tests/test_stack.py", "tests/test_landing.py",
-             "tests/test_pipeline.py", "tests/test_ct_killed.py", "tests/test_serving_live.py",
+             "tests/test_tasks_loop.py", "tests/test_pipeline.py", "tests/test_ct_killed.py",
+             "tests/test_serving_live.py",
              "tests/test_promotions.py", "tests/test_tracking_server.py",
              "tests/test_registry.py", "tests/test_serving.py", "tests/test_monitoring.py")
 
@@ -100,21 +98,14 @@ class Project:
         return self.git("rev-parse", "HEAD").stdout.strip()
 
 
-def make_project(root: Path) -> Project:
-    root.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        source, target = REPO / name, root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
+def make_project(root: Path, preset: str | None = None) -> Project:
+    """A copy of the project (with a task preset's params, if named) in its initial state."""
+    copy_project(REPO, root, preset)
     # Tests start from the initial state whatever CT (or `make demo`) moved in the working copy.
     params = root / "params.yaml"
     params.write_text(set_values(params.read_text(), INITIAL_STATE))
     project = Project(root)
-    project.git("init", "-q", "-b", "main")
-    project.commit("project copy")
+    project.commit("initial state")
     return project
 
 

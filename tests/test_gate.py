@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 
-from mlpipeline.config import GateParams
-from mlpipeline.gate import decide, format_table
+from mlpipeline.config import GateParams, load_params
+from mlpipeline.gate import decide as gate_decide
+from mlpipeline.gate import format_table
 from mlpipeline.registry import Promotion, champion_at
+from tests.conftest import REPO
+
+# The binary task's metric directions (log_loss: lower is better).
+decide = partial(gate_decide, lower_is_better=load_params(REPO).task.lower_is_better)
 
 GATE = GateParams(min_metrics={"roc_auc": 0.7, "precision": 0.3}, compare_metric="roc_auc",
                   tolerance=0.01)

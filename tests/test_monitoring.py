@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,9 +60,12 @@ def test_too_few_rows_is_no_retrain_with_that_reason_even_when_drifted() -> None
 
 def test_performance_below_a_floor_is_a_second_trigger() -> None:
     floors = {"roc_auc": 0.7, "precision": 0.3}
-    holds = decide.performance({"roc_auc": 0.78, "precision": 0.4}, 1500, floors, "served")
-    drops = decide.performance({"roc_auc": 0.66, "precision": 0.4}, 1500, floors)
-    one_class = decide.performance({"roc_auc": float("nan"), "precision": 0.4}, 1500, floors)
+    lower = PARAMS.task.lower_is_better
+    holds = decide.performance({"roc_auc": 0.78, "precision": 0.4}, 1500, floors, lower,
+                               "served")
+    drops = decide.performance({"roc_auc": 0.66, "precision": 0.4}, 1500, floors, lower)
+    one_class = decide.performance({"roc_auc": float("nan"), "precision": 0.4}, 1500, floors,
+                                   lower)
     assert holds.below == [] and drops.below == ["roc_auc"] and one_class.below == ["roc_auc"]
     assert verdict(perf=holds).action == "no-retrain"
     assert verdict(perf=holds).reasons[-1].startswith("performance holds (served, 1500 rows)")
@@ -128,18 +132,18 @@ def test_served_predictions_are_joined_with_the_outcomes_that_arrived_later() ->
     served = batch[schema.feature_names].astype(object).where(batch.notna(), None)
     log = pd.concat([served.iloc[[0, 1]], served.iloc[[1]]], ignore_index=True).assign(
         probability=[0.1, 0.2, 0.3], model_version=["1", "1", "2"])
-    joined = logged_outcomes(log, batch, schema)
+    joined = logged_outcomes(log, batch, PARAMS.task)
     assert len(joined) == 2  # row 2 was never served
     assert list(joined["probability"]) == [0.1, 0.3]  # the latest answer for row 1
     assert list(joined[schema.target]) == list(batch[schema.target].iloc[:2])
-    assert logged_outcomes(pd.DataFrame(), batch, schema).empty
+    assert logged_outcomes(pd.DataFrame(), batch, PARAMS.task).empty
 
 
 def test_outcomes_join_on_the_id_when_applications_share_every_feature_value() -> None:
     """Pairs of applications with the same features and opposite outcomes: on the id each
     outcome meets its own answer (ROC AUC 1); on the feature values both would meet the
     latest one (ROC AUC 0.5). Rows without an id fall back to the features."""
-    from mlpipeline.evaluate import classification_metrics
+    from mlpipeline.tasks.binary import classification_metrics
 
     schema, target, key = PARAMS.schema, PARAMS.schema.target, PARAMS.schema.id_column
     first = synthetic_batch(PARAMS.source, 0).head(200)
@@ -154,10 +158,11 @@ def test_outcomes_join_on_the_id_when_applications_share_every_feature_value() -
         return classification_metrics(joined[target].to_numpy(),
                                       joined["probability"].to_numpy(), 0.5)["roc_auc"]
 
-    joined = logged_outcomes(log, outcomes, schema)
+    joined = logged_outcomes(log, outcomes, PARAMS.task)
     assert len(joined) == 400 and set(joined["joined_on"]) == {"id"}
     assert roc_auc(joined) == 1.0
-    by_features = logged_outcomes(log.drop(columns=key), outcomes.drop(columns=key), schema)
+    by_features = logged_outcomes(log.drop(columns=key), outcomes.drop(columns=key),
+                                  PARAMS.task)
     assert roc_auc(by_features) == 0.5  # what the feature-value join alone would report
 
     # One outcome without an id, whose request came without one: found on its features.
@@ -166,7 +171,7 @@ def test_outcomes_join_on_the_id_when_applications_share_every_feature_value() -
     lost = outcomes.iloc[[1]].assign(application_id="never-served")
     more_log = pd.concat([log, lone.drop(columns=[target, key]).assign(
         probability=0.3, model_version="1")], ignore_index=True)
-    joined = logged_outcomes(more_log, pd.concat([outcomes, lone, lost]), schema)
+    joined = logged_outcomes(more_log, pd.concat([outcomes, lone, lost]), PARAMS.task)
     assert join_counts(joined, 402) == {"on_id": 400, "on_features": 1,
                                         "outcomes_without_prediction": 1}
     assert joined[joined["joined_on"] == "features"]["probability"].tolist() == [0.3]
@@ -187,7 +192,7 @@ def test_each_check_adds_its_tagged_snapshot_to_the_evidently_history(tmp_path: 
     its data, the champion's real figures as Evidently computes them, the dashboard."""
     from evidently.core.report import Snapshot
 
-    from mlpipeline.evaluate import classification_metrics
+    from mlpipeline.tasks.binary import classification_metrics
     from monitoring import drift, history
 
     params = PARAMS.model_copy(update={"root": tmp_path})
@@ -195,11 +200,12 @@ def test_each_check_adds_its_tagged_snapshot_to_the_evidently_history(tmp_path: 
     drift_snapshot, _ = evidently_report(reference, current, params)
     actual = current[params.schema.target].to_numpy()
     probability = (0.6 * actual + 0.4 * pd.Series(range(len(actual))) / len(actual)).to_numpy()
-    scored = pd.DataFrame({"actual": actual, "probability": probability})
+    scores = np.column_stack([1 - probability, probability])
+    performance = params.task.evidently_performance(pd.Series(actual), scores,
+                                                    params.gate.min_metrics)
     history.record(params, history_summary("2026-11-30T10:00:00+00:00", "batch", 1500,
                                            "retrain", batch="2026-03-09"),
-                   {"drift": drift_snapshot,
-                    "performance": history.performance_snapshot(scored, params)})
+                   {"drift": drift_snapshot, "performance": performance})
     for hour, rows, until in ((11, 10, "2026-03-16T00:00:00+00:00"),
                               (12, 0, "2026-03-23T00:00:00+00:00")):
         window = drift.Window("log", "log", current.head(rows), until=until)
@@ -237,7 +243,7 @@ def test_each_check_adds_its_tagged_snapshot_to_the_evidently_history(tmp_path: 
     panels = project.dashboard.model().panels
     assert [p.title for p in panels][1:] == [
         "Share of drifted features", "Rows per window", "Drift score per feature",
-        "Champion's real performance on labelled batches"]
+        "Prediction and target drift", "Champion's real performance on labelled batches"]
     assert [v.metric_labels["column"] for v in panels[3].values] == params.schema.feature_names
 
     # A workspace that cannot be written costs the history, not the check.
@@ -261,7 +267,7 @@ def test_log_parts_with_an_all_missing_column_read_as_one_frame(tmp_path) -> Non
 
 def test_a_report_without_a_feature_verdict_is_an_error() -> None:
     with pytest.raises(ValueError, match="no verdict for"):
-        decide.feature_drift({"metrics": [], "tests": []}, ["age"])
+        decide.column_drift({"metrics": [], "tests": []}, ["age"])
 
 
 def test_set_values_moves_values_and_keeps_comments() -> None:
@@ -333,7 +339,7 @@ def test_the_ct_workflow_step_exits_75_when_a_cycle_holds_the_lock(tmp_path: Pat
 def check_summary(drifted: int, action: str) -> dict:
     """A drift check's summary as monitoring.drift writes it (the fields prom reads)."""
     perf = decide.performance({"roc_auc": 0.66, "precision": 0.41, "recall": 0.52}, 1500,
-                              {"roc_auc": 0.70, "precision": 0.30}, "served",
+                              {"roc_auc": 0.70, "precision": 0.30}, {"log_loss"}, "served",
                               {"on_id": 1490, "on_features": 10,
                                "outcomes_without_prediction": 3})
     return {"time": "2026-03-09T10:00:00+00:00", "window": {"kind": "batch", "rows": 1500},

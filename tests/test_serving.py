@@ -334,7 +334,8 @@ def test_replicas_sharing_a_log_folder_never_collide(tmp_path: Path) -> None:
     for i, log in enumerate(logs):
         for n in range(3):
             columns = {name: [value] for name, value in RECORD.items()}
-            log.append({**columns, "age": [20 + 10 * i + n]}, [0], [0.1], "1", f"{i}-{n}")
+            log.append({**columns, "age": [20 + 10 * i + n]},
+                       {"prediction": [0], "probability": [0.1]}, "1", f"{i}-{n}")
     for log in logs:
         log.close()
     parts = sorted(p.name for p in tmp_path.glob("date=*/*.parquet"))
@@ -351,8 +352,9 @@ def test_a_part_spanning_a_swap_to_another_contract_keeps_every_column(tmp_path:
 
     log = PredictionLog(tmp_path, flush_records=100, flush_seconds=60)
     old = {name: [value, value] for name, value in RECORD.items()}
-    log.append(old, [0, 0], [0.1, 0.2], "1", "before")
-    log.append({**old, "has_cosigner": ["yes", "no"]}, [1, 0], [0.9, 0.3], "2", "after")
+    log.append(old, {"prediction": [0, 0], "probability": [0.1, 0.2]}, "1", "before")
+    log.append({**old, "has_cosigner": ["yes", "no"]},
+               {"prediction": [1, 0], "probability": [0.9, 0.3]}, "2", "after")
     log.close()
     assert len(list(tmp_path.glob("date=*/*.parquet"))) == 1  # one part across the swap
     logged = read_log(tmp_path)

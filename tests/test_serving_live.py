@@ -194,7 +194,7 @@ def test_a_version_with_another_contract_is_served_by_its_own_contract(
     import yaml
 
     from mlpipeline import evaluate, tracking, train
-    from mlpipeline.config import TEST_SPLIT, TRAIN_SPLIT
+    from mlpipeline.config import REFERENCE, TEST_SPLIT, TRAIN_SPLIT
     from mlpipeline.registry import Registry
     from mlpipeline.schema import FeatureSpec
 
@@ -225,10 +225,11 @@ def test_a_version_with_another_contract_is_served_by_its_own_contract(
             "mlflow": params.mlflow.model_copy(update={"experiment": "wider"})})
         rng = np.random.default_rng(0)
         frames = {}
-        for split in (TRAIN_SPLIT, TEST_SPLIT):
+        for split in (TRAIN_SPLIT, TEST_SPLIT, REFERENCE):
             frame = pd.read_parquet(root / split)
             frame["has_cosigner"] = rng.choice(["no", "yes"], size=len(frame))
             frames[split] = frame
+        frames[REFERENCE].to_parquet(root / REFERENCE)  # logged, and scored, with the model
         model, info = train.fit(frames[TRAIN_SPLIT], wider_params)
         metrics, predictions, plots = evaluate.evaluate(model, frames[TEST_SPLIT], wider_params)
         run = tracking.log_training_run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,15 +14,22 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
 
 from mlpipeline.config import Params, TrainParams, load_params
-from mlpipeline.evaluate import classification_metrics, evaluate
+from mlpipeline.evaluate import evaluate
 from mlpipeline.loans import make_batch
 from mlpipeline.prepare import reference_sample, time_split
 from mlpipeline.schema import coerce
 from mlpipeline.source import dated_batches
-from mlpipeline.train import MODELS, build_pipeline, fit
+from mlpipeline.tasks import FAMILIES
+from mlpipeline.tasks.binary import classification_metrics, curves
+from mlpipeline.train import build_pipeline, fit
 from tests.conftest import REPO
 
 PARAMS: Params = load_params(REPO)
+
+
+def default_pipeline() -> Any:
+    train = PARAMS.train
+    return build_pipeline(PARAMS.task, train.model, train.chosen_hyperparams(), train.seed)
 
 
 class DummyClassifierForOnnx(DummyClassifier):
@@ -64,7 +72,7 @@ def test_reference_sample_is_seeded_and_bounded(typed: pd.DataFrame) -> None:
     assert len(reference_sample(typed, 10_000, seed=1)) == len(typed)
 
 
-@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("model", [*FAMILIES, "logistic_regression"])
 def test_every_model_type_trains_on_raw_features_with_nulls(typed: pd.DataFrame, model: str
                                                              ) -> None:
     params = PARAMS.model_copy(update={"train": TrainParams(
@@ -78,10 +86,8 @@ def test_every_model_type_trains_on_raw_features_with_nulls(typed: pd.DataFrame,
 
 
 def test_training_is_seeded(typed: pd.DataFrame) -> None:
-    a = build_pipeline(PARAMS.schema, PARAMS.train).fit(typed[PARAMS.schema.feature_names],
-                                                         typed["default"])
-    b = build_pipeline(PARAMS.schema, PARAMS.train).fit(typed[PARAMS.schema.feature_names],
-                                                         typed["default"])
+    a = default_pipeline().fit(typed[PARAMS.schema.feature_names], typed["default"])
+    b = default_pipeline().fit(typed[PARAMS.schema.feature_names], typed["default"])
     X = typed[PARAMS.schema.feature_names]
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
 
@@ -111,19 +117,19 @@ def test_evaluate_produces_metrics_predictions_and_curves(typed: pd.DataFrame) -
 
 @pytest.mark.parametrize("model", ["random_forest", "logistic_regression"])
 def test_onnx_twin_is_verified_against_sklearn(typed: pd.DataFrame, model: str) -> None:
-    from mlpipeline.onnx_export import export, frame_records, onnx_inputs, positive_proba, session
+    from mlpipeline.onnx_export import export, frame_records, onnx_inputs, session
 
     train, test = time_split(typed, "application_date", 0.3)
     params = PARAMS.model_copy(update={"train": TrainParams(
         model=model, seed=1, hyperparams=PARAMS.train.hyperparams)})
     pipeline, _ = fit(train, params)
-    onnx_bytes, figures = export(pipeline, PARAMS.schema, test, 0.5, 1)
+    onnx_bytes, figures = export(pipeline, PARAMS.task, test)
     assert figures["onnx"] == "verified" and onnx_bytes is not None
     assert figures["onnx_checked_rows"] == len(test) and figures["onnx_label_flips"] == 0
     # Missing values and unknown categories go through the twin as through sklearn.
     rows = frame_records(test.head(3), PARAMS.schema)
     rows[0]["credit_score"], rows[1]["region"] = None, "atlantis"
-    twin = positive_proba(session(onnx_bytes), onnx_inputs(rows, PARAMS.schema), 1)
+    twin = session(onnx_bytes).run(None, onnx_inputs(rows, PARAMS.schema))[1][:, 1]
     frame = pd.DataFrame(rows, columns=PARAMS.schema.feature_names)
     np.testing.assert_allclose(twin, pipeline.predict_proba(frame)[:, 1], atol=1e-6)
 
@@ -146,7 +152,7 @@ def test_onnx_twin_that_drifts_from_sklearn_is_not_shipped(typed: pd.DataFrame) 
              schema.categorical)])),
         ("model", RandomForestClassifier(n_estimators=50, max_depth=12, random_state=0)),
     ]).fit(typed[schema.feature_names], typed["default"])
-    onnx_bytes, figures = export(pipeline, schema, typed, 0.5, 1)
+    onnx_bytes, figures = export(pipeline, PARAMS.task, typed)
     assert onnx_bytes is None and figures["onnx"] == "rejected"
     assert figures["onnx_max_abs_diff"] > 1e-6
 
@@ -175,8 +181,6 @@ def test_coarse_batches_split_by_whole_batches_and_say_so(typed: pd.DataFrame) -
 
 
 def test_plot_curves_are_thinned_whatever_the_test_size() -> None:
-    from mlpipeline.evaluate import curves
-
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 70_000)
     proba = np.clip(y * 0.3 + rng.random(70_000) * 0.7, 0, 1)
@@ -194,7 +198,7 @@ def test_hist_gradient_boosting_gets_a_verified_onnx_twin(typed: pd.DataFrame) -
     params = PARAMS.model_copy(update={"train": TrainParams(
         model="hist_gradient_boosting", seed=1, hyperparams=PARAMS.train.hyperparams)})
     pipeline, _ = fit(train, params)
-    onnx_bytes, figures = export(pipeline, PARAMS.schema, test, 0.5, 1)
+    onnx_bytes, figures = export(pipeline, PARAMS.task, test)
     assert figures["onnx"] == "verified", figures.get("onnx_reason")
     assert onnx_bytes is not None
 
@@ -205,11 +209,10 @@ def test_failed_onnx_conversion_is_one_short_line(typed: pd.DataFrame) -> None:
     class Unconvertible(DummyClassifierForOnnx):
         pass
 
-    pipeline = build_pipeline(PARAMS.schema, PARAMS.train).fit(
-        typed[PARAMS.schema.feature_names], typed["default"])
+    pipeline = default_pipeline().fit(typed[PARAMS.schema.feature_names], typed["default"])
     pipeline.steps[-1] = ("model", Unconvertible().fit(typed[PARAMS.schema.numeric],
                                                        typed["default"]))
-    onnx_bytes, figures = export(pipeline, PARAMS.schema, typed, 0.5, 1)
+    onnx_bytes, figures = export(pipeline, PARAMS.task, typed)
     assert onnx_bytes is None and figures["onnx"] == "unavailable"
     assert "\n" not in figures["onnx_reason"]
     assert len(figures["onnx_reason"]) <= REASON_CHARS + 40

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlpipeline.schema import Schema
+from mlpipeline.tasks import Task, task_for
 
 PARAMS_FILE = "params.yaml"
 
@@ -44,6 +45,9 @@ class SourceParams(_Strict):
     # declares it as a dependency of `generate` for every kind, so it must exist.
     path: str = "data/landing"
     drift: DriftScenario = DriftScenario()
+    # synthetic_loans: which outcome each application carries (the target's column): whether
+    # it defaulted (binary), the amount lost (regression) or its risk grade A-D (multiclass).
+    outcome: Literal["default", "loss_amount", "risk_grade"] = "default"
 
 
 class WindowParams(_Strict):
@@ -81,7 +85,11 @@ class PrepareParams(_Strict):
 
 
 class TrainParams(_Strict):
-    model: Literal["random_forest", "logistic_regression", "hist_gradient_boosting", "dummy"]
+    # A model family; each task has its estimator (see mlpipeline.tasks). `linear` is logistic
+    # regression for classification, ridge for regression (`logistic_regression` still works
+    # for classification).
+    model: Literal["random_forest", "linear", "logistic_regression", "hist_gradient_boosting",
+                   "dummy"]
     seed: int = 7
     # Hyper-parameters per model type; only the chosen model's block is used.
     hyperparams: dict[str, dict[str, Any]] = {}
@@ -97,8 +105,12 @@ class EvaluateParams(_Strict):
 
 
 class GateParams(_Strict):
-    min_metrics: dict[str, float] = {}  # absolute floors, e.g. roc_auc: 0.7
-    compare_metric: str = "roc_auc"  # no regression against the champion on this metric
+    # Absolute floors on the task's metrics, e.g. roc_auc: 0.7; for a lower-is-better metric
+    # (rmse, mae, mape, log_loss) the value is a ceiling: rmse: 900 means at most 900.
+    min_metrics: dict[str, float] = {}
+    # No regression against the champion on this metric (its direction comes with it); null:
+    # the task's default (roc_auc, f1_macro, rmse).
+    compare_metric: str | None = None
     tolerance: float = 0.0  # the challenger may trail the champion by this much
 
 
@@ -205,6 +217,27 @@ class Params(ServiceConfig):
     def schema(self) -> Schema:  # type: ignore[override]  # shadows pydantic v1's schema()
         return self.schema_
 
+    @property
+    def task(self) -> Task:
+        """What the schema's task decides (estimators, metrics, plots, answers)."""
+        return task_for(self.schema_, self.evaluate.threshold)
+
+    @model_validator(mode="after")
+    def _fits_the_task(self) -> Params:
+        task = self.task
+        if self.gate.compare_metric is None:
+            self.gate = self.gate.model_copy(update={"compare_metric": task.default_metric})
+        named = {f"gate.min_metrics.{name}": name for name in self.gate.min_metrics}
+        named["gate.compare_metric"] = str(self.gate.compare_metric)
+        for key, metric in named.items():
+            if task.unknown_metrics([metric]):
+                raise ValueError(f"{key}: {metric!r} is not a metric of task {task.name}; "
+                                 f"valid: {task.metric_list()}")
+        if self.train.model not in task.estimators:
+            raise ValueError(f"train.model {self.train.model!r} is not a model family of task "
+                             f"{task.name}: use one of {', '.join(task.estimators)}")
+        return self
+
 
 def find_root(start: Path | None = None) -> Path:
     """The project folder: the nearest parent holding params.yaml."""
@@ -218,7 +251,7 @@ def find_root(start: Path | None = None) -> Path:
 def load_params(root: Path | None = None) -> Params:
     root = find_root(root)
     raw = yaml.safe_load((root / PARAMS_FILE).read_text())
-    return Params.model_validate({**raw, "root": root})
+    return _validated(Params, {**raw, "root": root})
 
 
 def load_service_config(root: Path | None = None) -> ServiceConfig:
@@ -227,9 +260,21 @@ def load_service_config(root: Path | None = None) -> ServiceConfig:
     version logged before models carried their contract."""
     root = find_root(root)
     raw = yaml.safe_load((root / PARAMS_FILE).read_text()) or {}
-    if "schema" in raw:
-        return Params.model_validate({**raw, "root": root})
-    return ServiceConfig.model_validate({**raw, "root": root})
+    return _validated(Params if "schema" in raw else ServiceConfig, {**raw, "root": root})
+
+
+def _validated(model: type[ServiceConfig], data: dict[str, Any]) -> Any:
+    """The typed params, or an exit naming each key that is wrong (no traceback)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            key = ".".join(str(part).rstrip("_") for part in problem["loc"])
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"  - {key + ': ' if key else ''}{message}")
+        raise SystemExit(f"{PARAMS_FILE} is not valid ({len(lines)} problem(s)):\n"
+                         + "\n".join(lines)) from None
 
 
 # Where each stage reads and writes, relative to the project root (dvc.yaml names the same).
@@ -246,6 +291,7 @@ VALIDATION_REPORT = Path("reports/validation.json")
 METRICS = Path("reports/metrics.json")
 PREDICTIONS = Path("reports/predictions.csv")
 PLOTS_DIR = Path("reports/plots")
+PLOTS_SPEC = Path("reports/dvc.yaml")  # the task's `dvc plots` definitions (evaluate writes it)
 RUN_INFO = Path("reports/run.json")
 GATE_REPORT = Path("reports/gate.json")
 

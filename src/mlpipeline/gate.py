@@ -1,14 +1,14 @@
 """The validation gate: may a newly trained model replace the champion? A plain function on
-metrics; the `register` stage gathers the figures and acts on the verdict."""
+metrics; the `register` stage gathers the figures and acts on the verdict. Which metrics a
+lower value improves (rmse, mae, mape, log_loss) the task says (mlpipeline.tasks)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlpipeline.config import GateParams
-
-LOWER_IS_BETTER = {"log_loss"}
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,12 @@ class GateVerdict:
         return asdict(self)
 
 
-def _at_least(metric: str, value: float, bound: float) -> bool:
-    return value <= bound if metric in LOWER_IS_BETTER else value >= bound
-
-
 def decide(
     challenger: dict[str, float],
     champion: dict[str, float] | None,
     gate: GateParams,
     *,
+    lower_is_better: Collection[str],
     champion_version: str | None = None,
     same_model_as_champion: bool = False,
     champion_error: str = "",
@@ -51,19 +48,24 @@ def decide(
     but could not be scored on the current rows (e.g. the schema changed): then nothing is
     promoted automatically, as no like-for-like comparison is possible.
     """
+    def holds(metric: str, value: float, bound: float) -> bool:
+        # `not (... )` would pass a NaN; comparing this way fails it, as a missing figure must.
+        return value <= bound if metric in lower_is_better else value >= bound
+
     checks = []
     for metric, floor in gate.min_metrics.items():
-        bound_word = "<=" if metric in LOWER_IS_BETTER else ">="
+        bound_word = "<=" if metric in lower_is_better else ">="
         checks.append(GateCheck(f"{metric} {bound_word} floor", challenger[metric], floor,
-                                _at_least(metric, challenger[metric], floor)))
-    metric = gate.compare_metric
+                                holds(metric, challenger[metric], floor)))
+    metric = str(gate.compare_metric)
     if champion is not None:
-        lower = metric in LOWER_IS_BETTER
+        lower = metric in lower_is_better
         bound = champion[metric] + gate.tolerance if lower else champion[metric] - gate.tolerance
         checks.append(GateCheck(
             f"{metric} vs champion v{champion_version}", challenger[metric], round(bound, 6),
-            _at_least(metric, challenger[metric], bound),
-            note=f"champion {champion[metric]:.4f} on the same rows, tolerance {gate.tolerance}",
+            holds(metric, challenger[metric], bound),
+            note=f"champion {champion[metric]:.4f} on the same rows, tolerance {gate.tolerance}"
+                 f" ({'lower' if lower else 'higher'} is better)",
         ))
 
     failed = [c for c in checks if not c.passed]

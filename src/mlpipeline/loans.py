@@ -9,6 +9,11 @@ Shape of the data (one weekly batch at a time):
   a timestamp inside the batch's week, and `default` (0/1), about 15% positives.
 - The label comes from a logistic model of the features plus noise, so a classifier can learn
   it but not perfectly (ROC AUC around 0.8).
+- The same applications can carry another outcome instead (`source.outcome`), for the other
+  tasks: `loss_amount`, the amount the lender expects to lose (loan x default risk x loss
+  given default, a positive number: regression), or `risk_grade`, the grade A (safest) to D
+  an underwriter gives it from the same risk (multiclass). Their own draws come from a
+  separate generator, so the features are the same bytes whatever the outcome.
 
 Drift, switched on from a given batch by `source.drift` in params.yaml:
 - covariate drift (a downturn): lower incomes and credit scores, larger loans, higher
@@ -32,6 +37,11 @@ HOME = ["RENT", "MORTGAGE", "OWN"]
 PURPOSES = ["debt_consolidation", "credit_card", "home_improvement", "car", "medical",
             "small_business", "other"]
 REGIONS = ["north", "south", "east", "west", "central"]
+OUTCOMES = ("default", "loss_amount", "risk_grade")
+GRADES = ["A", "B", "C", "D"]
+# Risk (the default model's log-odds) at which the grades change: about 30/30/25/15% of the
+# applications before any drift.
+GRADE_CUTS = [-2.9, -1.7, -0.6]
 
 
 def make_batch(
@@ -43,8 +53,10 @@ def make_batch(
     rows: int,
     covariate: float = 0.0,
     concept: float = 0.0,
+    outcome: str = "default",
 ) -> pd.DataFrame:
-    """Batch number `index`; `covariate` and `concept` (0 = none, 1 = full) set its drift."""
+    """Batch number `index`; `covariate` and `concept` (0 = none, 1 = full) set its drift;
+    `outcome` names the target column (one of OUTCOMES)."""
     rng = np.random.default_rng([seed, index])
     n = rows
     age = np.clip(rng.normal(42, 12, n), 18, 85).round()
@@ -92,7 +104,7 @@ def make_batch(
 
     start = pd.Timestamp(start_date) + pd.Timedelta(days=batch_days * index)
     seconds = np.sort(rng.integers(0, batch_days * 86_400, n))
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         # The lender's own reference: outcomes arrive with it, requests may carry it.
         "application_id": [f"{start:%Y%m%d}-{i:05d}" for i in range(1, n + 1)],
         "application_date": start + pd.to_timedelta(seconds, unit="s"),
@@ -109,5 +121,20 @@ def make_batch(
         "home_ownership": home,
         "purpose": purpose,
         "region": region,
-        "default": default,
     })
+    if outcome == "default":
+        return frame.assign(default=default)
+    own = np.random.default_rng([seed, index, OUTCOMES.index(outcome)])
+    if outcome == "loss_amount":
+        # Loss given default: longer loans lose more, secured ones (a home) less; under the
+        # concept drift, defaults in the south recover much less.
+        lgd = np.clip(0.45 + 0.15 * (term == TERMS[1]) - 0.15 * np.isin(home, HOME[1:])
+                      + 0.3 * concept * (region == "south") + own.normal(0, 0.05, n),
+                      0.05, 0.95)
+        risk = 1 / (1 + np.exp(-logit))
+        return frame.assign(loss_amount=(loan * risk * lgd
+                                         * np.exp(own.normal(0, 0.2, n))).round(2))
+    if outcome == "risk_grade":
+        grade = np.digitize(logit + own.normal(0, 0.5, n), GRADE_CUTS)
+        return frame.assign(risk_grade=np.asarray(GRADES)[grade])
+    raise ValueError(f"unknown outcome {outcome!r}: one of {', '.join(OUTCOMES)}")

@@ -2,8 +2,10 @@
 
 ONNX Runtime scores one record in well under a millisecond where scikit-learn's per-call
 overhead costs several; the service uses the twin when the logged model carries one. The
-twin is checked against scikit-learn on the whole test split before it is shipped: any
-probability off by more than `TOLERANCE`, or any changed label, and no twin is shipped.
+twin is checked against scikit-learn on the whole test split before it is shipped, by the
+task's parity rule: for classification any class probability off by more than `TOLERANCE`,
+or any changed label; for regression any value off by more than a small share of the
+target's spread. Otherwise no twin is shipped.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mlpipeline.schema import Schema
+from mlpipeline.tasks import Task
 
 TOLERANCE = 1e-6
 FILE_NAME = "model.onnx"
@@ -56,38 +59,31 @@ def session(onnx_bytes: bytes) -> Any:
                                         providers=["CPUExecutionProvider"])
 
 
-def positive_proba(sess: Any, feed: dict[str, np.ndarray], positive_index: int) -> np.ndarray:
-    return sess.run(None, feed)[1][:, positive_index]
-
-
-def export(model: Any, schema: Schema, check_rows: pd.DataFrame, threshold: float,
-           positive_index: int) -> tuple[bytes | None, dict[str, Any]]:
+def export(model: Any, task: Task, check_rows: pd.DataFrame
+           ) -> tuple[bytes | None, dict[str, Any]]:
     """(ONNX bytes or None, the parity figures and the reason when there is no twin)."""
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
+    schema = task.schema
     inputs = [(n, FloatTensorType([None, 1])) for n in schema.numeric]
     inputs += [(n, StringTensorType([None, 1])) for n in schema.categorical]
     try:
         graph = to_onnx(model, initial_types=inputs, target_opset=18,
-                        options={id(model.steps[-1][1]): {"zipmap": False}})
+                        options=task.onnx_options(model))
         onnx_bytes = graph.SerializeToString()
-        twin = positive_proba(session(onnx_bytes),
-                              onnx_inputs(frame_records(check_rows, schema), schema),
-                              positive_index)
+        sess = session(onnx_bytes)
+        twin = task.onnx_scores(
+            sess.run(None, onnx_inputs(frame_records(check_rows, schema), schema)), model)
     except Exception as error:  # no converter for this model type, or the runtime refuses it
         # The tag gets one short line; converters can put megabytes of arrays in the message,
         # so the whole text goes to a run artefact (ERROR_FILE).
         first = (str(error).strip().splitlines() or [""])[0][:REASON_CHARS]
         return None, {"onnx": "unavailable", "onnx_reason": f"{type(error).__name__}: {first}",
                       "onnx_error_text": f"{type(error).__name__}: {error}"}
-    reference = model.predict_proba(check_rows[schema.feature_names])[:, positive_index]
-    max_diff = float(np.max(np.abs(twin - reference))) if len(reference) else 0.0
-    flips = int(np.sum((twin >= threshold) != (reference >= threshold)))
-    figures = {"onnx_max_abs_diff": max_diff, "onnx_label_flips": flips,
-               "onnx_checked_rows": len(reference)}
-    if max_diff > TOLERANCE or flips:
-        return None, {**figures, "onnx": "rejected",
-                      "onnx_reason": f"differs from scikit-learn: max |dp| {max_diff:.2e}, "
-                                     f"{flips} labels changed"}
+    reference = task.scores(model, check_rows[schema.feature_names])
+    figures, problem = task.onnx_parity(twin, reference, check_rows[schema.target])
+    figures["onnx_checked_rows"] = len(reference)
+    if problem:
+        return None, {**figures, "onnx": "rejected", "onnx_reason": problem}
     return onnx_bytes, {**figures, "onnx": "verified"}

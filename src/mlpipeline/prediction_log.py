@@ -1,7 +1,9 @@
 """The prediction log's format, shared by the service that writes it and the monitoring that
 reads it: Parquet parts under `<serving.prediction_log_dir>/date=YYYY-MM-DD/`, one row per
 served record (its features, its id under the schema's `id_column` when the request
-carried one, `prediction`, `probability`, `model_version`, `request_id`, `served_at`),
+carried one, the task's answer columns: `prediction` with `probability` (binary) or
+`probabilities`, one per class in the schema's order (multiclass), or the value alone
+(regression); `model_version`, `request_id`, `served_at`),
 each part named `part-<time>-<replica>-<pid>-<seq>.parquet`."""
 
 from __future__ import annotations

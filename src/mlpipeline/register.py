@@ -41,6 +41,7 @@ def main() -> None:
     same_model = champion is not None and champion.tags.get("model_md5") == run["model_md5"]
 
     verdict = decide(challenger_metrics, champion_metrics, params.gate,
+                     lower_is_better=params.task.lower_is_better,
                      champion_version=str(champion.version) if champion else None,
                      same_model_as_champion=same_model, champion_error=champion_error)
 

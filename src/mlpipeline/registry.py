@@ -46,7 +46,6 @@ PENDING, DONE, ABORTED = "pending", "done", "aborted"
 LOCK_SUFFIX = ".promotion-lock"
 LINEAGE_TAGS = ["run_id", "git_commit", "git_dirty", "data_version", "raw_data_version",
                 "training_window", "params_hash", "model_md5", "gate", "gate_reason"]
-KEY_METRICS = ["roc_auc", "pr_auc", "precision", "recall"]
 
 
 @dataclass(frozen=True)
@@ -306,7 +305,7 @@ class Registry:
             "source": mv.source,
             **{key: mv.tags.get(key, "") for key in LINEAGE_TAGS},
             "run_id": mv.run_id,
-            "metrics": {k: metrics[k] for k in KEY_METRICS if k in metrics},
+            "metrics": {k: metrics[k] for k in self.params.task.key_metrics if k in metrics},
             "promotions": [vars(p) for p in self.history()
                            if version in (p.from_version, p.to_version)],
         }
@@ -365,11 +364,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "list":
         aliases = registry.aliases()
-        header = f"{'version':>7}  {'aliases':<28}  " + "  ".join(f"{m:>9}" for m in KEY_METRICS)
+        key_metrics = registry.params.task.key_metrics
+        header = f"{'version':>7}  {'aliases':<28}  " + "  ".join(f"{m:>11}" for m in key_metrics)
         print(f"{registry.name}:\n{header}  gate")
         for mv in registry.versions():
             metrics = registry.run_metrics(mv.run_id) if mv.run_id else {}
-            figures = "  ".join(f"{metrics.get(m, float('nan')):>9.4f}" for m in KEY_METRICS)
+            figures = "  ".join(f"{metrics.get(m, float('nan')):>11.4f}" for m in key_metrics)
             names = ",".join(sorted(aliases.get(str(mv.version), []))) or "-"
             print(f"{mv.version:>7}  {names:<28}  {figures}  {mv.tags.get('gate', '-')}")
         _print_history(registry.history())

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # Columns `ingest` adds to every row so a failing value can be traced to its file and row.
 BATCH_COLUMN = "_batch"  # the batch file's name, e.g. 2026-01-19.csv
 ROW_COLUMN = "_row"  # the row's number inside that file (1 = the first data row)
+# The model's own prediction on each row of the monitoring reference it logs, which
+# prediction drift compares the served predictions with.
+PREDICTION_COLUMN = "_prediction"
 
 
 class FeatureSpec(BaseModel):
@@ -46,13 +49,23 @@ class FeatureSpec(BaseModel):
         return self
 
 
+TASKS = ("binary", "multiclass", "regression")
+
+
 class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # What the model predicts (mlpipeline.tasks owns everything that depends on it): a label
+    # of two classes, of three or more, or a number.
+    task: Literal["binary", "multiclass", "regression"] = "binary"
     target: str
-    # The two label values, as they appear in the data; the last one is the positive class
-    # (e.g. [0, 1] or [repaid, default]).
-    classes: list[int] | list[str] = [0, 1]
+    # The label values, as they appear in the data. binary: two, the positive class last
+    # (e.g. [0, 1] or [repaid, default]; [0, 1] when left out); multiclass: three or more, in
+    # the order the model's per-class outputs follow; regression: none.
+    classes: list[int] | list[str] | None = None
+    # regression: the range a target value must lie in, validated like a feature's.
+    target_min: float | None = None
+    target_max: float | None = None
     time_column: str
     features: list[FeatureSpec]
     # Columns the batches may carry that the model does not use (ids, free text): dropped
@@ -66,14 +79,34 @@ class Schema(BaseModel):
 
     @field_validator("classes", mode="before")
     @classmethod
-    def _two_plain_classes(cls, value: Any) -> Any:
+    def _plain_classes(cls, value: Any) -> Any:
         if isinstance(value, list) and any(isinstance(v, bool) for v in value):
             raise ValueError("YAML reads yes/no/true/false as booleans: quote the class "
                              "names, e.g. classes: ['no', 'yes']")
-        if isinstance(value, list) and len(set(map(str, value))) != 2:
-            raise ValueError(f"classes must name exactly two labels (binary classification), "
-                             f"got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _classes_fit_the_task(self) -> Schema:
+        if self.task == "regression":
+            if self.classes is not None:
+                raise ValueError("a regression target has no classes: remove schema.classes")
+            return self
+        if self.target_min is not None or self.target_max is not None:
+            raise ValueError(f"schema.target_min/target_max are for a numeric target "
+                             f"(task: regression); a {self.task} target has `classes`")
+        if self.classes is None and self.task == "binary":
+            self.classes = [0, 1]
+        distinct = len(set(map(str, self.classes or [])))
+        if distinct != len(self.classes or []):
+            raise ValueError(f"classes must be distinct, got {self.classes}")
+        if self.task == "binary" and distinct != 2:
+            raise ValueError(f"classes must name exactly two labels for task: binary, got "
+                             f"{self.classes}; for three or more set schema.task: multiclass")
+        if self.task == "multiclass" and distinct < 3:
+            raise ValueError(f"task: multiclass needs schema.classes with three or more labels "
+                             f"as the data has them, got {self.classes}"
+                             + ("; for two use task: binary" if distinct == 2 else ""))
+        return self
 
     @model_validator(mode="after")
     def _id_is_not_a_feature(self) -> Schema:
@@ -84,16 +117,30 @@ class Schema(BaseModel):
         return self
 
     @property
+    def labels(self) -> list[int] | list[str]:
+        """The classes of a classification target ([] for regression)."""
+        return self.classes or []
+
+    @property
     def positive_class(self) -> int | str:
-        return self.classes[-1]
+        return self.labels[-1]
 
     @property
     def negative_class(self) -> int | str:
-        return self.classes[0]
+        return self.labels[0]
 
     @property
     def string_labels(self) -> bool:
-        return isinstance(self.classes[0], str)
+        return bool(self.classes) and isinstance(self.labels[0], str)
+
+    @property
+    def numeric_target(self) -> FeatureSpec | None:
+        """A numeric (regression) target as a feature spec, so it is checked like one: a
+        number, in range, never null. None for a label."""
+        if self.classes is not None:
+            return None
+        return FeatureSpec(name=self.target, type="numeric", min=self.target_min,
+                           max=self.target_max)
 
     @property
     def columns(self) -> list[str]:
@@ -126,21 +173,30 @@ CONTRACT_FILE = "contract.json"
 
 
 class ModelContract(BaseModel):
-    """What one model version takes and answers: its schema (features with types, ranges,
-    categories and nullability; the classes) and its decision threshold.
+    """What one model version takes and answers: its schema (the task; features with types,
+    ranges, categories and nullability; the classes) and its decision threshold (binary).
 
     `evaluate` logs it with the model, so the contract travels with the version: the
-    service builds its request models from the champion's own contract, not from the
-    params.yaml beside the process."""
+    service builds its request models and its answers from the champion's own contract,
+    not from the params.yaml beside the process."""
 
     model_config = ConfigDict(extra="forbid")
 
     schema_: Schema = Field(alias="schema")
-    threshold: float = Field(ge=0, le=1)
+    threshold: float = Field(0.5, ge=0, le=1)
+    # regression: bucket bounds for the service's histogram of predicted values
+    value_buckets: list[float] = []
 
     @property
     def schema(self) -> Schema:  # type: ignore[override]  # shadows pydantic v1's schema()
         return self.schema_
+
+    @property
+    def task(self) -> Any:
+        """The contract's task (mlpipeline.tasks.Task), with its threshold."""
+        from mlpipeline.tasks import task_for  # the tasks import this module
+
+        return task_for(self.schema_, self.threshold)
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2) + "\n"
@@ -210,7 +266,7 @@ def coerce(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
         else:
             col = frame[spec.name]
             out[spec.name] = col.where(col.isna(), col.astype(str)).astype(object)
-    out[schema.target] = coerce_labels(frame[schema.target], schema)
+    out[schema.target] = coerce_target(frame[schema.target], schema)
     if schema.id_column is not None and schema.id_column in frame.columns:
         out[schema.id_column] = row_ids(frame[schema.id_column])
     return out
@@ -221,17 +277,21 @@ def row_ids(values: pd.Series) -> pd.Series:
     return values.where(values.isna(), values.astype(str).str.strip()).astype(object)
 
 
-def coerce_labels(values: pd.Series, schema: Schema) -> pd.Series:
-    """Labels typed like `schema.classes`: numbers for [0, 1], text for [repaid, default].
-    A value that does not parse (for numeric classes) becomes missing."""
+def coerce_target(values: pd.Series, schema: Schema) -> pd.Series:
+    """Targets typed like the schema's: numbers for a numeric target or classes [0, 1], text
+    for [repaid, default]. A value that does not parse (as a number) becomes missing."""
     if schema.string_labels:
         return values.where(values.isna(), values.astype(str).str.strip()).astype(object)
-    return pd.to_numeric(values, errors="coerce")
+    number = pd.to_numeric(values, errors="coerce")
+    return number.astype("float64") if schema.numeric_target else number
 
 
-def training_labels(values: pd.Series, schema: Schema) -> pd.Series:
-    """Validated labels as the model learns them: ints for [0, 1], class names otherwise, so
-    the model's `classes_` (and what the service answers) are the schema's own values."""
+def training_target(values: pd.Series, schema: Schema) -> pd.Series:
+    """Validated targets as the model learns them: ints for [0, 1], class names otherwise (so
+    the model's `classes_`, and what the service answers, are the schema's own values),
+    floats for a numeric target."""
+    if schema.numeric_target:
+        return values.astype("float64")
     return values.astype(str) if schema.string_labels else values.astype(int)
 
 
@@ -264,7 +324,7 @@ def check_frame(
 
     typed = coerce(frame, schema)
     numeric_columns = [schema.time_column, *schema.numeric]
-    if not schema.string_labels:
+    if not schema.string_labels:  # numeric classes, or a numeric target
         numeric_columns.insert(1, schema.target)
     for name in numeric_columns:
         # A value that was there but did not parse is a type error, not a null.
@@ -274,13 +334,16 @@ def check_frame(
 
     for name in (schema.time_column, schema.target):
         checks.append(check(name, "not null", frame[name].isna(), 0.0))
-    bad_label = typed[schema.target].notna() & ~typed[schema.target].isin(schema.classes)
-    checks.append(check(schema.target, f"label in {schema.classes}", bad_label, 0.0))
+    if schema.classes is not None:
+        bad_label = typed[schema.target].notna() & ~typed[schema.target].isin(schema.classes)
+        checks.append(check(schema.target, f"label in {schema.classes}", bad_label, 0.0))
 
-    for spec in schema.features:
+    target = [schema.numeric_target] if schema.numeric_target else []
+    for spec in [*schema.features, *target]:
         value = typed[spec.name]
-        checks.append(check(spec.name, "share of nulls", frame[spec.name].isna(),
-                            spec.max_null_share))
+        if spec.name != schema.target:  # the target allows no nulls (checked above)
+            checks.append(check(spec.name, "share of nulls", frame[spec.name].isna(),
+                                spec.max_null_share))
         if spec.type == "numeric":
             lo = spec.min if spec.min is not None else -float("inf")
             hi = spec.max if spec.max is not None else float("inf")

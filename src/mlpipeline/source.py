@@ -7,8 +7,10 @@ Kinds (`source.kind`):
 - files: copies the YYYY-MM-DD.csv|parquet batches of the landing folder (`source.path`).
   dvc.yaml declares that folder as a dependency, so a batch landed, corrected or removed
   there is a change `dvc status` shows and `dvc repro` acts on.
-- synthetic_loans: the seeded loan-default stream of `mlpipeline.loans`, with optional drift.
-  `source.n_batches` is the simulated source's clock: one more is "a new batch arrived".
+- synthetic_loans: the seeded loan stream of `mlpipeline.loans`, with optional drift; each
+  application's outcome (`source.outcome`) is whether it defaulted, the amount lost or its
+  risk grade. `source.n_batches` is the simulated source's clock: one more is "a new batch
+  arrived".
 - breast_cancer: scikit-learn's bundled breast-cancer data, cut into batches by row order.
 """
 
@@ -46,7 +48,7 @@ def synthetic_batch(params: SourceParams, index: int) -> pd.DataFrame:
     covariate, concept = drift_levels(params, index)
     return make_batch(index, seed=params.seed, start_date=params.start_date,
                       batch_days=params.batch_days, rows=params.batch_rows,
-                      covariate=covariate, concept=concept)
+                      covariate=covariate, concept=concept, outcome=params.outcome)
 
 
 def breast_cancer_batches(params: SourceParams) -> list[pd.DataFrame]:

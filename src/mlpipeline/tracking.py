@@ -23,7 +23,7 @@ from mlflow.models import infer_signature
 from mlpipeline import onnx_export
 from mlpipeline.config import MODEL_FILE, REFERENCE, TRAIN_SPLIT, Params, ServiceConfig
 from mlpipeline.lineage import file_md5, flat_params, git_state, params_hash, raw_data_version
-from mlpipeline.schema import CONTRACT_FILE, ModelContract, Schema
+from mlpipeline.schema import CONTRACT_FILE, PREDICTION_COLUMN, ModelContract, Schema
 
 # What the served model needs at load time, pinned to the versions the lock installed.
 # Passing them saves MLflow ~10 s of inferring requirements in a subprocess.
@@ -105,32 +105,6 @@ def trusted_types(model: Any) -> list[str]:
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 
 
-def _figures(plot_tables: dict[str, pd.DataFrame], predictions: pd.DataFrame) -> dict[str, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    figures = {}
-    specs = {"roc": ("fpr", "tpr", "ROC curve"),
-             "pr": ("recall", "precision", "Precision-recall curve"),
-             "calibration": ("mean_predicted", "fraction_positive", "Calibration")}
-    for name, (x, y, title) in specs.items():
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        table = plot_tables[name]
-        ax.plot(table[x], table[y], marker="." if name == "calibration" else None)
-        if name != "pr":
-            ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
-        ax.set(xlabel=x, ylabel=y, title=title)
-        figures[f"plots/{name}.png"] = fig
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ConfusionMatrixDisplay.from_predictions(predictions["actual"], predictions["predicted"],
-                                            ax=ax, colorbar=False)
-    figures["plots/confusion_matrix.png"] = fig
-    return figures
-
-
 def log_training_run(
     params: Params,
     *,
@@ -146,7 +120,7 @@ def log_training_run(
     import matplotlib.pyplot as plt
 
     experiment = experiment_id(params)
-    schema = params.schema
+    schema, task = params.schema, params.task
     commit, dirty = git_state(params.root)
     data_version = file_md5(params.path(TRAIN_SPLIT))
     window = f"{params.window.start}..{params.window.end}"
@@ -164,7 +138,7 @@ def log_training_run(
     with store(params), mlflow.start_run(
             experiment_id=experiment, run_name=f"{params.train.model}-{params.window.end}") as run:
         mlflow.set_tags({**lineage, "mlflow.source.git.commit": commit,
-                         "model_type": params.train.model})
+                         "model_type": params.train.model, "task": task.name})
         mlflow.log_params(flat_params(params))
         mlflow.log_metrics(metrics)
         mlflow.log_metric("fit_seconds", train_info["fit_seconds"])
@@ -179,18 +153,23 @@ def log_training_run(
         mlflow.log_input(
             from_pandas(test, targets=schema.target, name=f"test-{window}"),
             context="evaluation", tags={"window": window})
-        for name, fig in _figures(plot_tables, predictions).items():
+        for name, fig in task.figures(plot_tables, predictions).items():
             mlflow.log_figure(fig, name)
             plt.close(fig)
         with tempfile.TemporaryDirectory() as tmp:
             for name, table in plot_tables.items():
                 table.to_csv(Path(tmp) / f"{name}.csv", index=False)
             mlflow.log_artifacts(tmp, "plots")
-        # Monitoring compares production data with the reference of the model it serves.
-        mlflow.log_artifact(str(params.path(REFERENCE)), "reference")
-        positive_index = list(model.classes_).index(schema.positive_class)
-        onnx_bytes, onnx_figures = onnx_export.export(
-            model, schema, test, params.evaluate.threshold, positive_index)
+        with tempfile.TemporaryDirectory() as tmp:
+            # Monitoring compares production data with the reference of the model it serves,
+            # and production's predictions with this model's own on the reference rows.
+            reference = pd.read_parquet(params.path(REFERENCE))
+            prediction, _ = task.drifting_prediction(
+                task.scores(model, reference[schema.feature_names]))
+            reference[PREDICTION_COLUMN] = prediction.to_numpy()
+            reference.to_parquet(Path(tmp) / REFERENCE.name, index=False)
+            mlflow.log_artifact(str(Path(tmp) / REFERENCE.name), "reference")
+        onnx_bytes, onnx_figures = onnx_export.export(model, task, test)
         error_text = onnx_figures.pop("onnx_error_text", None)
         if error_text:
             mlflow.log_text(error_text, onnx_export.ERROR_FILE)
@@ -198,11 +177,12 @@ def log_training_run(
         mlflow.log_metrics({k: v for k, v in onnx_figures.items() if not isinstance(v, str)})
         # Numbers as doubles, as the schema declares them (an integer column cannot hold null).
         example = features.head(5).astype({name: "float64" for name in schema.numeric})
+        contract = ModelContract(schema=schema, threshold=params.evaluate.threshold,
+                                 value_buckets=task.value_buckets(train[schema.target]))
         with tempfile.TemporaryDirectory() as tmp:
             # The contract the version is served by travels inside the model, beside it.
             contract_path = Path(tmp) / CONTRACT_FILE
-            contract_path.write_text(
-                ModelContract(schema=schema, threshold=params.evaluate.threshold).to_json())
+            contract_path.write_text(contract.to_json())
             extra_files = [str(contract_path)]
             if onnx_bytes is not None:  # the verified twin travels inside the model
                 onnx_path = Path(tmp) / onnx_export.FILE_NAME

@@ -1,6 +1,7 @@
 """Stage `train`: fit a seeded scikit-learn Pipeline (preprocessing + model) on the train split.
 
-The model type and its hyper-parameters come from `train` in params.yaml. The fitted pipeline
+The model family and its hyper-parameters come from `train` in params.yaml, the estimator
+for that family from the schema's task (mlpipeline.tasks). The fitted pipeline
 takes the raw feature columns (numbers and category strings, missing values allowed), so the
 service and monitoring feed it exactly what the schema describes.
 """
@@ -14,32 +15,21 @@ from typing import Any
 import joblib
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.dummy import DummyClassifier
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from mlpipeline.config import MODEL_FILE, TRAIN_INFO, TRAIN_SPLIT, Params, TrainParams, load_params
-from mlpipeline.schema import Schema, training_labels
-
-MODELS: dict[str, Any] = {
-    "random_forest": RandomForestClassifier,
-    "logistic_regression": LogisticRegression,
-    "hist_gradient_boosting": HistGradientBoostingClassifier,
-    "dummy": DummyClassifier,  # a deliberately useless baseline, for gate tests and sanity
-}
+from mlpipeline.config import MODEL_FILE, TRAIN_INFO, TRAIN_SPLIT, Params, load_params
+from mlpipeline.schema import training_target
+from mlpipeline.tasks import Task
+from mlpipeline.tasks.base import SCALED
 
 
-# Models that need standardised inputs. Trees do not, and leaving them unscaled keeps their
-# ONNX twin exact: both runtimes compare the same float32 inputs with the same thresholds.
-SCALED = {"logistic_regression"}
-
-
-def build_pipeline(schema: Schema, train: TrainParams) -> Pipeline:
+def build_pipeline(task: Task, model: str, hyperparams: dict[str, Any], seed: int) -> Pipeline:
+    """Preprocessing and the task's estimator of the `model` family."""
+    schema = task.schema
     numeric_steps: list[Any] = [SimpleImputer(strategy="median")]
-    if train.model in SCALED:
+    if model in SCALED:
         numeric_steps.append(StandardScaler())
     numeric = make_pipeline(*numeric_steps)
     # Missing and unknown categories (the latter allowed up to a threshold by `validate`)
@@ -49,24 +39,25 @@ def build_pipeline(schema: Schema, train: TrainParams) -> Pipeline:
         ("numeric", numeric, schema.numeric),
         ("categorical", categorical, schema.categorical),
     ])
-    hyper = train.chosen_hyperparams()
-    model_cls = MODELS[train.model]
-    if "random_state" in model_cls().get_params():
-        hyper.setdefault("random_state", train.seed)
-    return Pipeline([("features", features), ("model", model_cls(**hyper))])
+    return Pipeline([("features", features),
+                     ("model", task.estimator(model, hyperparams, seed))])
 
 
 def fit(frame: pd.DataFrame, params: Params) -> tuple[Pipeline, dict[str, Any]]:
-    schema = params.schema
-    pipeline = build_pipeline(schema, params.train)
+    schema, task, train = params.schema, params.task, params.train
+    try:
+        pipeline = build_pipeline(task, train.model, train.chosen_hyperparams(), train.seed)
+    except ValueError as error:  # a hyper-parameter the estimator does not take
+        raise SystemExit(f"train: {error}") from None
     started = time.perf_counter()
-    pipeline.fit(frame[schema.feature_names], training_labels(frame[schema.target], schema))
+    target = training_target(frame[schema.target], schema)
+    pipeline.fit(frame[schema.feature_names], target)
     info = {
-        "model": params.train.model,
-        "hyperparams": params.train.chosen_hyperparams(),
+        "model": train.model,
+        "task": task.name,
+        "hyperparams": train.chosen_hyperparams(),
         "train_rows": len(frame),
-        "train_positive_rate": round(float((frame[schema.target] == schema.positive_class)
-                                           .mean()), 6),
+        **task.target_summary(target),
         "fit_seconds": round(time.perf_counter() - started, 3),
     }
     return pipeline, info
@@ -79,8 +70,8 @@ def main() -> None:
     params.path(MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, params.path(MODEL_FILE))
     params.path(TRAIN_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    print(f"train: {info['model']} on {info['train_rows']} rows in {info['fit_seconds']} s "
-          f"-> {MODEL_FILE}")
+    print(f"train: {info['model']} ({info['task']}) on {info['train_rows']} rows in "
+          f"{info['fit_seconds']} s -> {MODEL_FILE}")
 
 
 if __name__ == "__main__":
