@@ -24,7 +24,7 @@ import numpy as np
 from mlpipeline import onnx_export
 from mlpipeline.config import Params, ServiceConfig
 from mlpipeline.schema import CONTRACT_FILE, ModelContract, Schema
-from mlpipeline.tasks import Task
+from mlpipeline.tasks import Task, task_for
 from serving.schemas import RequestContract, request_contract
 
 log = logging.getLogger("serving.champion")
@@ -156,7 +156,8 @@ class Champion:
         onnx_session = onnx_export.session(twin.read_bytes()) if twin.is_file() else None
         contract = self._contract(local / "extra_files" / CONTRACT_FILE, version.version)
         shutil.rmtree(local, ignore_errors=True)  # all of it is in memory now
-        schema, task = contract.schema, contract.task
+        schema = contract.schema
+        task = task_for(schema, contract.threshold)
         run = self.client.get_run(version.run_id) if version.run_id else None
         metrics = run.data.metrics if run else {}
         tags = version.tags

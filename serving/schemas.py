@@ -28,7 +28,7 @@ from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from mlpipeline.schema import FeatureSpec, ModelContract, Schema
-from mlpipeline.tasks import Task
+from mlpipeline.tasks import Task, task_for
 
 
 def _field(spec: FeatureSpec) -> tuple[Any, Any]:
@@ -139,7 +139,7 @@ def _request_contract(contract_json: str, max_records: int) -> RequestContract:
     record = record_model(contract.schema)
     return RequestContract(contract, record, TypeAdapter(request_body(record, max_records)),
                            TypeAdapter(list[record]),  # type: ignore[valid-type]
-                           contract.task)
+                           task_for(contract.schema, contract.threshold))
 
 
 class ModelRef(BaseModel):

@@ -3,22 +3,33 @@
 ONNX Runtime scores one record in well under a millisecond where scikit-learn's per-call
 overhead costs several; the service uses the twin when the logged model carries one. The
 twin is checked against scikit-learn on the whole test split before it is shipped, by the
-task's parity rule: for classification any class probability off by more than `TOLERANCE`,
-or any changed label; for regression any value off by more than a small share of the
+task's parity rule: for classification any class probability off by more than 1e-6, or any
+changed label; for regression any value off by more than a small share of the
 target's spread. Otherwise no twin is shipped.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from mlpipeline.schema import Schema
-from mlpipeline.tasks import Task
 
-TOLERANCE = 1e-6
+
+class TwinRules(Protocol):
+    """What `export` needs from a task (mlpipeline.tasks.Task, which uses this module's
+    feed): how to convert, read the twin's outputs, score with scikit-learn and compare."""
+
+    schema: Schema
+
+    def onnx_options(self, model: Any) -> dict[int, dict[str, Any]]: ...
+    def onnx_scores(self, outputs: list[np.ndarray], model: Any) -> np.ndarray: ...
+    def scores(self, model: Any, features: pd.DataFrame) -> np.ndarray: ...
+    def onnx_parity(self, twin: np.ndarray, reference: np.ndarray, actual: pd.Series
+                    ) -> tuple[dict[str, Any], str | None]: ...
+
 FILE_NAME = "model.onnx"
 ERROR_FILE = "onnx/conversion_error.txt"  # run artefact with the converter's whole message
 REASON_CHARS = 200  # of the message's first line, in the `onnx_reason` tag
@@ -59,7 +70,7 @@ def session(onnx_bytes: bytes) -> Any:
                                         providers=["CPUExecutionProvider"])
 
 
-def export(model: Any, task: Task, check_rows: pd.DataFrame
+def export(model: Any, task: TwinRules, check_rows: pd.DataFrame
            ) -> tuple[bytes | None, dict[str, Any]]:
     """(ONNX bytes or None, the parity figures and the reason when there is no twin)."""
     from skl2onnx import to_onnx

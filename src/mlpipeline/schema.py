@@ -191,13 +191,6 @@ class ModelContract(BaseModel):
     def schema(self) -> Schema:  # type: ignore[override]  # shadows pydantic v1's schema()
         return self.schema_
 
-    @property
-    def task(self) -> Any:
-        """The contract's task (mlpipeline.tasks.Task), with its threshold."""
-        from mlpipeline.tasks import task_for  # the tasks import this module
-
-        return task_for(self.schema_, self.threshold)
-
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2) + "\n"
 
