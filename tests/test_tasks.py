@@ -4,6 +4,7 @@ metrics, the gate's direction, ONNX parity, served answers, reports and Evidentl
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,7 @@ def test_a_worse_challenger_on_a_lower_is_better_metric_is_rejected(
     assert not verdict(base * 1.3).promote  # over the ceiling
 
 
+@functools.cache  # each task's model is trained once for the tests that read it
 def trained(name: str, model: str) -> tuple[Params, Any, pd.DataFrame]:
     params = PARAMS[name]
     data = batches(params)
