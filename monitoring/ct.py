@@ -26,15 +26,13 @@ a GitHub Actions job summary) under `ct.summary_dir`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,42 +51,21 @@ from mlpipeline.config import (
 from mlpipeline.lineage import file_md5
 from mlpipeline.source import dated_batches
 from monitoring import decide, drift, journal, prom
+from monitoring.cycle_guard import (
+    LOCK_BUSY,
+    LockBusy,
+    champion_version,
+    cycle_lock,
+    open_registry,
+    restore_champion,
+)
 from monitoring.journal import TRACKED, Journal
-
-LOCK_FILE = ".ct.lock"
-LOCK_BUSY = 75  # exit code when another cycle holds the lock (EX_TEMPFAIL: try again later)
 
 
 class StepFailed(Exception):
     def __init__(self, step: str, detail: str) -> None:
         super().__init__(f"{step}: {detail}")
         self.step, self.detail = step, detail
-
-
-class LockBusy(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def cycle_lock(root: Path) -> Iterator[None]:
-    """An exclusive, non-blocking lock on <root>/.ct.lock; the OS drops it if we die."""
-    with (root / LOCK_FILE).open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise LockBusy(f"another CT cycle holds {LOCK_FILE} (pid {holder}); "
-                           "wait for it to finish") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _env() -> dict[str, str]:
@@ -263,34 +240,15 @@ def run_cycle(root: Path, *, force: bool = False, current: str | None = None,
     return finish(cycle, started)
 
 
-def open_registry(params: Params) -> Any:
-    from mlpipeline.registry import Registry  # mlflow: not for --help
-
-    try:
-        registry = Registry(params)
-        _champion(registry)
-        return registry
-    except Exception as error:  # nothing has changed yet: say what to fix, no traceback
-        raise SystemExit(f"ct: cannot use the MLflow store {params.tracking_uri()}: "
-                         f"{_text(error)}") from None
-
-
 def start_summary(registry: Any, params: Params, force: bool,
                   recovered: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "status": "ok", "failed_step": None, "error": None, "forced": force,
         "recovered": recovered,
-        "champion_before": _champion(registry),
+        "champion_before": champion_version(registry),
         "window_before": f"{params.window.start}..{params.window.end}",
     }
-
-
-def restore_champion(registry: Any, version: str, note: str) -> str:
-    """Champion back to `version` if it moved; returns the champion."""
-    if _champion(registry) != version:
-        registry.set_champion(version, "rollback", note=note)
-    return version
 
 
 def fail(cycle: Cycle, error: BaseException) -> None:
@@ -311,7 +269,7 @@ def fail(cycle: Cycle, error: BaseException) -> None:
 def finish(cycle: Cycle, started: float) -> dict[str, Any]:
     summary = cycle.summary
     try:
-        summary["champion_after"] = _champion(cycle.registry)
+        summary["champion_after"] = champion_version(cycle.registry)
     except Exception as error:  # the store is down: say so rather than guess
         summary["champion_after"] = None
         summary.setdefault("restore_problems", []).append(
@@ -325,13 +283,6 @@ def finish(cycle: Cycle, started: float) -> dict[str, Any]:
     summary["seconds"] = round(time.monotonic() - started, 1)
     write_summary(params.path(params.ct.summary_dir), summary)
     return summary
-
-
-def _champion(registry: Any) -> str | None:
-    from mlpipeline.registry import CHAMPION
-
-    version = registry.version_by_alias(CHAMPION)
-    return str(version.version) if version else None
 
 
 def _text(error: BaseException) -> str:

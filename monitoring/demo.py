@@ -21,6 +21,7 @@ import pandas as pd
 from mlpipeline.config import RAW_DIR, Params, find_root, load_params
 from mlpipeline.source import read_batch, synthetic_batch
 from monitoring import ct
+from monitoring.cycle_guard import cycle_lock
 from monitoring.drift import newest_batch
 from serving.launch import free_port, start_service, wait_http_ok
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             versions = send(url, traffic, params.serving.max_records)
             print(f"\ndemo: cycle {cycle}: sent {len(traffic)} applications to the service; "
                   f"answered by v{', v'.join(sorted(versions))}")
-            with ct.cycle_lock(root):
+            with cycle_lock(root):
                 summary = ct.run_cycle(root)
             if summary["status"] != "ok":
                 raise SystemExit(f"demo: the CT cycle failed at step '{summary['failed_step']}'"

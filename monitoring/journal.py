@@ -152,7 +152,13 @@ def recover(root: Path, set_champion: Any) -> dict[str, Any] | None:
 def main() -> int:
     """`python -m monitoring.journal` (run by `make models`): undo an interrupted cycle."""
     from mlpipeline.config import find_root, load_params
-    from monitoring.ct import LOCK_BUSY, LockBusy, cycle_lock, open_registry, restore_champion
+    from monitoring.cycle_guard import (
+        LOCK_BUSY,
+        LockBusy,
+        cycle_lock,
+        open_registry,
+        restore_champion,
+    )
 
     root = find_root()
     if Journal.find(root) is None:

@@ -19,7 +19,7 @@ import yaml
 from mlpipeline.config import load_params, set_values
 from mlpipeline.prediction_log import read_log
 from mlpipeline.source import synthetic_batch
-from monitoring import ct, decide
+from monitoring import ct, cycle_guard, decide
 from monitoring.drift import evidently_report, join_counts, logged_outcomes
 from tests.conftest import ENV, REPO, Project
 
@@ -305,10 +305,10 @@ def test_failed_cycle_summary_names_the_step() -> None:
 
 
 def test_a_second_cycle_waits_for_the_first(project: Project) -> None:
-    with (project.root / ct.LOCK_FILE).open("a+") as held:
+    with (project.root / cycle_guard.LOCK_FILE).open("a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         result = project.run(sys.executable, "-m", "monitoring.ct", check=False)
-    assert result.returncode == ct.LOCK_BUSY
+    assert result.returncode == cycle_guard.LOCK_BUSY
     assert "another CT cycle holds .ct.lock" in result.stderr
     assert load_params(project.root).source.n_batches == 8  # nothing moved
 
@@ -321,7 +321,7 @@ def test_the_ct_workflow_step_exits_75_when_a_cycle_holds_the_lock(tmp_path: Pat
               if s.get("id") == "ct"]
     env = {**ENV, "GITHUB_OUTPUT": str(tmp_path / "out"),
            "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")}
-    with (REPO / ct.LOCK_FILE).open("a+") as held:
+    with (REPO / cycle_guard.LOCK_FILE).open("a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=REPO, env=env,
@@ -330,7 +330,7 @@ def test_the_ct_workflow_step_exits_75_when_a_cycle_holds_the_lock(tmp_path: Pat
                                   text=True)
         finally:
             fcntl.flock(held, fcntl.LOCK_UN)
-    assert result.returncode == ct.LOCK_BUSY, result.stderr[-2000:]
+    assert result.returncode == cycle_guard.LOCK_BUSY, result.stderr[-2000:]
     assert "another CT cycle holds .ct.lock" in result.stderr
     # GNU make exits 2 for any failed recipe; it still names the cycle's code.
     assert make.returncode == 2 and "Error 75" in make.stderr
