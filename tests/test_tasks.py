@@ -343,3 +343,16 @@ def test_every_task_offers_every_family() -> None:
     for params in PARAMS.values():
         assert set(FAMILIES) <= set(params.task.estimators)
     assert task_for(PARAMS["binary"].schema, 0.3).threshold == 0.3
+
+
+def test_a_typo_in_params_is_one_line_naming_the_key_and_the_fix(tmp_path: Path) -> None:
+    text = (REPO / "params.yaml").read_text().replace("  max_records: 1000",
+                                                      "  max_recrods: 1000")
+    with pytest.raises(SystemExit) as error:
+        load_params(write_params(tmp_path, text.replace("  task: binary", "  task: binray")))
+    lines = str(error.value).splitlines()
+    assert lines[0] == "params.yaml is not valid (2 problem(s)):"
+    assert lines[1].startswith("  - serving.max_recrods: not a setting of serving: did you "
+                               "mean max_records? (valid: host, port,")
+    assert lines[2] == ("  - schema.task: Input should be 'binary', 'multiclass' or "
+                        "'regression'")

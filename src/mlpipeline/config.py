@@ -7,6 +7,7 @@ fails at start-up with the key's name instead of deep inside a stage.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import os
 import re
@@ -264,7 +265,7 @@ def load_service_config(root: Path | None = None) -> ServiceConfig:
 
 
 def _validated(model: type[ServiceConfig], data: dict[str, Any]) -> Any:
-    """The typed params, or an exit naming each key that is wrong (no traceback)."""
+    """The typed params, or an exit naming each key that is wrong and the fix (no traceback)."""
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -272,9 +273,28 @@ def _validated(model: type[ServiceConfig], data: dict[str, Any]) -> Any:
         for problem in error.errors():
             key = ".".join(str(part).rstrip("_") for part in problem["loc"])
             message = problem["msg"].removeprefix("Value error, ")
+            if problem["type"] == "extra_forbidden":
+                message = _unknown_key(model, problem["loc"])
             lines.append(f"  - {key + ': ' if key else ''}{message}")
         raise SystemExit(f"{PARAMS_FILE} is not valid ({len(lines)} problem(s)):\n"
                          + "\n".join(lines)) from None
+
+
+def _unknown_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """What to write instead of an unknown key: the closest valid one, and all of them."""
+    section: Any = model
+    for part in loc[:-1]:
+        fields = {info.alias or name: info for name, info in section.model_fields.items()}
+        annotation = fields[part].annotation if part in fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return "not a setting here: remove it"
+        section = annotation
+    valid = [info.alias or name for name, info in section.model_fields.items()
+             if name != "root"]
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    where = f"of {loc[-2]}" if len(loc) > 1 else "at the top level"
+    return f"not a setting {where}: {hint}(valid: {', '.join(valid)})"
 
 
 # Where each stage reads and writes, relative to the project root (dvc.yaml names the same).
