@@ -222,7 +222,7 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
     assert cycles['model_ct_cycles_total{status="ok"}'] == 4
     assert cycles['model_ct_cycles_total{status="failed"}'] == 1
     assert cycles["model_ct_promotions_total"] == 1  # v2; v4 was rolled back
-    assert cycles["model_champion_version"] == 2
+    assert cycles["model_ct_champion_version"] == 2
     checked = prom.read_samples(project.root / "reports/monitoring" / prom.DRIFT_FILE)
     assert checked['model_drift_window_rows{window="log"}'] == 0
     assert "model_drift_detected" not in checked  # no verdict on zero rows

@@ -394,4 +394,24 @@ def test_ct_counters_go_on_from_the_last_textfile(tmp_path: Path) -> None:
     assert samples["model_ct_promotions_total"] == 1
     assert samples["model_ct_last_cycle_success"] == 0
     assert samples["model_ct_last_cycle_duration_seconds"] == 42.5
-    assert samples["model_champion_version"] == 2
+    assert samples["model_ct_champion_version"] == 2
+
+
+def test_the_batch_side_textfiles_describe_each_metric_once(tmp_path: Path) -> None:
+    """A textfile collector reads every .prom file of its folder as one exposition: a metric
+    described in two files (two HELP lines) makes it reject them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from monitoring import prom
+
+    prom.write(prom.drift_metrics(check_summary(4, "retrain")), tmp_path / prom.DRIFT_FILE)
+    prom.write(prom.ct_metrics({"time": "2026-03-09T10:00:00+00:00", "seconds": 40.0,
+                                "status": "ok", "promoted": True, "champion_after": "4"}, {}),
+               tmp_path / prom.CT_FILE)
+    together = "".join(p.read_text() for p in sorted(tmp_path.glob("*.prom")))
+    described = [line.split()[2] for line in together.splitlines()
+                 if line.startswith("# HELP ")]
+    assert len(described) == len(set(described)), sorted(described)
+    families = [f.name for f in text_string_to_metric_families(together)]
+    assert len(families) == len(set(families))
+    assert {"model_champion_version", "model_ct_champion_version"} <= set(families)
