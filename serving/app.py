@@ -50,7 +50,8 @@ BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     408: {"description": "the body did not arrive within serving.read_timeout_seconds"},
     413: {"description": "a body over serving.max_body_bytes"},
     422: {"description": "a record breaks the schema (`detail` names the record index and "
-                         "the field), or the batch is empty or over serving.max_records"},
+                         "the field: a number beyond a float or not finite, a value out of "
+                         "range...), or the batch is empty or over serving.max_records"},
     503: {"description": "no champion model is loaded"},
 }
 
@@ -190,7 +191,8 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
     @app.post(
         "/predict",
         response_model=PredictResponse,
-        responses={**BODY_ERRORS, 400: {"description": "the body is not UTF-8 text"},
+        responses={**BODY_ERRORS, 400: {"description": "the body is not UTF-8 text (JSON "
+                                                     "nested past 200 levels: 422)"},
                    415: {"description": "the body is not application/json"}},
         summary="Predict one record or a batch",
         description="One record (a JSON object) or a batch (an array of records), as the "
@@ -235,7 +237,9 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/ScoringPayload"}}}}},
         responses={**BODY_ERRORS,
-                   400: {"description": "not a scoring-protocol payload (or not UTF-8)"},
+                   400: {"description": "not a scoring-protocol payload: not UTF-8, nested "
+                                        "past about 1,000 levels, or a parameter other than "
+                                        "predict_method"},
                    415: {"description": "neither application/json nor text/csv"}},
     )
     async def invocations(request: Request) -> Response:
@@ -392,6 +396,14 @@ def body_errors(error: ValidationError, body: bytes) -> Response:
     """/predict's answer to a body its contract refuses: 400 if it is not UTF-8 text, else 422
     naming the record and field (or, for broken JSON, the character position)."""
     found = error.errors()
+    if found and found[0]["type"] == "json_invalid" and "recursion limit" in found[0]["msg"]:
+        # pydantic's parser stops at about 200 levels (a record needs 2); the standard
+        # parser below would recurse until the interpreter's own limit: a 500.
+        return _json({"detail": [{"loc": ["body"], "record": None, "field": None,
+                                  "type": "json_invalid",
+                                  "msg": "the body nests JSON arrays and objects too deeply: "
+                                         "a record needs 2 levels, the parser stops at "
+                                         f"{PREDICT_MAX_DEPTH}"}]}, 422)
     if found and found[0]["type"] == "json_invalid":
         try:
             json.loads(body)  # the standard parser names the position as a character index
@@ -406,6 +418,10 @@ def body_errors(error: ValidationError, body: bytes) -> Response:
                                       "msg": f"the body is not valid JSON: {reason} at "
                                              f"character {position}"}]}, 422)
     return _json({"detail": _validation_errors(found)}, 422)
+
+
+# pydantic's JSON parser (jiter) refuses deeper bodies: /predict's documented nesting limit.
+PREDICT_MAX_DEPTH = 200
 
 
 def document_request_bodies(document: dict[str, Any], requests: RequestContract | None,

@@ -24,6 +24,10 @@ from serving.schemas import ID_MESSAGE, valid_id
 PAYLOAD_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 CONTENT_TYPES = ("application/json", "text/csv")
 PREDICT_METHODS = ("predict", "predict_proba")
+# A body nested past orjson's 1,024 levels (or past the standard parser's recursion limit,
+# about 1,000, where a NaN sends it there) is refused; a scoring payload needs 4 levels.
+TOO_DEEP = ("the body nests JSON arrays and objects too deeply: a scoring payload needs 4 "
+            "levels, the parser stops at about 1,000")
 
 
 class PayloadError(ValueError):
@@ -37,7 +41,9 @@ def parse_payload(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]:
         return _csv_records(body), {}
     try:
         payload = orjson.loads(body)  # the fast path for large batches
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as error:
+        if str(error).startswith("depth limit exceeded"):
+            raise PayloadError(TOO_DEEP) from None
         payload = _json_with_nan(body)
     if not isinstance(payload, dict):
         raise PayloadError(f"the body must be a JSON object with one of {_keys()}")
@@ -46,8 +52,8 @@ def parse_payload(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]:
     if len(found) != 1 or unknown:
         raise PayloadError(f"the body must have exactly one of {_keys()} (and optionally "
                            f"`params`); it has {sorted(payload) or 'no keys'}")
-    params = payload.get("params") or {}
-    if not isinstance(params, dict):
+    params = payload.get("params", {})
+    if not isinstance(params, dict):  # null too: the document says an object
         raise PayloadError("`params` must be a JSON object")
     key = found[0]
     data = payload[key]
@@ -61,7 +67,12 @@ def parse_payload(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]:
 
 
 def predict_method(params: dict[str, Any]) -> str:
-    """MLflow's scikit-learn flavour takes `params.predict_method`; we serve two of them."""
+    """`params.predict_method`: one of the two we serve; no other parameter is taken (the
+    OpenAPI document says so)."""
+    unknown = sorted(set(params) - {"predict_method"})
+    if unknown:
+        raise PayloadError(f"params {', '.join(map(repr, unknown))} not taken: the only "
+                           "parameter is predict_method")
     method = params.get("predict_method", "predict")
     if method not in PREDICT_METHODS:
         raise PayloadError(f"params.predict_method {method!r} is not served: use one of "
@@ -106,6 +117,8 @@ def _split_columns(data: Any) -> dict[str, list[Any]]:
     if not isinstance(data, dict) or not isinstance(data.get("columns"), list) or (
             not isinstance(data.get("data"), list)):
         raise PayloadError('`dataframe_split` must be {"columns": [...], "data": [[...], ...]}')
+    if not isinstance(data.get("index", []), list):  # pandas' row labels, unused here
+        raise PayloadError("`dataframe_split` index must be a list (the row labels)")
     names, rows = data["columns"], data["data"]
     if not all(isinstance(name, str) for name in names) or len(set(names)) != len(names):
         raise PayloadError("`dataframe_split` columns must be distinct names")
@@ -151,21 +164,31 @@ def column_errors(columns: dict[str, list[Any]], schema: Schema) -> list[dict[st
 def _numeric_errors(values: list[Any], spec: FeatureSpec) -> list[dict[str, Any]]:
     nullable = spec.max_null_share > 0
     allowed = {int, float, type(None)} if nullable else {int, float}
-    if not set(map(type, values)) <= allowed:  # bool, str, list... (one C-level pass)
-        return [_error(i, spec.name, "float_type", _null_message(spec, v)
-                       + "Input should be a valid number")
-                for i, v in enumerate(values) if type(v) not in allowed]
     # The common case, a valid column, in a few C-level passes (no array for one record);
     # only a column that breaks a rule is gone through value by value to name each record.
-    given = [v for v in values if v is not None] if nullable else values
-    if not given or (all(map(math.isfinite, given))
-                     and (spec.min is None or min(given) >= spec.min)
-                     and (spec.max is None or max(given) <= spec.max)):
-        return []
-    array = np.array(values, dtype=np.float64)  # None becomes NaN
-    present = ~np.isnan(array)
-    errors = [_error(int(i), spec.name, "finite_number", "Input should be a finite number")
-              for i in np.flatnonzero(present & ~np.isfinite(array))]
+    if set(map(type, values)) <= allowed:  # not bool, str, list... (one C-level pass)
+        given = [v for v in values if v is not None] if nullable else values
+        try:
+            if not given or (all(map(math.isfinite, given))
+                             and (spec.min is None or min(given) >= spec.min)
+                             and (spec.max is None or max(given) <= spec.max)):
+                return []
+        except OverflowError:  # an integer beyond any float (10**400): named below
+            pass
+    # Value by value, as the record model judges each record: a value of another type, or an
+    # integer no float can hold, is not a number (float_type); a NaN that was sent (not a
+    # null) is a number that is not finite; numbers are held to the range.
+    errors, numbers, sent = [], [], []
+    for i, v in enumerate(values):
+        number = type(v) in (int, float) and (type(v) is float or _fits_a_float(v))
+        if type(v) not in allowed or (type(v) is int and not number):
+            errors.append(_error(i, spec.name, "float_type", _null_message(spec, v)
+                                 + "Input should be a valid number"))
+        numbers.append(float(v) if number else math.nan)
+        sent.append(number)
+    array, present = np.array(numbers, dtype=np.float64), np.array(sent)
+    errors += [_error(int(i), spec.name, "finite_number", "Input should be a finite number")
+               for i in np.flatnonzero(present & ~np.isfinite(array))]
     if spec.min is not None:
         errors += [_error(int(i), spec.name, "greater_than_equal",
                           f"Input should be greater than or equal to {spec.min:g}")
@@ -175,6 +198,14 @@ def _numeric_errors(values: list[Any], spec: FeatureSpec) -> list[dict[str, Any]
                           f"Input should be less than or equal to {spec.max:g}")
                    for i in np.flatnonzero(present & np.isfinite(array) & (array > spec.max))]
     return sorted(errors, key=lambda e: e["record"])
+
+
+def _fits_a_float(value: int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _id_errors(values: list[Any], name: str) -> list[dict[str, Any]]:
@@ -222,9 +253,12 @@ def _csv_records(body: bytes) -> list[Any]:
 
 def _json_with_nan(body: bytes) -> Any:
     """What orjson refuses: NaN, which pandas-based clients (MLflow's own) send for a missing
-    value and which is a null here, or a real error, named for the caller."""
+    value and which is a null here, an integer beyond a float (refused as a number by the
+    checks), or a real error, named for the caller."""
     try:
         return json.loads(body, parse_constant=_nan_is_null)
+    except RecursionError:  # past the interpreter's recursion limit (TOO_DEEP)
+        raise PayloadError(TOO_DEEP) from None
     except json.JSONDecodeError as error:
         raise PayloadError(f"the body is not valid JSON: {error.msg} at character "
                            f"{error.pos}") from None

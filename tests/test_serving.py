@@ -131,6 +131,74 @@ def test_limits_answer_422_for_records_and_413_for_bytes(client: TestClient) -> 
     assert client.post("/predict", json=[]).status_code == 422
 
 
+HUGE = "1" + "0" * 400  # an integer no float can hold
+
+
+def shaped(shape: str, age: str) -> tuple[str, str]:
+    """(path, body) of one record whose age is the literal `age`, in each payload shape."""
+    record = json.dumps({**RECORD, "age": "AGE"})
+    row = json.dumps(list({**RECORD, "age": "AGE"}.values()))
+    columns = json.dumps({name: [value] for name, value in {**RECORD, "age": "AGE"}.items()})
+    body = {"predict": record,
+            "dataframe_records": f'{{"dataframe_records": [{record}]}}',
+            "instances": f'{{"instances": [{record}]}}',
+            "inputs": f'{{"inputs": [{record}]}}',
+            "dataframe_split": f'{{"dataframe_split": {{"columns": {json.dumps(list(RECORD))}, '
+                               f'"data": [{row}]}}}}',
+            "inputs as columns": f'{{"inputs": {columns}}}'}[shape]
+    return ("/predict" if shape == "predict" else "/invocations"), body.replace('"AGE"', age)
+
+
+@pytest.mark.parametrize("age", [HUGE, "-" + HUGE, HUGE + ".5", "1e400", "-1e400", "Infinity",
+                                 "-Infinity", "NaN"])
+@pytest.mark.parametrize("shape", ["predict", "dataframe_records", "instances", "inputs",
+                                   "dataframe_split", "inputs as columns"])
+def test_an_overflowing_or_non_finite_number_is_a_422_naming_the_field(
+        client: TestClient, shape: str, age: str) -> None:
+    path, body = shaped(shape, age)
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert (error["record"] in (0, None), error["field"]) == (True, "age")
+    assert error["type"] in ("float_type", "finite_number")
+
+
+@pytest.mark.parametrize("path, depth, status, message", [
+    ("/predict", 300, 422, "too deeply: a record needs 2 levels, the parser stops at 200"),
+    ("/predict", 5000, 422, "too deeply: a record needs 2 levels, the parser stops at 200"),
+    ("/invocations", 1024, 400, "too deeply: a scoring payload needs 4 levels"),
+    ("/invocations", 5000, 400, "too deeply: a scoring payload needs 4 levels"),
+])
+def test_nesting_past_the_documented_depth_is_refused_by_name(
+        client: TestClient, path: str, depth: int, status: int, message: str) -> None:
+    nested = "[" * depth + "]" * depth
+    body = nested if path == "/predict" else f'{{"inputs": {nested}}}'
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status and message in response.text
+    # With a NaN first, orjson stops there and the standard parser meets the depth.
+    nan = f'{{"params": {{"a": NaN}}, "inputs": {"[" * 1000 + "]" * 1000}}}'
+    answer = client.post("/invocations", content=nan,
+                         headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and "too deeply" in answer.text
+
+
+def test_what_the_document_forbids_in_a_payload_is_refused(client: TestClient) -> None:
+    """schemathesis --checks all (ST201) found these accepted: an unlisted parameter, a null
+    `params`, a `dataframe_split` index that is not a list."""
+    response = client.post("/invocations", json={"dataframe_records": [RECORD],
+                                                 "params": {"predict_method": "predict",
+                                                            "temperature": 0.2}})
+    assert response.status_code == 400
+    assert response.json()["message"] == ("params 'temperature' not taken: the only parameter "
+                                          "is predict_method")
+    null = client.post("/invocations", json={"dataframe_records": [RECORD], "params": None})
+    assert null.status_code == 400 and null.json()["message"] == ("`params` must be a JSON "
+                                                                  "object")
+    split = {"columns": list(RECORD), "data": [list(RECORD.values())], "index": {}}
+    index = client.post("/invocations", json={"dataframe_split": split})
+    assert index.status_code == 400 and "index must be a list" in index.json()["message"]
+
+
 def test_no_champion_yet_means_not_ready_and_503(trained_project: Project,
                                                  tmp_path: Path) -> None:
     params = service_params(trained_project, tmp_path)
