@@ -2,7 +2,9 @@
 
 Binds serving.host (127.0.0.1 by default); every other setting comes from params.yaml.
 With `--workers` above 1, uvicorn runs that many processes on one socket; each loads the
-champion, polls on its own and writes its own prediction-log files (named with its pid).
+champion, polls on its own and writes its own prediction-log files (named with its pid), and
+their Prometheus values go to a folder of this run's (prometheus_client's multiprocess mode),
+so that /metrics on any worker answers for all of them.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import socket
+import tempfile
 
 import uvicorn
 from fastapi import FastAPI
 
 from mlpipeline.config import load_service_config
 from serving.app import create_app
+from serving.metrics import MULTIPROCESS_ENV
 
 # How the parent hands its command line to worker processes, which import `worker_app`.
 REPLICA_ENV, POLL_ENV = "SERVING_REPLICA", "SERVING_POLL_SECONDS"
@@ -51,8 +56,14 @@ def main() -> None:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     common = {"host": args.host, "port": args.port, "access_log": False, "log_level": "info"}
     if args.workers > 1:
-        uvicorn.run("serving.__main__:worker_app", factory=True, workers=args.workers,
-                    **common)
+        # A fresh folder per run: files a previous run left would be counted again.
+        folder = tempfile.mkdtemp(prefix="serving-metrics-")
+        os.environ[MULTIPROCESS_ENV] = folder  # the workers inherit it before their imports
+        try:
+            uvicorn.run("serving.__main__:worker_app", factory=True, workers=args.workers,
+                        **common)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     else:
         uvicorn.run(worker_app(), **common)
 

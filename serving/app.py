@@ -31,7 +31,7 @@ import numpy as np
 from fastapi import FastAPI, Header, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -88,7 +88,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         app.state.champion = champion
         app.state.prediction_log = PredictionLog(
             params.path(settings.prediction_log_dir), settings.log_flush_records,
-            settings.log_flush_seconds, replica)
+            settings.log_flush_seconds, replica, on_write=metrics.logged)
         await check_champion(app, "startup")
         poller = asyncio.create_task(poll(app)) if start_poller else None
         try:
@@ -99,6 +99,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
             await asyncio.to_thread(app.state.prediction_log.close)
+            metrics.worker_exits()
 
     async def check_champion(app: FastAPI, trigger: str) -> str:
         """Check the alias; `trigger` (startup, poll, webhook, admin) is counted and kept."""
@@ -110,8 +111,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         metrics.model_loaded.set(1 if current else 0)
         metrics.registry_reachable.set(0 if outcome == "error" else 1)
         if current and outcome == "loaded":
-            metrics.model_info.info({"name": current.name, "version": current.version,
-                                     "run_id": current.run_id, "task": current.task.name})
+            metrics.serving(current.name, current.version, current.run_id, current.task.name)
             metrics.use_value_buckets(current.requests.contract.value_buckets)
             freeze_long_lived_objects()
         return outcome
@@ -329,12 +329,10 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         return _json({**champion.current.metadata,
                       "last_reload_error": champion.last_check_error or None})
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    def prometheus(request: Request) -> Response:
-        plog = request.app.state.prediction_log
-        metrics.log_written.set(plog.written)
-        metrics.log_failures.set(plog.failures)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    @app.get("/metrics", summary="Prometheus metrics (all workers of this replica)",
+             response_class=PlainTextResponse)
+    def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/reload", summary="Check the champion alias now (bearer token)",
               responses={401: {"description": "missing or wrong token"},

@@ -2,26 +2,45 @@
 
 A plain ASGI middleware (not Starlette's BaseHTTPMiddleware) keeps the per-request cost to a
 few microseconds.
+
+With several worker processes on one port (`python -m serving --workers N`), each scrape
+reaches one worker; so the parent sets PROMETHEUS_MULTIPROC_DIR for them (prometheus_client's
+multiprocess mode: every worker writes its values to files there) and /metrics answers the
+aggregate of all workers. Counters and histograms are summed; the gauges aggregate as each
+one's `multiprocess_mode` says (documented beside it); a worker's live gauges leave with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import glob
 import json
+import os
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set: the workers' values are aggregated
 
 KNOWN_PATHS = {"/predict", "/invocations", "/ping", "/version", "/health", "/ready", "/model",
                "/metrics", "/admin/reload", "/admin/webhook", "/docs", "/openapi.json"}
 
 
 class ServiceMetrics:
-    """One registry per app, so tests can start several apps in one process."""
+    """One registry per app, so tests can start several apps in one process; in multiprocess
+    mode the exposition aggregates every worker's files instead."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = os.environ.get(MULTIPROCESS_ENV) or None
         r = self.registry
         self.requests = Counter("http_requests_total", "HTTP requests",
                                 ["endpoint", "method", "status"], registry=r)
@@ -35,19 +54,56 @@ class ServiceMetrics:
         # version's contract (the training target's deciles); made when one is served.
         self.predicted_values: Histogram | None = None
         self._value_buckets: tuple[float, ...] = ()
-        self.model_info = Info("served_model", "The model being served", registry=r)
-        self.model_loaded = Gauge("model_loaded", "1 when a model is loaded", registry=r)
+        # 1 on the labels of the version a worker serves, 0 once it swapped away; across
+        # workers the largest: during a swap both versions show 1.
+        self.model_info = Gauge("served_model_info", "The model being served",
+                                ["name", "version", "run_id", "task"], registry=r,
+                                multiprocess_mode="livemax")
+        self._served: tuple[str, ...] | None = None
+        # Across workers the smallest: 1 only when every live worker has a model / reached
+        # the registry at its last check.
+        self.model_loaded = Gauge("model_loaded", "1 when a model is loaded", registry=r,
+                                  multiprocess_mode="livemin")
         self.registry_reachable = Gauge(
             "model_registry_reachable", "1 when the last champion check reached the registry",
-            registry=r)
+            registry=r, multiprocess_mode="livemin")
         self.reload_checks = Counter("model_reload_checks_total",
                                      "Champion alias checks by outcome and trigger",
                                      ["outcome", "trigger"], registry=r)
+        # Each worker's running total, summed across workers (dead ones' included).
         self.log_written = Gauge("prediction_log_records_written",
-                                 "Records written to the prediction log", registry=r)
+                                 "Records written to the prediction log", registry=r,
+                                 multiprocess_mode="sum")
         self.log_failures = Gauge("prediction_log_records_failed",
-                                  "Records the prediction log failed to write", registry=r)
+                                  "Records the prediction log failed to write", registry=r,
+                                  multiprocess_mode="sum")
 
+    def serving(self, name: str, version: str, run_id: str, task: str) -> None:
+        """The version this worker now serves (the previous one's series goes to 0)."""
+        if self._served is not None:
+            self.model_info.labels(*self._served).set(0)
+            if not self.multiprocess_dir:  # one process: the old series can simply go
+                self.model_info.remove(*self._served)
+        self._served = (name, version, run_id, task)
+        self.model_info.labels(*self._served).set(1)
+
+    def logged(self, written: int, failed: int) -> None:
+        """The prediction log's running totals (called by its writer thread)."""
+        self.log_written.set(written)
+        self.log_failures.set(failed)
+
+    def exposition(self) -> bytes:
+        """The text /metrics answers: this app's registry, or every worker's files."""
+        if not self.multiprocess_dir:
+            return generate_latest(self.registry)
+        forget_dead_workers(self.multiprocess_dir)
+        aggregate = CollectorRegistry()
+        multiprocess.MultiProcessCollector(aggregate, path=self.multiprocess_dir)
+        return generate_latest(aggregate)
+
+    def worker_exits(self) -> None:
+        if self.multiprocess_dir:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
 
     def use_value_buckets(self, buckets: list[float]) -> None:
         """The histogram of predicted values with the served version's buckets. Another
@@ -72,6 +128,20 @@ class ServiceMetrics:
         histogram = self.predicted_values.labels(version)  # type: ignore[union-attr]
         for value in values:
             histogram.observe(value)
+
+
+def forget_dead_workers(folder: str) -> None:
+    """Drop the live gauges of workers that died without saying so (killed, crashed), so a
+    worker uvicorn restarted does not count twice."""
+    pids = {int(path.rsplit("_", 1)[1].removesuffix(".db"))
+            for path in glob.glob(os.path.join(folder, "gauge_live*_*.db"))}
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, folder)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 # For a version whose contract has no buckets: prometheus_client's defaults, widened.

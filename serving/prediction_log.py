@@ -15,6 +15,7 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,8 +26,10 @@ _STOP = object()
 
 class PredictionLog:
     def __init__(self, folder: Path, flush_records: int, flush_seconds: float,
-                 replica: str = "") -> None:
+                 replica: str = "",
+                 on_write: Callable[[int, int], None] | None = None) -> None:
         self.folder = folder
+        self.on_write = on_write  # told the running totals (written, failed) after each part
         self.replica = re.sub(r"[^A-Za-z0-9_.-]", "_", replica) or "replica"
         self.flush_records = flush_records
         self.flush_seconds = flush_seconds
@@ -102,6 +105,8 @@ class PredictionLog:
             self.written += table.num_rows
         except OSError:
             self.failures += table.num_rows  # counted in /metrics; the service keeps serving
+        if self.on_write is not None:
+            self.on_write(self.written, self.failures)
 
 
 def _microseconds(at: dt.datetime) -> int:

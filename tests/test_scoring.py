@@ -114,3 +114,24 @@ def test_the_column_path_and_the_record_path_give_the_same_verdicts(
     exactly the errors (record, field, type) the record model gives the same batch as
     records: the same 422 either way, never an exception."""
     assert column_errors(records) == record_errors(records)
+
+
+def test_the_live_gauges_of_a_worker_that_died_are_forgotten(tmp_path) -> None:
+    """Multiprocess /metrics: a worker killed without cleaning up (its pid gone) must not
+    keep its live gauges in the aggregate; a live worker's stay."""
+    import os
+    import subprocess
+    import sys
+
+    from serving.metrics import forget_dead_workers
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    for pid in (gone, os.getpid()):
+        for mode in ("livemin", "livemax"):
+            (tmp_path / f"gauge_{mode}_{pid}.db").write_bytes(b"")
+        (tmp_path / f"counter_{pid}.db").write_bytes(b"")
+    forget_dead_workers(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{gone}.db", f"counter_{os.getpid()}.db",
+         f"gauge_livemax_{os.getpid()}.db", f"gauge_livemin_{os.getpid()}.db"])

@@ -15,6 +15,7 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
+from prometheus_client.parser import text_string_to_metric_families
 
 from mlpipeline.config import ServingParams, load_params
 from mlpipeline.prediction_log import read_log
@@ -141,7 +142,8 @@ def test_fuzzed_requests_pass_every_schemathesis_check(api_schema) -> None:
 def test_two_workers_share_the_port_and_each_logs_its_own_files(
         trained_project: Project, tmp_path: Path) -> None:
     """`--workers 2`: two processes answer on one port, each with its model and its own
-    prediction-log files; a SIGTERM to the parent drains both logs."""
+    prediction-log files, and one /metrics for both; a SIGTERM to the parent drains both
+    logs."""
     import subprocess
     import sys
     from concurrent.futures import ThreadPoolExecutor
@@ -172,6 +174,29 @@ def test_two_workers_share_the_port_and_each_logs_its_own_files(
 
         with ThreadPoolExecutor(8) as pool:
             request_ids = set(pool.map(send, range(400)))
+
+        # One /metrics for the replica: every scrape, whichever worker takes it, counts
+        # every request of both workers (multiprocess mode), and the gauges come once.
+        def scrape() -> dict[tuple, float]:
+            text = httpx.get(f"{url}/metrics").text
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for f in text_string_to_metric_families(text) for s in f.samples}
+
+        scrapes = [scrape() for _ in range(8)]
+        served = [sum(v for (name, labels), v in found.items()
+                      if name == "http_requests_total"
+                      and dict(labels).get("endpoint") == "/invocations") for found in scrapes]
+        assert served == [400] * 8, served
+        for found in scrapes:
+            assert sum(v for (name, _), v in found.items() if name == "predictions_total") == 400
+            assert found[("model_loaded", ())] == 1
+            assert [labels for (name, labels), v in found.items()
+                    if name == "served_model_info" and v == 1] == [labels for (
+                        name, labels) in found if name == "served_model_info"]
+        pids = {line.split("[")[1].split("]")[0]
+                for line in (tmp_path / "workers.log").read_text().splitlines()
+                if "Started server process" in line}
+        assert len(pids) == 2, pids
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
