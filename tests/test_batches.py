@@ -178,15 +178,53 @@ def test_ids_are_optional_but_one_id_names_one_application(raw: Path) -> None:
     (batch(3).assign(application_id=batch(0)["application_id"])
      .to_csv(raw / f"{DAYS[3]}.csv", index=False))  # each id of batch 0 again
     validation = judge(raw)
-    assert refused(validation) == [f"{BAD_DAY}.csv"]
+    assert refused(validation) == [f"{BAD_DAY}.csv", f"{DAYS[3]}.csv"]
     assert failures(validation)[0] == (
         f"batch {BAD_DAY}.csv: column 'application_id', rule unique ids: 3 of 1500 rows (0.20%) "
         f"broke it, allowed 0.00%; e.g. '20260119-00020' at row 21 of {BAD_DAY}.csv")
-    assert failures(validation)[1].startswith(
+    assert failures(validation)[1] == (  # an earlier batch's ids: re-delivered applications
+        f"batch {DAYS[3]}.csv: column 'application_id', rule ids not used by earlier batches: "
+        f"1500 of 1500 rows (100.00%) broke it, allowed 0.00%; e.g. '20260105-00001' at row 1 "
+        f"of {DAYS[3]}.csv")
+    assert failures(validation)[2].startswith(
         "column 'application_id', rule unique ids: 1503 of 6000 rows")  # the window
     batch(2).drop(columns="application_id").to_csv(raw / f"{BAD_DAY}.csv", index=False)
     batch(3).to_csv(raw / f"{DAYS[3]}.csv", index=False)
     assert failures(judge(raw)) == []  # a batch without the column is fine
+
+
+def test_a_redelivered_batch_is_refused_by_its_ids_and_its_rows(raw: Path) -> None:
+    """Batch 0 again, under new times, as the next batch: its ids and its rows (time aside)
+    are an earlier batch's, even when that batch is older than the window; `drop` mode
+    drops those rows and counts them."""
+    again = batch(0).assign(application_date=batch(4)["application_date"])
+    again.to_csv(raw / f"{DAYS[4]}.csv", index=False)
+    params = params_for(raw).model_copy(update={"window": WindowParams(
+        start=dt.date(2026, 1, 12), end=dt.date(2026, 1, 26))})  # batch 0 before the window
+    table, batches = ingest(params)
+    validation = check_batches(table, batches, params)
+    assert refused(validation) == [f"{DAYS[4]}.csv"]
+    messages = "\n".join(failures(validation))
+    assert (f"batch {DAYS[4]}.csv: column 'application_id', rule ids not used by earlier "
+            "batches: 1500 of 1500 rows") in messages
+    # Rows of the window's batches repeated under new times count as the same rows.
+    repeat = pd.concat([batch(4).head(1400),
+                        batch(2).tail(100).assign(
+                            application_id=[f"new-{i}" for i in range(100)],
+                            application_date=batch(4)["application_date"].tail(100).to_numpy())],
+                       ignore_index=True)
+    repeat.to_csv(raw / f"{DAYS[4]}.csv", index=False)
+    validation = judge(raw)
+    assert failures(validation) == [
+        f"batch {DAYS[4]}.csv: rule no rows repeated from earlier batches: 100 of 1500 rows "
+        "repeat rows of earlier batches (all but the time): remove the repeated rows, or set "
+        "validate.repeated_rows: drop"]
+    again.to_csv(raw / f"{DAYS[4]}.csv", index=False)
+    table, batches = ingest(params)
+    dropped = check_batches(table, batches, params.model_copy(update={
+        "validate_": params.validate_.model_copy(update={"repeated_rows": "drop"})}))
+    assert failures(dropped) == []
+    assert [b.dropped_rows for b in dropped.batches] == [0, 0, 0, 0, 1500]
 
 
 def test_unknown_categories_in_one_batch_cannot_hide_in_the_window(raw: Path) -> None:

@@ -2,7 +2,8 @@
 
 Every batch file dated from `window.start` on is read: the window's batches are what the
 model trains on, later ones are what the drift check compares next, so both must pass
-`validate`. Older batches are listed but not read. A file that cannot be read does not stop
+`validate`. Of older batches only the ids (schema.id_column) are read, so that `validate`
+can refuse ids that an earlier batch already used. A file that cannot be read does not stop
 this stage: it is recorded with its reason in data/interim/batches.json, beside each file's
 hash, row count and columns, and `validate` refuses it with everything else it finds.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -60,7 +62,14 @@ def ingest(params: Params) -> tuple[pd.DataFrame, list[BatchFile]]:
         nxt = following[day]
         info = BatchFile(file.name, day.isoformat(), nxt.isoformat() if nxt else None,
                          file_md5(file), file.stat().st_size, role)
-        if role != "before window":
+        if role == "before window":
+            # Only the ids: an id is one application across every batch landed so far, so
+            # `validate` refuses a newer batch that re-delivers an older one's.
+            ids = earlier_ids(file, params.schema.id_column)
+            if ids is not None:
+                frames.append(pd.DataFrame({params.schema.id_column: ids, BATCH_COLUMN: file.name,
+                                            ROW_COLUMN: range(1, len(ids) + 1)}))
+        else:
             try:
                 frame = read_batch(file)
             except UnreadableBatch as error:
@@ -79,6 +88,26 @@ def ingest(params: Params) -> tuple[pd.DataFrame, list[BatchFile]]:
     return table, batches
 
 
+def earlier_ids(file: Path, id_column: str | None) -> pd.Series | None:
+    """The id column alone of an older batch (None: no id column, or the file cannot be read:
+    it was judged when it was in the window)."""
+    if id_column is None:
+        return None
+    try:
+        if file.suffix == ".csv":
+            frame = pd.read_csv(file, dtype=str, encoding="utf-8-sig",
+                                usecols=lambda column: column == id_column)
+        else:
+            import pyarrow.parquet as pq
+
+            if id_column not in pq.read_schema(file).names:
+                return None
+            frame = pd.read_parquet(file, columns=[id_column])
+    except Exception:  # any damage: that batch was refused or accepted in its own time
+        return None
+    return frame[id_column] if id_column in frame.columns else None
+
+
 def main() -> None:
     params = load_params()
     frame, batches = ingest(params)
@@ -89,7 +118,7 @@ def main() -> None:
     read = [b for b in batches if b.role != "before window"]
     in_window = [b for b in read if b.role == "window"]
     unreadable = sum(bool(b.error) for b in read)
-    print(f"ingest: {len(frame)} rows from {len(read)} batches ({len(in_window)} in the window "
+    print(f"ingest: {sum(b.rows for b in read)} rows from {len(read)} batches ({len(in_window)} in the window "
           f"{in_window[0].date} .. {in_window[-1].date}, {len(read) - len(in_window)} after it)"
           + (f", {unreadable} unreadable" if unreadable else "") + f" -> {DATASET}")
 

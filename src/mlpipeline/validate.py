@@ -38,6 +38,7 @@ from mlpipeline.schema import (
     Schema,
     check_frame,
     coerce,
+    row_ids,
     rule_check,
 )
 
@@ -119,6 +120,27 @@ def dating_check(rows: pd.DataFrame, typed_time: pd.Series, batch: BatchFile,
                       rows[schema.time_column], rows, batch.file)
 
 
+def batch_ids(table: pd.DataFrame, file: str, schema: Schema) -> pd.Series:
+    """One batch's ids as text (index: its rows in the table); empty without an id column."""
+    if schema.id_column is None or schema.id_column not in table.columns:
+        return pd.Series(dtype=object)
+    return row_ids(table.loc[table[BATCH_COLUMN] == file, schema.id_column]).dropna()
+
+
+def id_reuse_check(rows: pd.DataFrame, reused: Any, id_column: str, file: str,
+                   drop: bool) -> Check:
+    """An id names one application across every batch landed so far: a batch that repeats
+    an earlier batch's ids re-delivers those applications."""
+    check = rule_check(id_column, "ids not used by earlier batches", pd.Series(reused),
+                       0.0, rows[id_column].reset_index(drop=True),
+                       rows.reset_index(drop=True), file)
+    if not drop or check.passed:
+        return check
+    return Check(id_column, check.rule, check.failed_rows, check.total_rows, 0.0, True,
+                 detail=f"{check.failed_rows} of {check.total_rows} rows carry ids of earlier "
+                        "batches (dropped)", batch=file)
+
+
 def present(table: pd.DataFrame, schema: Schema) -> list[str]:
     """The schema's optional columns (the id) that the batches carry."""
     return [c for c in schema.optional_columns if c in table.columns]
@@ -136,11 +158,16 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
     keep = pd.Series(False, index=table.index)
     first_file_of_day: dict[str, str] = {}
     earlier_rows: set[int] = set()  # hashes of the typed rows of earlier batches
+    earlier_ids: set[str] = set()  # every id of every earlier batch, the older ones' too
+    # A re-delivered row carries a new time: rows are the same when all else is.
+    same_row = [c for c in schema.columns if c != schema.time_column]
+    drop = rules.repeated_rows == "drop"
     for batch in batches:
         verdict = BatchVerdict(batch.file, batch.date, batch.md5, batch.role, batch.rows)
         verdicts.append(verdict)
         if batch.role == "before window":
             verdict.checked = False
+            earlier_ids.update(batch_ids(table, batch.file, schema))
             continue
         found = file_checks(batch, schema, first_file_of_day.get(batch.date), rules)
         first_file_of_day.setdefault(batch.date, batch.file)
@@ -151,19 +178,25 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
                                  batch=batch.file)
             typed = coerce(rows, schema)
             found.append(dating_check(rows, typed[schema.time_column], batch, schema, rules))
-            hashes = pd.util.hash_pandas_object(typed[schema.columns], index=False)
+            hashes = pd.util.hash_pandas_object(typed[same_row], index=False)
             repeated = hashes.isin(earlier_rows)
             earlier_rows.update(hashes.tolist())
             n_repeated = int(repeated.sum())
-            if rules.repeated_rows == "drop":
-                verdict.dropped_rows = n_repeated
             found.append(Check(
                 "*", "no rows repeated from earlier batches", n_repeated, len(rows), 0.0,
-                n_repeated == 0 or rules.repeated_rows == "drop", batch=batch.file,
-                detail=f"{n_repeated} of {len(rows)} rows repeat rows of earlier batches"
-                       + (" (dropped)" if rules.repeated_rows == "drop" else
-                          ": remove the repeated rows, or set validate.repeated_rows: drop")))
-            keep[rows.index[~repeated.to_numpy()]] = True
+                n_repeated == 0 or drop, batch=batch.file,
+                detail=f"{n_repeated} of {len(rows)} rows repeat rows of earlier batches "
+                       "(all but the time)" + (" (dropped)" if drop else
+                                               ": remove the repeated rows, or set "
+                                               "validate.repeated_rows: drop")))
+            ids = batch_ids(table, batch.file, schema).reindex(rows.index)
+            reused = (ids.notna() & ids.isin(earlier_ids)).to_numpy()
+            if schema.id_column in present(table, schema):
+                found.append(id_reuse_check(rows, reused, schema.id_column, batch.file, drop))
+            earlier_ids.update(ids.dropna())
+            gone = repeated.to_numpy() | (reused if drop else False)
+            verdict.dropped_rows = int(gone.sum()) if drop else 0
+            keep[rows.index[~gone]] = True
         verdict.problems = [c.message for c in found if not c.passed]
         checks += found
 
