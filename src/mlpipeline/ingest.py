@@ -118,7 +118,8 @@ def main() -> None:
     read = [b for b in batches if b.role != "before window"]
     in_window = [b for b in read if b.role == "window"]
     unreadable = sum(bool(b.error) for b in read)
-    print(f"ingest: {sum(b.rows for b in read)} rows from {len(read)} batches ({len(in_window)} in the window "
+    rows = sum(b.rows for b in read)  # the table also holds older batches' ids
+    print(f"ingest: {rows} rows from {len(read)} batches ({len(in_window)} in the window "
           f"{in_window[0].date} .. {in_window[-1].date}, {len(read) - len(in_window)} after it)"
           + (f", {unreadable} unreadable" if unreadable else "") + f" -> {DATASET}")
 
