@@ -25,7 +25,7 @@ export UV_PYTHON := $(PYTHON_EXE)
 # 7), and the pipeline, the CT cycle and the tests start hundreds of processes.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-data bench-tasks bench-reload ct drift models lineage rollback stack stack-down clean
+.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-data bench-log bench-tasks bench-reload ct drift compact-log models lineage rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
@@ -36,12 +36,14 @@ help:
 	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
 	@echo "make bench-data  cold dvc repro and one CT cycle on 200,000 rows of landed batches"
 	@echo "make bench-reload  promotion to served on the stack: webhook vs polling"
+	@echo "make bench-log  the drift check on a 2M-row prediction log, before and after compaction"
 	@echo "make bench-tasks  cold dvc repro and CT cycles for binary, multiclass and regression"
 	@echo "make ui     MLflow UI on http://127.0.0.1:$(UI_PORT) for the embedded store"
 	@echo "make dashboard  Evidently UI on http://127.0.0.1:8050: every drift check over time"
 	@echo "make serve  the champion over REST on http://127.0.0.1:8000 (PORT=... to change)"
 	@echo "make ct [FORCE=1]           one CT cycle: new batch, drift check, maybe retrain and promote"
 	@echo "make drift [CURRENT=log]    drift check only (newest batch, or the prediction log)"
+	@echo "make compact-log            the prediction log: one file per day, old days removed"
 	@echo "make models                 registered versions, aliases, metrics, promotion history"
 	@echo "make lineage V=3            where version 3 came from"
 	@echo "make rollback [TO=3]        champion back to 'previous' (or to version 3)"
@@ -123,6 +125,9 @@ bench: setup
 bench-data: setup
 	PYTHONPATH=. $(RUN) python benchmarks/real_data_bench.py
 
+bench-log: setup
+	PYTHONPATH=. $(RUN) python benchmarks/log_bench.py $(if $(ROWS),--rows $(ROWS))
+
 bench-tasks: setup
 	PYTHONPATH=. $(RUN) python benchmarks/task_bench.py
 
@@ -136,6 +141,11 @@ ct: setup
 drift: setup
 	$(IN_PROJECT) dvc repro validate
 	$(IN_PROJECT) python -m monitoring.drift $(if $(CURRENT),--current $(CURRENT))
+
+# The prediction log: each day's parts merged into one file, days past
+# serving.log_retention_days removed (every CT cycle does it too).
+compact-log: setup
+	$(IN_PROJECT) python -m mlpipeline.prediction_log compact
 
 # An interrupted CT cycle (killed) is undone first, so the listing shows a settled state.
 models: setup

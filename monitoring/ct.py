@@ -6,7 +6,8 @@ Steps, each named in the output and in the summary:
                 advances by one); the batches dated after the champion's training window
                 are the new ones (a full `dvc repro` when there is no champion yet, e.g. on a
                 fresh CI runner with the embedded store)
-2. drift check  monitoring.drift: the new data against the champion's training reference,
+2. drift check  the prediction log compacted (one file per day, the retention applied), then
+                monitoring.drift: the new data against the champion's training reference,
                 the champion's real performance on the new outcomes, the guards
 3. move window  retrain only: the training window slides by whole batches (keeping its
                 number of batches) so that it ends at the newest batch
@@ -49,6 +50,7 @@ from mlpipeline.config import (
     set_values,
 )
 from mlpipeline.lineage import file_md5
+from mlpipeline.prediction_log import compact
 from mlpipeline.source import dated_batches
 from monitoring import decide, drift, journal, prom
 from monitoring.cycle_guard import (
@@ -167,6 +169,9 @@ def check_drift(cycle: Cycle, batch: NewBatch, current: str | None,
                 since: dt.datetime | None, force: bool) -> tuple[decide.Verdict, dict]:
     """Step 2: the drift check and the verdict."""
     cycle.enter("drift check", "[2/5] drift check")
+    log, retention = cycle.params.path(cycle.params.serving.prediction_log_dir), \
+        cycle.params.serving.log_retention_days
+    print(f"ct: {compact(log, retention).describe(log, retention)}")  # what the check reads
     check = drift.run_check(cycle.params, current, since=since, force=force)
     verdict = decide.Verdict(**check["decision"])
     if not batch.landed and not force:

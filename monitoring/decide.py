@@ -35,6 +35,7 @@ class DriftResult:
     # window's predictions vs the model's own on its reference), where the window has them.
     # Reported, not triggers: a drop in performance is the trigger they would anticipate.
     outputs: dict[str, FeatureDrift] = field(default_factory=dict)
+    tested_rows: int | None = None  # a large window is tested on a sample of this many rows
 
     @property
     def drifted(self) -> list[str]:
@@ -52,6 +53,7 @@ class DriftResult:
         return {"detected": self.detected, "share": round(self.share, 4),
                 "drift_share": self.drift_share, "drifted": self.drifted,
                 "reference_rows": self.reference_rows, "current_rows": self.current_rows,
+                "tested_rows": self.tested_rows or self.current_rows,
                 "features": [asdict(f) for f in self.features],
                 **{name: asdict(self.outputs[name]) if name in self.outputs else None
                    for name in ("target", "prediction")}}
@@ -178,6 +180,9 @@ def decide(*, current_rows: int, min_rows: int, drift: DriftResult | None,
     if drift is not None:
         figures = f"{len(drift.drifted)} of {len(drift.features)} features drifted " \
                   f"({drift.share:.0%}, threshold {drift.drift_share:.0%})"
+        if drift.tested_rows is not None and drift.tested_rows < drift.current_rows:
+            figures += (f" on a seeded sample of {drift.tested_rows} of the window's "
+                        f"{drift.current_rows} rows (monitoring.max_rows)")
         if drift.detected:
             triggers.append("drift")
             reasons.append(f"drift: {figures}: {', '.join(drift.drifted)}")

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from mlpipeline.config import RAW_DIR, Params, load_params
-from mlpipeline.prediction_log import read_log
+from mlpipeline.prediction_log import read_log, read_log_table
 from mlpipeline.schema import PREDICTION_COLUMN, Schema, coerce, row_ids
 from mlpipeline.source import dated_batches, read_batch
 from mlpipeline.tasks import Task
@@ -109,6 +109,11 @@ class Window:
     batch: str | None = None  # the batch's first day (kind=batch)
     until: str | None = None  # the log window's end (kind=log)
     served: pd.DataFrame | None = None  # kind=log: the logged rows, answers included
+    rows: int | None = None  # rows in the window, when `frame` is a sample of them
+
+    @property
+    def size(self) -> int:
+        return len(self.frame) if self.rows is None else self.rows
 
 
 def batch_window(params: Params) -> Window:
@@ -123,15 +128,20 @@ def batch_window(params: Params) -> Window:
 def log_window(params: Params, since: dt.datetime | None, until: dt.datetime | None) -> Window:
     until = until or dt.datetime.now(dt.UTC)
     since = since or until - dt.timedelta(hours=params.monitoring.log_window_hours)
-    log = read_log(params.path(params.serving.prediction_log_dir))
-    if not log.empty:
-        served = pd.to_datetime(log["served_at"], utc=True)
-        log = log[(served >= since) & (served <= until)]
-    frame = (typed_features(log, params.schema) if not log.empty
-             else pd.DataFrame(columns=params.schema.feature_names))
+    schema, task = params.schema, params.task
+    table = read_log_table(params.path(params.serving.prediction_log_dir), since, until,
+                           [*schema.feature_names, *task.log_score_columns])
+    rows = 0 if table is None else table.num_rows
+    if table is not None and rows > params.monitoring.max_rows:
+        # Sampled before pandas: converting two million rows costs more than the test.
+        keep = np.random.default_rng(0).choice(rows, params.monitoring.max_rows, replace=False)
+        table = table.take(np.sort(keep))
+    log = pd.DataFrame() if table is None else table.to_pandas()
+    frame = (typed_features(log, schema) if not log.empty
+             else pd.DataFrame(columns=schema.feature_names))
     return Window("log", f"prediction log {since.isoformat(timespec='seconds')} .. "
                          f"{until.isoformat(timespec='seconds')}", frame,
-                  until=until.isoformat(timespec="seconds"), served=log)
+                  until=until.isoformat(timespec="seconds"), served=log, rows=rows)
 
 
 def feature_dataset(frame: pd.DataFrame, schema: Schema) -> Any:
@@ -149,11 +159,13 @@ def drift_dataset(frame: pd.DataFrame, numeric: list[str], categorical: list[str
 
 
 def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, params: Params,
-                     predictions: tuple[pd.Series, bool] | None = None
-                     ) -> tuple[Any, decide.DriftResult]:
+                     predictions: tuple[pd.Series, bool] | None = None,
+                     window_rows: int | None = None) -> tuple[Any, decide.DriftResult]:
     """Feature drift (Evidently's DataDriftPreset), target drift where both tables hold the
     target, and prediction drift when `predictions` (the served or re-scored predictions
-    of the window, and whether they are numbers) and the reference's own are given."""
+    of the window, and whether they are numbers) and the reference's own are given. A
+    window over monitoring.max_rows is tested on a seeded sample; `window_rows` is its size
+    when `current` is already one."""
     from evidently import Report
     from evidently.metrics import RowCount, ValueDrift
     from evidently.presets import DataDriftPreset
@@ -162,6 +174,10 @@ def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, params: Par
     test = {"method": settings.drift_method, "threshold": settings.drift_threshold}
     preset = DataDriftPreset(columns=schema.feature_names, drift_share=settings.drift_share,
                              **test)
+    rows = window_rows or len(current)
+    current = sampled(current, settings.max_rows)
+    if predictions is not None:
+        predictions = (sampled(predictions[0], settings.max_rows), predictions[1])
     features = typed_features(current, schema)
     baseline = typed_features(reference, schema)
     numeric, categorical = list(schema.numeric), list(schema.categorical)
@@ -193,7 +209,12 @@ def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, params: Par
         snapshots.append(drifted)
     return history.merged(snapshots), decide.DriftResult(
         [found[name] for name in schema.feature_names], settings.drift_share, len(reference),
-        len(current), outputs)
+        rows, outputs, tested_rows=len(current))
+
+
+def sampled(table: Any, rows: int) -> Any:
+    """A seeded random sample of `rows` rows (a DataFrame's or a Series'), or all of them."""
+    return table if len(table) <= rows else table.sample(n=rows, random_state=0)
 
 
 @dataclass
@@ -218,12 +239,13 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
     scored = performance_check(params, window, registry, info)
     perf = scored.result if scored else None
     drift_result, snapshot = None, None
-    if len(window.frame) >= settings.min_rows:
+    if window.size >= settings.min_rows:
         snapshot, drift_result = evidently_report(reference, window.frame, params,
-                                                  served_predictions(params.task, window, scored))
+                                                  served_predictions(params.task, window, scored),
+                                                  window.size)
     batch_dates = [day for day, _ in dated_batches(params.path(RAW_DIR))]
     since_training = decide.batches_after(batch_dates, registry.last_training_end())
-    verdict = decide.decide(current_rows=len(window.frame), min_rows=settings.min_rows,
+    verdict = decide.decide(current_rows=window.size, min_rows=settings.min_rows,
                             drift=drift_result, perf=perf,
                             batches_since_training=since_training,
                             cooldown_batches=params.ct.cooldown_batches, force=force)
@@ -237,7 +259,7 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
     summary = {
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "window": {"kind": window.kind, "description": window.description,
-                   "rows": len(window.frame), "batch": window.batch, "until": window.until},
+                   "rows": window.size, "batch": window.batch, "until": window.until},
         "reference": {"model": registry.name, "champion": info.version, "run_id": info.run_id,
                       "training_window": info.training_window, "rows": len(reference)},
         "drift": drift_result.as_dict() if drift_result else None,
@@ -305,8 +327,11 @@ def performance_check(params: Params, window: Window, registry: Any, info: Champ
     if schema.target not in window.frame.columns:
         return None
     labelled = window.frame[window.frame[schema.target].notna()]
-    served = logged_outcomes(read_log(params.path(params.serving.prediction_log_dir)),
-                             labelled, task)
+    # Every day of the log: outcomes arrive long after the answers. Only the join's columns.
+    needed = [*schema.feature_names, *schema.optional_columns, *task.log_score_columns,
+              "model_version"]
+    served = logged_outcomes(read_log(params.path(params.serving.prediction_log_dir),
+                                      columns=needed), labelled, task)
     if len(served) >= settings.min_labelled_rows:
         # What production actually answered, whichever version and runtime answered it.
         actual, scores = served[schema.target], task.scores_from_log(served)

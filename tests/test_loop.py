@@ -96,6 +96,9 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
         summary, out = ct(project, "--current", "log", env={"DVC_REMOTE_URL": str(remote)})
         assert summary["status"] == "ok", out
         assert summary["window"]["kind"] == "log" and summary["window"]["rows"] == sent
+        days = list((project.root / "logs/predictions").glob("date=*"))  # the cycle compacted
+        assert days and all([f.name for f in d.iterdir()] == ["day-000001.parquet"]
+                            for d in days), [list(d.iterdir()) for d in days]
         assert summary["drift"]["detected"] is False and summary["drift"]["share"] < 0.3
         assert summary["performance"] is None  # the log carries no outcomes
         assert summary["decision"]["action"] == "no-retrain"

@@ -126,6 +126,9 @@ class MonitoringParams(_Strict):
     current: Literal["batch", "log"] = "batch"  # newest raw batch, or the prediction log
     log_window_hours: float = Field(168.0, gt=0)
     min_rows: int = Field(500, gt=0)  # fewer current rows: no verdict, no retrain
+    # A larger window is judged on a seeded sample of this many rows (drift tests at this
+    # size already see the smallest shift worth a retrain; Evidently's cost grows with rows).
+    max_rows: int = Field(100_000, gt=0)
     drift_method: str | None = None  # Evidently stat test name; None = its default per column
     drift_threshold: float | None = None
     drift_share: float = Field(0.3, gt=0, le=1)  # share of drifted features that means drift
@@ -150,6 +153,8 @@ class ServingParams(_Strict):
     read_timeout_seconds: float = Field(10.0, gt=0)  # a body not in by then: 408 (stalled client)
     inline_body_bytes: int = Field(16_384, ge=0)  # smaller bodies: scored on the event loop
     prediction_log_dir: str = "logs/predictions"
+    # Compaction (make compact-log, each CT cycle) removes days older than this; null: keep all.
+    log_retention_days: int | None = Field(None, gt=0)
     log_flush_records: int = Field(500, gt=0)  # write a Parquet part every N records ...
     log_flush_seconds: float = Field(5.0, gt=0)  # ... or every T seconds, whichever first
     admin_token_env: str = "SERVING_ADMIN_TOKEN"  # env var holding the /admin bearer token

@@ -1,28 +1,233 @@
 """The prediction log's format, shared by the service that writes it and the monitoring that
-reads it: Parquet parts under `<serving.prediction_log_dir>/date=YYYY-MM-DD/`, one row per
-served record (its features, its id under the schema's `id_column` when the request
-carried one, the task's answer columns: `prediction` with `probability` (binary) or
-`probabilities`, one per class in the schema's order (multiclass), or the value alone
-(regression); `model_version`, `request_id`, `served_at`),
-each part named `part-<time>-<replica>-<pid>-<seq>.parquet`."""
+reads it: Parquet files under `<serving.prediction_log_dir>/date=YYYY-MM-DD/` (the UTC day
+they were written), one row per served record (its features, its id under the schema's
+`id_column` when the request carried one, the task's answer columns: `prediction` with
+`probability` (binary) or `probabilities`, one per class in the schema's order (multiclass),
+or the value alone (regression); `model_version`, `request_id`, `served_at`).
+
+The service writes parts, `part-<time>-<replica>-<pid>-<seq>.parquet`, each written under a
+hidden name and renamed, so a part is whole or absent. Compaction (`python -m
+mlpipeline.prediction_log compact`, `make compact-log`, and every CT cycle) merges a day's
+parts into one file, `day-<generation>.parquet`, whose Parquet metadata lists every part (and
+earlier day file) it holds. A reader reads a day's newest day file plus the parts it does not
+list, so at every moment each row is read once: before the new day file is renamed into place
+the parts are read, after it the day file, and the merged parts are deleted only then. A
+crash at any point loses nothing and duplicates nothing; the next compaction finishes the
+deletions. `serving.log_retention_days` removes whole days older than that.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-PARTS = "date=*/*.parquet"
+DAY_PREFIX = "date="
+PART_GLOB, DAY_FILE_GLOB = "part-*.parquet", "day-*.parquet"
+MERGED_KEY = b"mlops.merged"  # a day file's metadata: the names of the files it holds
+ROW_GROUP_ROWS = 100_000  # compacted row groups: large enough to read fast, small to filter
+LOCK = ".compact.lock"
+ATTEMPTS = 5  # listings a reader tries while compactions switch files under it
 
 
-def read_log(folder: Path) -> pd.DataFrame:
-    """All logged predictions, every replica's parts as one table (empty frame if none)."""
-    parts = sorted(folder.glob(PARTS))
+def day_of(folder: Path) -> dt.date:
+    return dt.date.fromisoformat(folder.name.removeprefix(DAY_PREFIX))
+
+
+def days(log: Path, since: dt.date | None = None, until: dt.date | None = None) -> list[Path]:
+    """The day partitions, oldest first, from `since` to `until` (inclusive) when given."""
+    found = sorted(p for p in log.glob(f"{DAY_PREFIX}*") if p.is_dir())
+    return [p for p in found if (since is None or day_of(p) >= since)
+            and (until is None or day_of(p) <= until)]
+
+
+def merged_names(day_file: Path) -> set[str]:
+    metadata = pq.read_schema(day_file).metadata or {}
+    return set(json.loads(metadata.get(MERGED_KEY, b"[]")))
+
+
+def day_files(day: Path) -> list[Path]:
+    """What a reader reads for one day: its newest day file and the parts it does not hold."""
+    compacted = sorted(day.glob(DAY_FILE_GLOB))
+    held = merged_names(compacted[-1]) if compacted else set()
+    return compacted[-1:] + [p for p in sorted(day.glob(PART_GLOB)) if p.name not in held]
+
+
+def read_log(log: Path, since: dt.datetime | None = None, until: dt.datetime | None = None,
+             columns: list[str] | None = None) -> pd.DataFrame:
+    """Logged predictions served from `since` to `until` (both optional), every replica's,
+    as one table; only the days in that span are opened, and Parquet's row-group statistics
+    skip the rest. `columns` limits what is read (those present). Empty frame if none."""
+    table = read_log_table(log, since, until, columns)
+    return pd.DataFrame() if table is None else table.to_pandas()
+
+
+def read_log_table(log: Path, since: dt.datetime | None = None,
+                   until: dt.datetime | None = None, columns: list[str] | None = None
+                   ) -> pa.Table | None:
+    """As read_log, as an Arrow table (None: nothing logged in the span). A compaction may
+    delete parts between the listing and the reading: then the day is listed again."""
+    for _ in range(ATTEMPTS - 1):
+        try:
+            return _read_log_table(log, since, until, columns)
+        except FileNotFoundError:
+            continue
+    return _read_log_table(log, since, until, columns)
+
+
+def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | None,
+                    columns: list[str] | None) -> pa.Table | None:
+    # A record lies in the partition of the day it was written: its serving day, or the next
+    # when it was served just before midnight and flushed after.
+    last_day = until.date() + dt.timedelta(days=1) if until is not None else None
+    files = [f for day in days(log, since and since.date(), last_day) for f in day_files(day)]
+    if not files:
+        return None
+    # One schema for all files: a part whose column is all null has type null, and a part
+    # from before a swap to another contract lacks a feature; Arrow promotes both.
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="default")
+    dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
+    served = ds.field("served_at")
+    condition = None
+    if since is not None:
+        condition = served >= pa.scalar(since, pa.timestamp("us", tz="UTC"))
+    if until is not None:
+        bound = served <= pa.scalar(until, pa.timestamp("us", tz="UTC"))
+        condition = bound if condition is None else condition & bound
+    wanted = None if columns is None else [c for c in columns if c in schema.names]
+    return dataset.to_table(columns=wanted, filter=condition)
+
+
+@dataclass
+class Compaction:
+    days: int = 0  # day partitions that got a new day file
+    parts: int = 0  # parts merged into them
+    rows: int = 0  # rows in those day files
+    removed_days: int = 0  # removed by retention
+
+    def describe(self, log: Path, retention_days: int | None) -> str:
+        kept = (f"; {self.removed_days} day(s) older than {retention_days} days removed "
+                "(serving.log_retention_days)" if self.removed_days else "")
+        if not self.parts:
+            return f"prediction log: no new part to merge{kept} ({log})"
+        return (f"prediction log: {self.parts} parts merged into {self.days} day file(s) "
+                f"({self.rows} rows){kept} -> {log}")
+
+
+def compact(log: Path, retention_days: int | None = None, today: dt.date | None = None
+            ) -> Compaction:
+    """Merge each day's parts into one day file; remove days past the retention."""
+    result = Compaction()
+    if not log.is_dir():
+        return result
+    today = today or dt.datetime.now(dt.UTC).date()
+    with _locked(log):
+        for day in days(log):
+            if retention_days is not None and day_of(day) < today - dt.timedelta(
+                    days=retention_days):
+                shutil.rmtree(day)
+                result.removed_days += 1
+                continue
+            merged = _compact_day(day)
+            if merged:
+                result.days += 1
+                result.parts += merged[0]
+                result.rows += merged[1]
+    return result
+
+
+def _compact_day(day: Path) -> tuple[int, int] | None:
+    """(parts merged, rows) for one day, or None when it had no new part."""
+    _finish_deletions(day)
+    files = day_files(day)
+    parts = [f for f in files if f.name.startswith("part-")]
     if not parts:
-        return pd.DataFrame()
-    # Concatenate as Arrow: a part whose column is all null has type null, which
-    # Arrow promotes cleanly (pandas warns and may change the dtype).
-    tables = [pq.read_table(p) for p in parts]
-    return pa.concat_tables(tables, promote_options="default").to_pandas()
+        return None
+    previous = [f for f in files if f.name.startswith("day-")]
+    generation = int(previous[0].stem.removeprefix("day-")) + 1 if previous else 1
+    held = sorted({*(merged_names(previous[0]) if previous else set()),
+                   *(f.name for f in files)})
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="default")
+    schema = schema.with_metadata({MERGED_KEY: json.dumps(held).encode()})
+    target = day / f"day-{generation:06d}.parquet"
+    tmp = day / f".{target.name}.tmp"  # hidden: readers list *.parquet without a dot
+    rows = 0
+    with pq.ParquetWriter(tmp, schema) as writer:
+        pending: list[pa.RecordBatch] = []
+        for source in files:  # one file at a time: memory stays about a row group's
+            for batch in pq.ParquetFile(source).iter_batches(batch_size=ROW_GROUP_ROWS):
+                pending.append(_conform(batch, schema))
+                rows += batch.num_rows
+                if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.Table.from_batches(pending, schema))
+                    pending = []
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending, schema))
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)  # the switch: from now on readers read the day file
+    _finish_deletions(day)
+    return len(parts), rows
+
+
+def _finish_deletions(day: Path) -> None:
+    """Delete what the newest day file holds (parts, older day files) and stray temporaries."""
+    for stray in day.glob(".day-*.tmp"):
+        stray.unlink(missing_ok=True)  # a compaction that died before its rename
+    compacted = sorted(day.glob(DAY_FILE_GLOB))
+    if not compacted:
+        return
+    held = merged_names(compacted[-1])
+    for path in [*compacted[:-1], *day.glob(PART_GLOB)]:
+        if path.name in held:
+            path.unlink(missing_ok=True)
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A batch with the day's unified columns (missing ones null, types promoted)."""
+    arrays = [batch.column(name).cast(field.type) if name in batch.schema.names
+              else pa.nulls(batch.num_rows, field.type)
+              for name, field in zip(schema.names, schema, strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+@contextlib.contextmanager
+def _locked(log: Path) -> Iterator[None]:
+    """One compaction at a time per log folder (a CT cycle and `make compact-log`)."""
+    with (log / LOCK).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mlpipeline.config import load_params
+
+    parser = argparse.ArgumentParser(prog="python -m mlpipeline.prediction_log",
+                                     description="The prediction log's lifecycle.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("compact", help="merge each day's parts into one file; apply the "
+                                   "retention (serving.log_retention_days)")
+    parser.parse_args(argv)
+    params = load_params()
+    log = params.path(params.serving.prediction_log_dir)
+    retention = params.serving.log_retention_days
+    print(compact(log, retention).describe(log, retention))
+
+
+if __name__ == "__main__":
+    main()
