@@ -258,8 +258,8 @@ def test_log_parts_with_an_all_missing_column_read_as_one_frame(tmp_path) -> Non
     part = tmp_path / "date=2026-03-02"
     part.mkdir()
     pq.write_table(pa.table({"age": [30.0, 41.0], "purpose": pa.array([None, None])}),
-                   part / "1.parquet")  # a flush where every purpose was missing
-    pq.write_table(pa.table({"age": [52.0], "purpose": ["car"]}), part / "2.parquet")
+                   part / "part-1.parquet")  # a flush where every purpose was missing
+    pq.write_table(pa.table({"age": [52.0], "purpose": ["car"]}), part / "part-2.parquet")
     log = read_log(tmp_path)
     assert list(log["age"]) == [30.0, 41.0, 52.0]
     assert list(log["purpose"]) == [None, None, "car"]
