@@ -25,7 +25,7 @@ export UV_PYTHON := $(PYTHON_EXE)
 # 7), and the pipeline, the CT cycle and the tests start hundreds of processes.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-data bench-log bench-tasks bench-reload ct drift compact-log models lineage rollback stack stack-down clean
+.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-workers bench-data bench-log bench-tasks bench-reload ct drift compact-log models lineage rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
@@ -36,6 +36,7 @@ help:
 	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
 	@echo "make bench-data  cold dvc repro and one CT cycle on 200,000 rows of landed batches"
 	@echo "make bench-reload  promotion to served on the stack: webhook vs polling"
+	@echo "make bench-workers  one worker vs two, alternated (A/B), the ratio's range"
 	@echo "make bench-log  the drift check on a 2M-row prediction log, before and after compaction"
 	@echo "make bench-tasks  cold dvc repro and CT cycles for binary, multiclass and regression"
 	@echo "make ui     MLflow UI on http://127.0.0.1:$(UI_PORT) for the embedded store"
@@ -124,6 +125,9 @@ bench: setup
 
 bench-data: setup
 	PYTHONPATH=. $(RUN) python benchmarks/real_data_bench.py
+
+bench-workers: setup
+	cd $(PROJECT) && PYTHONPATH=$(CURDIR) $(abspath $(UV)) run --project $(CURDIR) --frozen python $(CURDIR)/benchmarks/workers_bench.py
 
 bench-log: setup
 	PYTHONPATH=. $(RUN) python benchmarks/log_bench.py $(if $(ROWS),--rows $(ROWS))
