@@ -296,10 +296,12 @@ def check_frame(
     max_unknown_category_share: float,
     max_out_of_range_share: float,
     batch: str = "",
+    typed: pd.DataFrame | None = None,
 ) -> list[Check]:
     """Every schema rule on a raw (string or typed) table; the verdict is in each `Check.passed`.
 
     `batch` names the file when the table is one batch, so every message says where to look.
+    `typed` is `coerce(frame, schema)` when the caller has it already.
     """
     total = len(frame)
     enough = total >= min_rows
@@ -315,7 +317,7 @@ def check_frame(
     def check(column: str, rule: str, bad: pd.Series, threshold: float) -> Check:
         return rule_check(column, rule, bad, threshold, frame[column], frame, batch)
 
-    typed = coerce(frame, schema)
+    typed = coerce(frame, schema) if typed is None else typed
     numeric_columns = [schema.time_column, *schema.numeric]
     if not schema.string_labels:  # numeric classes, or a numeric target
         numeric_columns.insert(1, schema.target)

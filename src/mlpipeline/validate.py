@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mlpipeline.config import (
@@ -68,6 +69,7 @@ class Validation:
     checks: list[Check]  # every batch check and the window's
     batches: list[BatchVerdict]
     keep: pd.Series  # rows of the table that go on (bool, aligned with the table)
+    typed: pd.DataFrame | None = None  # those rows of the window, typed (the stage's output)
 
     @property
     def failed(self) -> list[Check]:
@@ -120,11 +122,11 @@ def dating_check(rows: pd.DataFrame, typed_time: pd.Series, batch: BatchFile,
                       rows[schema.time_column], rows, batch.file)
 
 
-def batch_ids(table: pd.DataFrame, file: str, schema: Schema) -> pd.Series:
+def batch_ids(rows: pd.DataFrame, schema: Schema) -> pd.Series:
     """One batch's ids as text (index: its rows in the table); empty without an id column."""
-    if schema.id_column is None or schema.id_column not in table.columns:
+    if schema.id_column is None or schema.id_column not in rows.columns:
         return pd.Series(dtype=object)
-    return row_ids(table.loc[table[BATCH_COLUMN] == file, schema.id_column]).dropna()
+    return row_ids(rows[schema.id_column]).dropna()
 
 
 def id_reuse_check(rows: pd.DataFrame, reused: Any, id_column: str, file: str,
@@ -157,30 +159,34 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
     verdicts: list[BatchVerdict] = []
     keep = pd.Series(False, index=table.index)
     first_file_of_day: dict[str, str] = {}
-    earlier_rows: set[int] = set()  # hashes of the typed rows of earlier batches
+    earlier_rows: list[np.ndarray] = []  # hashes of the typed rows of earlier batches
     earlier_ids: set[str] = set()  # every id of every earlier batch, the older ones' too
     # A re-delivered row carries a new time: rows are the same when all else is.
     same_row = [c for c in schema.columns if c != schema.time_column]
     drop = rules.repeated_rows == "drop"
+    columns = [*schema.columns, *present(table, schema), BATCH_COLUMN, ROW_COLUMN]
+    positions = table.groupby(BATCH_COLUMN, sort=False).indices if len(table) else {}
+    window_typed: list[pd.DataFrame] = []  # each window batch's typed rows, kept ones
     for batch in batches:
         verdict = BatchVerdict(batch.file, batch.date, batch.md5, batch.role, batch.rows)
         verdicts.append(verdict)
+        in_table = table.iloc[positions.get(batch.file, [])]
         if batch.role == "before window":
             verdict.checked = False
-            earlier_ids.update(batch_ids(table, batch.file, schema))
+            earlier_ids.update(batch_ids(in_table, schema))
             continue
         found = file_checks(batch, schema, first_file_of_day.get(batch.date), rules)
         first_file_of_day.setdefault(batch.date, batch.file)
         if not any(not c.passed for c in found):
-            rows = table[table[BATCH_COLUMN] == batch.file][
-                [*schema.columns, *present(table, schema), BATCH_COLUMN, ROW_COLUMN]]
+            rows = in_table[columns]
+            typed = coerce(rows, schema)  # once: the checks, the dates, the hashes, the output
             found += check_frame(rows, schema, min_rows=rules.min_batch_rows, **value_rules,
-                                 batch=batch.file)
-            typed = coerce(rows, schema)
+                                 batch=batch.file, typed=typed)
             found.append(dating_check(rows, typed[schema.time_column], batch, schema, rules))
-            hashes = pd.util.hash_pandas_object(typed[same_row], index=False)
-            repeated = hashes.isin(earlier_rows)
-            earlier_rows.update(hashes.tolist())
+            hashes = pd.util.hash_pandas_object(typed[same_row], index=False).to_numpy()
+            repeated = np.isin(hashes, np.concatenate(earlier_rows)) if earlier_rows else \
+                np.zeros(len(hashes), dtype=bool)
+            earlier_rows.append(hashes)
             n_repeated = int(repeated.sum())
             found.append(Check(
                 "*", "no rows repeated from earlier batches", n_repeated, len(rows), 0.0,
@@ -189,24 +195,27 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
                        "(all but the time)" + (" (dropped)" if drop else
                                                ": remove the repeated rows, or set "
                                                "validate.repeated_rows: drop")))
-            ids = batch_ids(table, batch.file, schema).reindex(rows.index)
-            reused = (ids.notna() & ids.isin(earlier_ids)).to_numpy()
+            ids = batch_ids(rows, schema).reindex(rows.index)
+            reused = ids.map(earlier_ids.__contains__).fillna(False).to_numpy(dtype=bool)
             if schema.id_column in present(table, schema):
                 found.append(id_reuse_check(rows, reused, schema.id_column, batch.file, drop))
             earlier_ids.update(ids.dropna())
-            gone = repeated.to_numpy() | (reused if drop else False)
+            gone = repeated | (reused if drop else False)
             verdict.dropped_rows = int(gone.sum()) if drop else 0
             keep[rows.index[~gone]] = True
+            if batch.role == "window":
+                window_typed.append(typed[~gone])
         verdict.problems = [c.message for c in found if not c.passed]
         checks += found
 
     in_window = table[BATCH_COLUMN].isin([b.file for b in batches if b.role == "window"])
     window = table[in_window & keep]
-    checks += check_frame(window[[*schema.columns, *present(table, schema), BATCH_COLUMN,
-                                  ROW_COLUMN]]
-                          if set(schema.columns) <= set(window.columns) else window,
-                          schema, min_rows=rules.min_rows, **value_rules)
-    return Validation(checks, verdicts, in_window & keep)
+    # The kept rows of the batches checked above, in table order as the messages name rows.
+    typed_window = pd.concat(window_typed).loc[window.index] if window_typed else None
+    checks += check_frame(window[columns] if set(schema.columns) <= set(window.columns)
+                          else window, schema, min_rows=rules.min_rows, **value_rules,
+                          typed=typed_window)
+    return Validation(checks, verdicts, in_window & keep, typed_window)
 
 
 def landing_hint(params: Params) -> str:
@@ -254,7 +263,7 @@ def main() -> None:
             f"{lines}{more}\n{landing_hint(params)}. Report: {VALIDATION_REPORT}"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    typed = coerce(window, params.schema)
+    typed = validation.typed if validation.typed is not None else coerce(window, params.schema)
     typed[BATCH_COLUMN] = window[BATCH_COLUMN].to_numpy()  # for prepare.test_batches
     typed.to_parquet(out, index=False)
     checked = [b for b in validation.batches if b.checked]
