@@ -86,10 +86,12 @@ def test_every_model_type_trains_on_raw_features_with_nulls(typed: pd.DataFrame,
 
 
 def test_training_is_seeded(typed: pd.DataFrame) -> None:
-    a = default_pipeline().fit(typed[PARAMS.schema.feature_names], typed["default"])
-    b = default_pipeline().fit(typed[PARAMS.schema.feature_names], typed["default"])
+    assert PARAMS.train.chosen_hyperparams().get("n_jobs") == -1  # fitted on every core
+    (a, _), (b, _) = fit(typed, PARAMS), fit(typed, PARAMS)
     X = typed[PARAMS.schema.feature_names]
+    # bit for bit: the saved model scores on one thread, so no summation order varies
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert a[-1].get_params()["n_jobs"] is None
 
 
 def test_metrics_on_known_predictions() -> None:
@@ -217,3 +219,15 @@ def test_failed_onnx_conversion_is_one_short_line(typed: pd.DataFrame) -> None:
     assert "\n" not in figures["onnx_reason"]
     assert len(figures["onnx_reason"]) <= REASON_CHARS + 40
     assert figures["onnx_error_text"].startswith(figures["onnx_reason"].split(":")[0])
+
+
+def test_train_max_rows_trains_on_the_newest_rows(typed: pd.DataFrame) -> None:
+    params = PARAMS.model_copy(update={"train": PARAMS.train.model_copy(
+        update={"max_rows": 500})})
+    shuffled = typed.sample(frac=1.0, random_state=0)
+    pipeline, info = fit(shuffled, params)
+    assert (info["train_rows"], info["train_rows_available"]) == (500, len(typed))
+    newest = typed.sort_values("application_date").tail(500)
+    again, _ = fit(newest, PARAMS)  # the same rows, whatever their order: the same model
+    X = typed[PARAMS.schema.feature_names].head(50)
+    np.testing.assert_allclose(pipeline.predict_proba(X), again.predict_proba(X))

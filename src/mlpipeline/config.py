@@ -92,6 +92,8 @@ class TrainParams(_Strict):
     model: Literal["random_forest", "linear", "logistic_regression", "hist_gradient_boosting",
                    "dummy"]
     seed: int = 7
+    # Train on at most this many rows of the train split, the most recent ones; null: all.
+    max_rows: int | None = Field(None, gt=0)
     # Hyper-parameters per model type; only the chosen model's block is used.
     hyperparams: dict[str, dict[str, Any]] = {}
 

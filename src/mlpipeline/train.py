@@ -49,14 +49,23 @@ def fit(frame: pd.DataFrame, params: Params) -> tuple[Pipeline, dict[str, Any]]:
         pipeline = build_pipeline(task, train.model, train.chosen_hyperparams(), train.seed)
     except ValueError as error:  # a hyper-parameter the estimator does not take
         raise SystemExit(f"train: {error}") from None
+    available = len(frame)
+    if train.max_rows is not None and available > train.max_rows:  # the most recent rows
+        frame = frame.sort_values(schema.time_column, kind="stable").tail(train.max_rows)
     started = time.perf_counter()
     target = training_target(frame[schema.target], schema)
     pipeline.fit(frame[schema.feature_names], target)
+    # train.hyperparams.n_jobs is for fitting; the saved model predicts on one thread, so a
+    # served request spawns no pool and a forest's averaged scores are the same bits each run
+    estimator = pipeline[-1]
+    if "n_jobs" in estimator.get_params():
+        estimator.set_params(n_jobs=None)
     info = {
         "model": train.model,
         "task": task.name,
         "hyperparams": train.chosen_hyperparams(),
         "train_rows": len(frame),
+        "train_rows_available": available,
         **task.target_summary(target),
         "fit_seconds": round(time.perf_counter() - started, 3),
     }
