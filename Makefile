@@ -34,7 +34,7 @@ help:
 	@echo "make test-fast  the unit tests only (no DVC pipeline, no servers; under a minute)"
 	@echo "make lint   ruff, mypy; actionlint, zizmor, check-jsonschema on the workflows; hadolint, compose schema"
 	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
-	@echo "make bench-data  cold dvc repro and one CT cycle on 200,000 rows of landed batches"
+	@echo "make bench-data [ROWS=n]  cold dvc repro, each stage, one CT cycle on landed batches"
 	@echo "make bench-reload  promotion to served on the stack: webhook vs polling"
 	@echo "make bench-workers  one worker vs two, alternated (A/B), the ratio's range"
 	@echo "make bench-log  the drift check on a 2M-row prediction log, before and after compaction"
@@ -124,7 +124,7 @@ bench: setup
 	$(IN_PROJECT) python $(CURDIR)/benchmarks/serve_bench.py
 
 bench-data: setup
-	PYTHONPATH=. $(RUN) python benchmarks/real_data_bench.py
+	PYTHONPATH=. $(RUN) python benchmarks/real_data_bench.py $(if $(ROWS),--rows $(ROWS))
 
 bench-workers: setup
 	cd $(PROJECT) && PYTHONPATH=$(CURDIR) $(abspath $(UV)) run --project $(CURDIR) --frozen python $(CURDIR)/benchmarks/workers_bench.py
