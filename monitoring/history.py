@@ -156,11 +156,28 @@ def tag_values(tags: list[str], key: str) -> list[str]:
     return [t.split(":", 1)[1] for t in tags if t.startswith(f"{key}:")]
 
 
-def open_project(params: Params) -> tuple[Any, Any]:
-    """The workspace and the model's project in it, created with its dashboard if new."""
+def snapshot_workspace(path: str) -> Any:
+    """Evidently's local Workspace for projects and snapshots only.
+
+    `Workspace(path)` also builds a dataset manager that parses every snapshot of the
+    workspace when it opens (about 1 MB and 70 ms each here): months of checks made every
+    check slower. Projects, dashboards and runs go through `Workspace.state`, which reads a
+    file when asked; this keeps that and skips the dataset manager (no dataset is stored)."""
+    from evidently.ui.storage.local.base import LocalState
     from evidently.ui.workspace import Workspace
 
-    workspace = Workspace.create(str(params.path(params.monitoring.history_dir)))
+    class SnapshotWorkspace(Workspace):
+        def __init__(self, folder: str) -> None:  # no super().__init__: see above
+            self.path = folder
+            self.state = LocalState(folder)
+
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return SnapshotWorkspace(path)
+
+
+def open_project(params: Params) -> tuple[Any, Any]:
+    """The workspace and the model's project in it, created with its dashboard if new."""
+    workspace = snapshot_workspace(str(params.path(params.monitoring.history_dir)))
     name = params.mlflow.registered_model
     found = [p for p in workspace.list_projects() if p.name == name]
     if found:
@@ -173,12 +190,18 @@ def open_project(params: Params) -> tuple[Any, Any]:
 
 
 def read_history(params: Params) -> list[Any]:
-    """Every snapshot the workspace holds for the model (Evidently's SnapshotModel), oldest
-    data first."""
+    """Every readable snapshot the workspace holds for the model (Evidently's SnapshotModel),
+    oldest data first. One left half-written by a killed check is skipped, named on stderr."""
     if not params.path(params.monitoring.history_dir).is_dir():
         return []
     workspace, project = open_project(params)
-    runs = [workspace.get_run(project.id, run) for run in workspace.list_runs(project.id)]
+    runs = []
+    for run in workspace.list_runs(project.id):
+        try:
+            runs.append(workspace.get_run(project.id, run))
+        except ValueError as error:  # truncated JSON, or not a snapshot
+            print(f"history: snapshot {run} skipped, unreadable: {str(error)[:80]}",
+                  file=sys.stderr)
     return sorted((r for r in runs if r is not None), key=lambda r: (r.timestamp, r.tags))
 
 

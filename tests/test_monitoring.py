@@ -254,6 +254,38 @@ def test_each_check_adds_its_tagged_snapshot_to_the_evidently_history(tmp_path: 
     assert kept["workspace"] == "blocked/evidently" and kept["error"]
 
 
+def test_a_check_is_recorded_beside_a_damaged_snapshot_without_reading_the_others(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Recording a check opens the workspace without parsing the snapshots already in it
+    (Evidently's Workspace parses all of them, ~70 ms each: months of checks slowed every
+    check), so one left half-written by a killed check neither stops the next check nor
+    the history list."""
+    from monitoring import drift, history
+
+    params = PARAMS.model_copy(update={"root": tmp_path})
+    current = synthetic_batch(params.source, 0)
+
+    def check(day: int) -> dict:
+        until = f"2026-03-{day:02d}T00:00:00+00:00"
+        window = drift.Window("log", "log", current.head(day), until=until)
+        summary = history_summary(f"2026-11-30T{day:02d}:00:00+00:00", "log", day,
+                                  "no-retrain", until=until)
+        return drift.keep_history(params, summary, None, window, None)
+
+    assert "error" not in check(2)
+    _, project = history.open_project(params)
+    snapshots = params.path(params.monitoring.history_dir) / str(project.id) / "snapshots"
+    (good,) = snapshots.glob("*.json")
+    damaged = snapshots / "01930000-0000-7000-8000-000000000000.json"
+    damaged.write_text(good.read_text()[:500])  # a write cut short
+    kept = check(9)
+    assert "error" not in kept, kept
+    runs = history.read_history(params)
+    assert [history.tag_value(r.tags, "window") for r in runs] == ["log", "log"]
+    assert [r.timestamp.day for r in runs] == [2, 9]
+    assert f"snapshot {damaged.stem} skipped, unreadable" in capsys.readouterr().err
+
+
 def test_log_parts_with_an_all_missing_column_read_as_one_frame(tmp_path) -> None:
     part = tmp_path / "date=2026-03-02"
     part.mkdir()
