@@ -447,3 +447,19 @@ def test_the_batch_side_textfiles_describe_each_metric_once(tmp_path: Path) -> N
     families = [f.name for f in text_string_to_metric_families(together)]
     assert len(families) == len(set(families))
     assert {"model_champion_version", "model_ct_champion_version"} <= set(families)
+
+
+@pytest.mark.slow  # a fresh interpreter imports Evidently and MLflow (~8 s)
+def test_the_ct_cycle_warms_the_drift_checks_imports_while_dvc_runs() -> None:
+    """The head start imports modules that exist (a renamed one would silently warm
+    nothing); in a fresh process, the thread leaves every one of them loaded."""
+    import subprocess
+    import sys
+
+    from monitoring.ct import DRIFT_CHECK_IMPORTS
+
+    probe = ("import sys, monitoring.ct as ct; ct.warm_imports().join(); "
+             "print(' '.join(n for n in ct.DRIFT_CHECK_IMPORTS if n not in sys.modules))")
+    missing = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert missing == [] and "evidently.presets" in DRIFT_CHECK_IMPORTS
