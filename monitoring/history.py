@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -163,13 +165,26 @@ def snapshot_workspace(path: str) -> Any:
     workspace when it opens (about 1 MB and 70 ms each here): months of checks made every
     check slower. Projects, dashboards and runs go through `Workspace.state`, which reads a
     file when asked; this keeps that and skips the dataset manager (no dataset is stored)."""
+    from evidently.legacy.utils import NumpyEncoder
     from evidently.ui.storage.local.base import LocalState
     from evidently.ui.workspace import Workspace
+
+    class AtomicState(LocalState):
+        def write_snapshot(self, project_id: Any, snapshot_id: Any, snapshot: Any) -> None:
+            # Evidently writes the file in place: a check killed (or failing) mid-write left a
+            # half snapshot, and `evidently ui` parses every one and does not start. Written
+            # whole to a hidden file beside it (not a snapshot name), then renamed.
+            final = Path(self.path, self._snapshot_path(project_id, snapshot_id))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(snapshot.dict(), cls=NumpyEncoder)
+            hidden = final.with_name(f".{final.name}.tmp")
+            hidden.write_text(text)
+            os.replace(hidden, final)
 
     class SnapshotWorkspace(Workspace):
         def __init__(self, folder: str) -> None:  # no super().__init__: see above
             self.path = folder
-            self.state = LocalState(folder)
+            self.state = AtomicState(folder)
 
     Path(path).mkdir(parents=True, exist_ok=True)
     return SnapshotWorkspace(path)

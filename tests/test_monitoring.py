@@ -286,6 +286,29 @@ def test_a_check_is_recorded_beside_a_damaged_snapshot_without_reading_the_other
     assert f"snapshot {damaged.stem} skipped, unreadable" in capsys.readouterr().err
 
 
+def test_a_snapshot_that_fails_mid_write_leaves_nothing_the_dashboard_cannot_read(
+        tmp_path: Path) -> None:
+    """Evidently's UI parses every snapshot when it starts and stops at a damaged one: a check
+    that dies while writing its snapshot must leave no file under a snapshot's name."""
+    from evidently.ui.service.storage.local import create_local_project_manager
+
+    from monitoring import history
+
+    params = PARAMS.model_copy(update={"root": tmp_path})
+    workspace, project = history.open_project(params)
+
+    class CutShort:  # serialises partway, then fails (as a full disk or a kill would)
+        def dict(self) -> dict:
+            return {"metadata": {"window": "log"}, "metric_results": {"x": object()}}
+
+    with pytest.raises(TypeError):
+        workspace.state.write_snapshot(project.id, "01930000-0000-7000-8000-00000000000a",
+                                       CutShort())
+    folder = params.path(params.monitoring.history_dir)
+    assert not list((folder / str(project.id)).glob("snapshots/*.json"))
+    create_local_project_manager(str(folder), False)  # what `evidently ui` loads first
+
+
 def test_log_parts_with_an_all_missing_column_read_as_one_frame(tmp_path) -> None:
     part = tmp_path / "date=2026-03-02"
     part.mkdir()
