@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from functools import partial
 
+import numpy as np
+import pandas as pd
+import pytest
+
 from mlpipeline.config import GateParams, load_params
+from mlpipeline.gate import compare_slices, format_table, slice_labels
 from mlpipeline.gate import decide as gate_decide
-from mlpipeline.gate import format_table
 from mlpipeline.registry import Promotion, champion_at
 from tests.conftest import REPO
 
@@ -72,3 +77,108 @@ def test_champion_at_a_time_follows_the_history() -> None:
     assert champion_at(history, at("2026-03-01T00:00:00+00:00")) == "1"
     assert Promotion.from_tag(history[1].as_tag()) == history[1]
 
+
+
+# --- slices (gate.slices) ----------------------------------------------------------------
+
+def slice_case(seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """2,000 test rows, 150 of them in region west; the champion scores well everywhere, the
+    challenger as well except in the west, where its scores are noise."""
+    rng = np.random.default_rng(seed)
+    rows = 2000
+    test = pd.DataFrame({
+        "region": np.where(np.arange(rows) < 150, "west",
+                           rng.choice(["north", "south", "east"], rows)),
+        "credit_score": rng.normal(680, 60, rows).round(),
+    })
+    actual = rng.integers(0, 2, rows)
+    champion = np.clip(0.5 * actual + rng.normal(0.25, 0.2, rows), 0, 1)
+    challenger = champion.copy()
+    west = (test["region"] == "west").to_numpy()
+    challenger[west] = rng.uniform(0, 1, west.sum())
+    return test, actual, champion, challenger
+
+
+def roc_auc_on(actual: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], float]:
+    from sklearn.metrics import roc_auc_score
+
+    return lambda mask: roc_auc_score(actual[mask], scores[mask])
+
+
+def test_a_challenger_within_the_overall_tolerance_but_worse_on_one_slice_is_rejected() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    test, actual, champion, challenger = slice_case()
+    overall = {"roc_auc": roc_auc_score(actual, challenger), "precision": 0.4}
+    at_champion = {"roc_auc": roc_auc_score(actual, champion), "precision": 0.4}
+    gate = GATE.model_copy(update={"tolerance": 0.05, "slices": ["region", "credit_score"],
+                                   "slice_tolerance": 0.05})
+    assert decide(overall, at_champion, gate, champion_version="3").promote  # the average holds
+
+    labels = slice_labels(test, gate.slices, {"credit_score"}, gate.slice_bins)
+    slices = compare_slices(labels, roc_auc_on(actual, challenger),
+                            roc_auc_on(actual, champion), lower_is_better=False,
+                            min_rows=gate.slice_min_rows, tolerance=gate.slice_tolerance)
+    verdict = decide(overall, at_champion, gate, champion_version="3", slices=slices)
+    assert not verdict.promote
+    (west,) = [s for s in slices if s.passed is False]
+    assert (west.name, west.rows) == ("region=west", 150)
+    assert west.challenger < 0.6 < 0.9 < west.champion
+    assert (f"roc_auc on region=west: {west.challenger:.4f} vs {west.threshold:.4f} "
+            f"(champion {west.champion:.4f} on the same 150 rows") in verdict.reason
+    # credit_score in four quantile bins, each compared; the other regions pass
+    bins = [s for s in slices if s.feature == "credit_score"]
+    assert len(bins) == 4 and all(s.passed for s in bins) and sum(s.rows for s in bins) == 2000
+    assert all(s.passed for s in slices if s.feature == "region" and s.value != "west")
+
+
+def test_small_and_undefined_slices_are_listed_not_compared() -> None:
+    test, actual, champion, _ = slice_case()
+    test.loc[:49, "region"] = "central"  # 50 rows: under slice_min_rows
+    test.loc[:, "credit_score"] = test["credit_score"].where(test.index >= 120)  # missing
+    one_class = actual.copy()
+    one_class[test["credit_score"].isna().to_numpy()] = 1  # the missing slice: one class
+    labels = slice_labels(test, ["region", "credit_score"], {"credit_score"}, 4)
+    slices = {s.name: s for s in compare_slices(
+        labels, roc_auc_on(one_class, champion), roc_auc_on(one_class, champion),
+        lower_is_better=False, min_rows=100, tolerance=0.0)}
+    assert slices["region=central"].passed is None
+    assert "fewer than gate.slice_min_rows (100)" in slices["region=central"].note
+    missing = slices["credit_score=(missing)"]
+    assert (missing.rows, missing.passed) == (120, None) and "undefined" in missing.note
+    no_champion = compare_slices(labels, roc_auc_on(actual, champion), None,
+                                 lower_is_better=False, min_rows=100, tolerance=0.0)
+    assert {s.note for s in no_champion if s.rows >= 100} == {"no champion to compare with"}
+    assert decide(GOOD, None, GATE, slices=no_champion).promote  # nothing to compare: floors
+
+
+def test_a_lower_is_better_metric_fails_a_slice_when_it_rises() -> None:
+    """Regression's rmse (and multiclass log_loss): the slice bound is a ceiling."""
+    test, _, _, _ = slice_case()
+    rng = np.random.default_rng(1)
+    actual = rng.normal(1000, 200, len(test))
+    champion = actual + rng.normal(0, 50, len(test))
+    challenger = champion.copy()
+    west = (test["region"] == "west").to_numpy()
+    challenger[west] += 300
+
+    def rmse(scores: np.ndarray) -> Callable[[np.ndarray], float]:
+        return lambda mask: float(np.sqrt(np.mean((scores[mask] - actual[mask]) ** 2)))
+
+    labels = slice_labels(test, ["region"], set(), 4)
+    slices = compare_slices(labels, rmse(challenger), rmse(champion), lower_is_better=True,
+                            min_rows=100, tolerance=40.0)
+    (worse,) = [s for s in slices if s.passed is False]
+    assert worse.name == "region=west" and worse.challenger > worse.threshold
+    assert worse.threshold == round(worse.champion + 40.0, 6)
+
+
+def test_a_slice_feature_must_be_in_the_schema() -> None:
+    import yaml
+
+    from mlpipeline.config import Params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["gate"]["slices"] = ["regoin"]
+    with pytest.raises(ValueError, match=r"gate\.slices: 'regoin' is not a feature"):
+        Params.model_validate({**raw, "root": REPO})

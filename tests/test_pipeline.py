@@ -93,7 +93,20 @@ def test_noop_repro_then_force_repro_is_reproducible(trained_project: Project) -
 def test_experiment_run_is_tracked_and_comparable(trained_project: Project) -> None:
     p = trained_project
     p.dvc("exp", "run", "-n", "small-forest", "-S",
-          "train.hyperparams.random_forest.n_estimators=10")
+          "train.hyperparams.random_forest.n_estimators=10", "-S",
+          "gate.slices=[region,credit_score]")
+    # The gate compared the new model with the champion on every slice of the test split.
+    gate = json.loads(p.read("reports/gate.json"))
+    slices = {s["slice"]: s for s in gate["slices"]}
+    regions = {name for name in slices if name.startswith("region=")}
+    assert regions == {f"region={r}" for r in ("north", "south", "east", "west", "central")}
+    compared = [s for s in slices.values() if s["passed"] is not None]
+    assert len([n for n in slices if n.startswith("credit_score=[")]) == 4 and compared
+    assert all(s["champion"] is not None and s["rows"] >= 100 for s in compared)
+    failed = [s["slice"] for s in compared if not s["passed"]]
+    if failed:  # a worse slice blocks the promotion and is named
+        assert not gate["promoted"] and all(f"on {n}:" in gate["reason"] for n in failed)
+    assert list(p.root.glob("mlartifacts/**/gate_slices.json"))  # the MLflow table
     shown = json.loads(p.dvc("exp", "show", "--json").stdout)
     names = [e.get("name") for row in shown for e in (row.get("experiments") or [])
              for e in (e.get("revs") or [])]

@@ -115,6 +115,12 @@ class GateParams(_Strict):
     # the task's default (roc_auc, f1_macro, rmse).
     compare_metric: str | None = None
     tolerance: float = 0.0  # the challenger may trail the champion by this much
+    # The same comparison on every slice of the test split: each value of these features
+    # (numbers in `slice_bins` quantile bins) with at least `slice_min_rows` rows.
+    slices: list[str] = []
+    slice_min_rows: int = Field(100, gt=0)
+    slice_tolerance: float = Field(0.02, ge=0)
+    slice_bins: int = Field(4, ge=2)
 
 
 class MlflowParams(_Strict):
@@ -241,6 +247,11 @@ class Params(ServiceConfig):
             if task.unknown_metrics([metric]):
                 raise ValueError(f"{key}: {metric!r} is not a metric of task {task.name}; "
                                  f"valid: {task.metric_list()}")
+        features = self.schema_.feature_names
+        for name in self.gate.slices:
+            if name not in features:
+                raise ValueError(f"gate.slices: {name!r} is not a feature of the schema; "
+                                 f"slice by one of {', '.join(features)}")
         if self.train.model not in task.estimators:
             raise ValueError(f"train.model {self.train.model!r} is not a model family of task "
                              f"{task.name}: use one of {', '.join(task.estimators)}")

@@ -4,9 +4,14 @@ lower value improves (rmse, mae, mape, log_loss) the task says (mlpipeline.tasks
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import math
+import warnings
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from mlpipeline.config import GateParams
 
@@ -30,6 +35,89 @@ class GateVerdict:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class SliceResult:
+    """The compare metric of both models on the test rows of one `feature=value` slice."""
+    feature: str
+    value: str
+    rows: int
+    challenger: float | None
+    champion: float | None
+    threshold: float | None  # the least (or, lower is better, the most) the challenger may be
+    passed: bool | None  # None: not compared, `note` says why
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.feature}={self.value}"
+
+
+MISSING = "(missing)"
+
+
+def slice_labels(test: pd.DataFrame, features: list[str], numeric: Collection[str],
+                 bins: int) -> dict[str, pd.Series]:
+    """Each row's slice per feature: its category, or for a number its quantile bin of the
+    test split (`[lo, hi]` with the bin's edges; equal edges merge)."""
+    labels = {}
+    for feature in features:
+        column = test[feature]
+        if feature in numeric:
+            cut = pd.qcut(pd.to_numeric(column), q=bins, duplicates="drop", precision=6)
+            text = cut.astype("object").map(
+                lambda b: f"[{b.left:g}, {b.right:g}]" if isinstance(b, pd.Interval) else b)
+        else:
+            text = column.astype("object").map(str)
+        labels[feature] = text.where(column.notna(), MISSING).reset_index(drop=True)
+    return labels
+
+
+def compare_slices(labels: dict[str, pd.Series], metric: Callable[[np.ndarray], float],
+                   champion_metric: Callable[[np.ndarray], float] | None, *,
+                   lower_is_better: bool, min_rows: int, tolerance: float) -> list[SliceResult]:
+    """Every slice of every feature: the challenger's metric, and the champion's on the same
+    rows; a slice fails when the challenger trails the champion there by more than the
+    tolerance. `metric(mask)` scores the challenger on the masked test rows (NaN when the
+    metric is undefined there, e.g. ROC AUC on one class)."""
+    results = []
+    for feature, column in labels.items():
+        for value in sorted(column.unique(), key=str):
+            mask = (column == value).to_numpy()
+            rows = int(mask.sum())
+            if rows < min_rows:
+                results.append(SliceResult(feature, value, rows, None, None, None, None,
+                                           f"fewer than gate.slice_min_rows ({min_rows})"))
+                continue
+            ours = _figure(metric, mask)
+            theirs = _figure(champion_metric, mask) if champion_metric else None
+            if theirs is None or math.isnan(ours) or math.isnan(theirs):
+                why = ("no champion to compare with" if champion_metric is None
+                       else "the metric is undefined on this slice (e.g. one class only)")
+                results.append(SliceResult(feature, value, rows, _round(ours), _round(theirs),
+                                           None, None, why))
+                continue
+            bound = theirs + tolerance if lower_is_better else theirs - tolerance
+            passed = ours <= bound if lower_is_better else ours >= bound
+            results.append(SliceResult(feature, value, rows, _round(ours), _round(theirs),
+                                       _round(bound), passed))
+    return results
+
+
+def _figure(metric: Callable[[np.ndarray], float] | None, mask: np.ndarray) -> float:
+    if metric is None:
+        return float("nan")
+    try:
+        with warnings.catch_warnings():  # one class in a slice: sklearn warns, we say why
+            warnings.simplefilter("ignore")
+            return float(metric(mask))
+    except ValueError:  # a metric sklearn refuses on these rows
+        return float("nan")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else round(value, 6)
+
+
 def decide(
     challenger: dict[str, float],
     champion: dict[str, float] | None,
@@ -39,6 +127,7 @@ def decide(
     champion_version: str | None = None,
     same_model_as_champion: bool = False,
     champion_error: str = "",
+    slices: list[SliceResult] = (),  # type: ignore[assignment]
 ) -> GateVerdict:
     """Floors first, then no regression against the champion scored on the same test rows.
 
@@ -46,7 +135,9 @@ def decide(
     `same_model_as_champion` (the same trained artefact, byte for byte) means the challenger
     would be the champion again: nothing to promote. `champion_error` says the champion exists
     but could not be scored on the current rows (e.g. the schema changed): then nothing is
-    promoted automatically, as no like-for-like comparison is possible.
+    promoted automatically, as no like-for-like comparison is possible. `slices` (from
+    `compare_slices`): a slice where the challenger trails the champion by more than
+    gate.slice_tolerance fails the gate, named with both figures and its rows.
     """
     def holds(metric: str, value: float, bound: float) -> bool:
         # `not (... )` would pass a NaN; comparing this way fails it, as a missing figure must.
@@ -68,9 +159,22 @@ def decide(
                  f" ({'lower' if lower else 'higher'} is better)",
         ))
 
+    compared = [s for s in slices if s.passed is not None]
+    for worse in (s for s in compared if not s.passed):
+        checks.append(GateCheck(
+            f"{metric} on {worse.name}", worse.challenger or 0.0, worse.threshold or 0.0, False,
+            note=f"champion {worse.champion:.4f} on the same {worse.rows} rows, slice "
+                 f"tolerance {gate.slice_tolerance}"))
+    if compared and all(s.passed for s in compared):
+        checks.append(GateCheck(
+            f"{metric} on every slice vs champion", float(len(compared)), float(len(compared)),
+            True, note=f"{len(compared)} slices of {', '.join(gate.slices)} with at least "
+                       f"{gate.slice_min_rows} rows, slice tolerance {gate.slice_tolerance}"))
+
     failed = [c for c in checks if not c.passed]
     if failed:
-        reason = "; ".join(f"{c.name}: {c.value:.4f} vs {c.threshold:.4f}" for c in failed)
+        reason = "; ".join(f"{c.name}: {c.value:.4f} vs {c.threshold:.4f}"
+                           + (f" ({c.note})" if c.note else "") for c in failed)
         return GateVerdict(False, f"rejected: {reason}", checks)
     if champion_error:
         return GateVerdict(False, f"rejected: champion v{champion_version} could not be scored "

@@ -10,12 +10,48 @@ reports/gate.json says why.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
+from typing import Any
 
+import joblib
+import numpy as np
 import pandas as pd
 
-from mlpipeline.config import GATE_REPORT, METRICS, RUN_INFO, TEST_SPLIT, load_params
+from mlpipeline.config import (
+    GATE_REPORT,
+    METRICS,
+    MODEL_FILE,
+    RUN_INFO,
+    TEST_SPLIT,
+    Params,
+    load_params,
+)
 from mlpipeline.evaluate import evaluate
-from mlpipeline.gate import decide, format_table
+from mlpipeline.gate import (
+    SliceResult,
+    compare_slices,
+    decide,
+    format_table,
+    slice_labels,
+)
+
+
+def slice_comparison(params: Params, test: pd.DataFrame, challenger: Any,
+                     champion: Any | None) -> list[SliceResult]:
+    """gate.compare_metric of both models on each slice of the test split (gate.slices)."""
+    task, schema, gate = params.task, params.schema, params.gate
+    metric = str(gate.compare_metric)
+    actual = test[schema.target].reset_index(drop=True)
+
+    def scorer(model: Any) -> Any:
+        scores = task.scores(model, test[schema.feature_names])
+        return lambda mask: task.metrics(actual[mask], np.asarray(scores)[mask])[metric]
+
+    labels = slice_labels(test, gate.slices, set(schema.numeric), gate.slice_bins)
+    return compare_slices(labels, scorer(challenger),
+                          scorer(champion) if champion is not None else None,
+                          lower_is_better=metric in task.lower_is_better,
+                          min_rows=gate.slice_min_rows, tolerance=gate.slice_tolerance)
 
 
 def main() -> None:
@@ -30,20 +66,24 @@ def main() -> None:
     champion = registry.version_by_alias(CHAMPION)
     version = registry.register(run)
 
-    champion_metrics, champion_error = None, ""
+    champion_metrics, champion_error, champion_model = None, "", None
     if champion is not None:
         try:
-            model = registry.load_sklearn(str(champion.version))
-            champion_metrics, _, _ = evaluate(model, test, params)
+            champion_model = registry.load_sklearn(str(champion.version))
+            champion_metrics, _, _ = evaluate(champion_model, test, params)
         except Exception as error:  # e.g. the schema changed under the champion
             champion_error = f"{type(error).__name__}: {error}"
+            champion_model = None
+    slices = slice_comparison(params, test, joblib.load(params.path(MODEL_FILE)),
+                              champion_model) if params.gate.slices else []
     # Training is deterministic: the same artefact bytes mean the same model as the champion.
     same_model = champion is not None and champion.tags.get("model_md5") == run["model_md5"]
 
     verdict = decide(challenger_metrics, champion_metrics, params.gate,
                      lower_is_better=params.task.lower_is_better,
                      champion_version=str(champion.version) if champion else None,
-                     same_model_as_champion=same_model, champion_error=champion_error)
+                     same_model_as_champion=same_model, champion_error=champion_error,
+                     slices=slices)
 
     registry.tag_version(version, {"gate": "passed" if verdict.promote else "rejected",
                                    "gate_reason": verdict.reason})
@@ -63,6 +103,8 @@ def main() -> None:
         "champion_after": None if now is None else str(now.version),
         "run_id": run["run_id"],
     }
+    if slices:
+        report["slices"] = [{**asdict(s), "slice": s.name} for s in slices]
     params.path(GATE_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     registry.record_gate(
         run["run_id"], report,
@@ -73,6 +115,12 @@ def main() -> None:
     print(f"register: {registry.name} v{version} (alias challenger), gate "
           f"{'PASSED' if verdict.promote else 'REJECTED'}")
     print(format_table(verdict))
+    if slices:
+        compared = [s for s in slices if s.passed is not None]
+        print(f"register: {len(compared)} of {len(slices)} slices compared on "
+              f"{params.gate.compare_metric}, {sum(not s.passed for s in compared)} worse "
+              f"than the champion by more than {params.gate.slice_tolerance} "
+              f"(table: {GATE_REPORT}, MLflow gate_slices.json)")
     before = f"v{champion.version}" if champion else "none"
     after = f"v{now.version}" if now else "none"
     print(f"register: {verdict.reason}; champion {before} -> {after} -> {GATE_REPORT}")

@@ -266,13 +266,18 @@ class Registry:
 
     def record_gate(self, run_id: str, report: dict[str, Any], tags: dict[str, str],
                     metrics: dict[str, float]) -> None:
-        """The gate's verdict on the training run it judged: tags, metrics and gate.json."""
+        """The gate's verdict on the training run it judged: tags, metrics and gate.json, and
+        the per-slice comparison as an MLflow table (gate_slices.json) when there is one."""
         from mlflow.entities import Metric, RunTag
 
         now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
                               tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.log_dict(run_id, report, "gate.json")
+        if report.get("slices"):
+            import pandas as pd
+
+            self.client.log_table(run_id, pd.DataFrame(report["slices"]), "gate_slices.json")
 
     def last_training_end(self) -> dt.date | None:
         """The last day of the newest registered version's training window (None: none yet).
