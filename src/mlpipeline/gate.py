@@ -58,14 +58,14 @@ MISSING = "(missing)"
 def slice_labels(test: pd.DataFrame, features: list[str], numeric: Collection[str],
                  bins: int) -> dict[str, pd.Series]:
     """Each row's slice per feature: its category, or for a number its quantile bin of the
-    test split (`[lo, hi]` with the bin's edges; equal edges merge)."""
+    test split, `(lo, hi]` as pandas cuts it (equal edges merge)."""
     labels = {}
     for feature in features:
         column = test[feature]
         if feature in numeric:
             cut = pd.qcut(pd.to_numeric(column), q=bins, duplicates="drop", precision=6)
             text = cut.astype("object").map(
-                lambda b: f"[{b.left:g}, {b.right:g}]" if isinstance(b, pd.Interval) else b)
+                lambda b: f"({b.left:g}, {b.right:g}]" if isinstance(b, pd.Interval) else b)
         else:
             text = column.astype("object").map(str)
         labels[feature] = text.where(column.notna(), MISSING).reset_index(drop=True)
