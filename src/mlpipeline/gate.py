@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -127,7 +127,7 @@ def decide(
     champion_version: str | None = None,
     same_model_as_champion: bool = False,
     champion_error: str = "",
-    slices: list[SliceResult] = (),  # type: ignore[assignment]
+    slices: Sequence[SliceResult] = (),
 ) -> GateVerdict:
     """Floors first, then no regression against the champion scored on the same test rows.
 
