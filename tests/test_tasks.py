@@ -356,3 +356,32 @@ def test_a_typo_in_params_is_one_line_naming_the_key_and_the_fix(tmp_path: Path)
                                "mean max_records? (valid: host, port,")
     assert lines[2] == ("  - schema.task: Input should be 'binary', 'multiclass' or "
                         "'regression'")
+
+
+@pytest.mark.parametrize("name", ["binary", "multiclass", "regression"])
+def test_slices_compare_both_models_by_the_task_metric(name: str) -> None:
+    """register's slice comparison on real models of each task: the gate's compare metric
+    in its direction (f1_macro up, rmse down), a bin of a number and each category."""
+    from mlpipeline.gate import decide
+    from mlpipeline.register import slice_comparison
+
+    params, forest, test = trained(name, "random_forest")
+    _, dummy, _ = trained(name, "dummy")
+    gate = params.gate.model_copy(update={"slices": ["region", "credit_score"],
+                                          "slice_min_rows": 50, "slice_tolerance": 0.0})
+    params = params.model_copy(update={"gate": gate})
+    same = slice_comparison(params, test, forest, forest)
+    compared = [s for s in same if s.passed is not None]
+    assert compared and all(s.passed and s.challenger == s.champion for s in compared)
+    assert {s.feature for s in compared} == {"region", "credit_score"}
+    worse = slice_comparison(params, test, dummy, forest)  # a baseline against the forest
+    failed = [s for s in worse if s.passed is False]
+    assert failed, [(s.name, s.challenger, s.champion, s.note) for s in worse]
+    lower = gate.compare_metric in params.task.lower_is_better
+    assert all((s.challenger > s.champion) if lower else (s.challenger < s.champion)
+               for s in failed)
+    metrics = {m: 1.0 for m in params.task.metric_directions}
+    verdict = decide(metrics, metrics, gate, lower_is_better=params.task.lower_is_better,
+                     champion_version="1", slices=worse)
+    assert not verdict.promote and f"{gate.compare_metric} on {failed[0].name}:" in \
+        verdict.reason
