@@ -101,7 +101,8 @@ def test_experiment_run_is_tracked_and_comparable(trained_project: Project) -> N
     regions = {name for name in slices if name.startswith("region=")}
     assert regions == {f"region={r}" for r in ("north", "south", "east", "west", "central")}
     compared = [s for s in slices.values() if s["passed"] is not None]
-    assert len([n for n in slices if n.startswith("credit_score=(")]) == 4 and compared
+    bins = [n for n in slices if n.startswith("credit_score=(") and n[-1] == "]"]
+    assert len(bins) == 4 and "credit_score=(missing)" in slices and compared
     assert all(s["champion"] is not None and s["rows"] >= 100 for s in compared)
     failed = [s["slice"] for s in compared if not s["passed"]]
     if failed:  # a worse slice blocks the promotion and is named
