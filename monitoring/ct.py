@@ -58,9 +58,9 @@ from monitoring import decide, drift, journal, prom
 from monitoring.cycle_guard import (
     LOCK_BUSY,
     LockBusy,
+    RegistryOpening,
     champion_version,
     cycle_lock,
-    open_registry,
     restore_champion,
 )
 from monitoring.journal import TRACKED, Journal
@@ -107,12 +107,24 @@ class Cycle:
 
     root: Path
     params: Params
-    registry: Any
+    opening: RegistryOpening
     journal: Journal
     summary: dict[str, Any]
     run_dvc: DvcRunner
     step: str = "new batch"
     remote: bool = False
+    registry: Any = None  # once connect() has it
+
+    def connect(self) -> str | None:
+        """The registry (opening on a thread since the cycle began); the champion before the
+        cycle goes to the summary and the journal, before any step that can move it."""
+        if self.registry is None:
+            registry = self.opening.get()
+            before = champion_version(registry)
+            self.registry = registry
+            self.summary["champion_before"] = before
+            self.journal.record_champion(before)
+        return self.summary["champion_before"]
 
     def enter(self, step: str, line: str) -> None:
         self.step = step
@@ -154,11 +166,11 @@ def new_batch(cycle: Cycle) -> NewBatch:
         cycle.enter("new batch", f"[1/5] new batch: source clock {source.n_batches} -> "
                                  f"{source.n_batches + 1}")
         cycle.set_params({"source.n_batches": source.n_batches + 1})
-    before = cycle.summary["champion_before"]
     warm_imports()
-    # Training waits for the verdict, except on a store with no champion yet (a fresh CI
-    # runner on the embedded defaults): then the whole pipeline runs now.
-    cycle.dvc("repro", *(["validate"] if before else []))
+    cycle.dvc("repro", "validate")  # meanwhile the registry opens on a thread
+    before = cycle.connect()
+    if not before:  # a store with no champion yet (a fresh CI runner on the embedded
+        cycle.dvc("repro")  # defaults): the whole pipeline now, not after the verdict
     from mlpipeline.registry import CHAMPION, window_end  # mlflow: not for --help
 
     dated = dated_batches(cycle.params.path(RAW_DIR))
@@ -241,15 +253,14 @@ def run_cycle(root: Path, *, force: bool = False, current: str | None = None,
               ) -> dict[str, Any]:
     """One cycle; returns the summary (also written to ct.summary_dir)."""
     started = time.monotonic()
-    registry = open_registry(load_params(root))
+    opening = RegistryOpening(load_params(root))  # a store that fails stops step 1
     recovered = journal.recover(root, lambda version, note: restore_champion(
-        registry, version, note))
+        opening.get(), version, note))
     if recovered and recovered["problems"]:  # never build on a half-restored state
         raise SystemExit("ct: stopped: fix what could not be restored, then run again")
     params = load_params(root)  # read after any recovery: the restored file
-    summary = start_summary(registry, params, force, recovered)
-    cycle = Cycle(root, params, registry, Journal.begin(root, summary["champion_before"]),
-                  summary, dvc_runner)
+    summary = start_summary(params, force, recovered)
+    cycle = Cycle(root, params, opening, Journal.begin(root, None), summary, dvc_runner)
     try:
         cycle.remote = configure_remote(cycle)
         batch = new_batch(cycle)
@@ -269,13 +280,13 @@ def run_cycle(root: Path, *, force: bool = False, current: str | None = None,
     return finish(cycle, started)
 
 
-def start_summary(registry: Any, params: Params, force: bool,
-                  recovered: dict[str, Any] | None) -> dict[str, Any]:
+def start_summary(params: Params, force: bool, recovered: dict[str, Any] | None
+                  ) -> dict[str, Any]:
     return {
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "status": "ok", "failed_step": None, "error": None, "forced": force,
         "recovered": recovered,
-        "champion_before": champion_version(registry),
+        "champion_before": None,  # Cycle.connect() reads it
         "window_before": f"{params.window.start}..{params.window.end}",
     }
 
@@ -298,11 +309,13 @@ def fail(cycle: Cycle, error: BaseException) -> None:
 def finish(cycle: Cycle, started: float) -> dict[str, Any]:
     summary = cycle.summary
     try:
+        cycle.connect()  # if the cycle failed before it needed the registry
         summary["champion_after"] = champion_version(cycle.registry)
-    except Exception as error:  # the store is down: say so rather than guess
+    except (Exception, SystemExit) as error:  # the store is down: say so, not guess
         summary["champion_after"] = None
-        summary.setdefault("restore_problems", []).append(
-            f"champion: could not read the alias: {_text(error)[:300]}")
+        if summary["champion_before"] is not None:  # else it never opened: nothing moved
+            summary.setdefault("restore_problems", []).append(
+                f"champion: could not read the alias: {_text(error)[:300]}")
     if not summary.get("restore_problems"):
         cycle.journal.end()  # else the next cycle retries the restore
     params = load_params(cycle.root)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,31 @@ def open_registry(params: Params) -> Any:
     except Exception as error:  # nothing has changed yet: say what to fix, no traceback
         raise SystemExit(f"ct: cannot use the MLflow store {params.tracking_uri()}: "
                          f"{str(error) or type(error).__name__}") from None
+
+
+class RegistryOpening:
+    """open_registry on a thread, so that MLflow's import and the champion lookup (~2 s) run
+    while the cycle's first `dvc repro` does, which cannot move the champion. `get()` waits for
+    it and raises what open_registry raised."""
+
+    def __init__(self, params: Params) -> None:
+        self._registry: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._open, args=(params,), daemon=True,
+                                         name="open-registry")
+        self._thread.start()
+
+    def _open(self, params: Params) -> None:
+        try:
+            self._registry = open_registry(params)
+        except BaseException as error:  # SystemExit too: raised again in the caller
+            self._error = error
+
+    def get(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._registry
 
 
 def champion_version(registry: Any) -> str | None:

@@ -68,6 +68,12 @@ class Journal:
         staging.rename(journal.folder)  # the journal exists whole, or not at all
         return journal
 
+    def record_champion(self, version: str | None) -> None:
+        """The champion before the cycle, once the registry is open: before any step that can
+        move it (until then there is nothing of the registry's to put back)."""
+        self.champion_before = version
+        self._write(self.folder)
+
     def at(self, step: str) -> None:
         """Record the step the cycle is entering."""
         self.step = step
@@ -104,6 +110,8 @@ class Journal:
                     target.unlink(missing_ok=True)
             except OSError as error:
                 problems.append(f"{path}: {error}")
+        if not (self.root / "dvc.lock").is_file():  # nothing had run: no outputs to put back
+            return problems
         result = subprocess.run([sys.executable, "-m", "dvc", "checkout", "--force", "--quiet"],
                                 cwd=self.root, capture_output=True, text=True)
         if result.returncode != 0:

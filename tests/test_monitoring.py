@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -366,6 +367,27 @@ def test_a_second_cycle_waits_for_the_first(project: Project) -> None:
     assert result.returncode == cycle_guard.LOCK_BUSY
     assert "another CT cycle holds .ct.lock" in result.stderr
     assert load_params(project.root).source.n_batches == 8  # nothing moved
+
+
+def test_a_store_that_cannot_be_opened_fails_step_1_and_puts_back_what_it_moved(
+        project: Project) -> None:
+    """The registry opens on a thread while step 1's `dvc repro validate` runs: when it cannot
+    be opened, the cycle fails at that step and the data and params are as before."""
+    (project.root / "a-file").write_text("not a folder: no database can be made in it\n")
+    project.set_params(lambda p: p["mlflow"].update(
+        tracking_uri=f"sqlite:///{project.root}/a-file/mlflow.db"))
+    project.commit("an MLflow store that cannot be opened")
+    params = project.read("params.yaml")
+    result = project.run(sys.executable, "-m", "monitoring.ct", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Running stage 'validate'" in result.stdout  # it ran while the store was opening
+    summary = json.loads(project.read("reports/ct/summary.json"))
+    assert (summary["status"], summary["failed_step"]) == ("failed", "new batch")
+    assert "cannot use the MLflow store" in summary["error"]
+    assert summary["restore_problems"] == []  # the champion could not have moved
+    assert project.read("params.yaml") == params  # the source clock did not move
+    assert not (project.root / "dvc.lock").exists()  # as before: nothing was ever run here
+    assert not (project.root / ".ct-journal").exists()
 
 
 def test_the_ct_workflow_step_exits_75_when_a_cycle_holds_the_lock(tmp_path: Path) -> None:

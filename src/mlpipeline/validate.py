@@ -159,7 +159,9 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
     verdicts: list[BatchVerdict] = []
     keep = pd.Series(False, index=table.index)
     first_file_of_day: dict[str, str] = {}
-    earlier_rows: list[np.ndarray] = []  # hashes of the typed rows of earlier batches
+    # Hashes of the typed rows of earlier batches: one set that grows, so each batch costs
+    # its own rows (np.isin on everything earlier re-sorted it all for every batch).
+    earlier_rows: set[int] = set()
     earlier_ids: set[str] = set()  # every id of every earlier batch, the older ones' too
     # A re-delivered row carries a new time: rows are the same when all else is.
     same_row = [c for c in schema.columns if c != schema.time_column]
@@ -183,10 +185,10 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
             found += check_frame(rows, schema, min_rows=rules.min_batch_rows, **value_rules,
                                  batch=batch.file, typed=typed)
             found.append(dating_check(rows, typed[schema.time_column], batch, schema, rules))
-            hashes = pd.util.hash_pandas_object(typed[same_row], index=False).to_numpy()
-            repeated = np.isin(hashes, np.concatenate(earlier_rows)) if earlier_rows else \
-                np.zeros(len(hashes), dtype=bool)
-            earlier_rows.append(hashes)
+            hashes = pd.util.hash_pandas_object(typed[same_row], index=False).tolist()
+            repeated = np.fromiter(map(earlier_rows.__contains__, hashes), dtype=bool,
+                                   count=len(hashes))
+            earlier_rows.update(hashes)
             n_repeated = int(repeated.sum())
             found.append(Check(
                 "*", "no rows repeated from earlier batches", n_repeated, len(rows), 0.0,
