@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlpipeline.behaviour import directional, invariance
 from mlpipeline.config import GateParams, load_params
 from mlpipeline.gate import compare_slices, format_table, slice_labels
 from mlpipeline.gate import decide as gate_decide
@@ -181,4 +182,75 @@ def test_a_slice_feature_must_be_in_the_schema() -> None:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["gate"]["slices"] = ["regoin"]
     with pytest.raises(ValueError, match=r"gate\.slices: 'regoin' is not a feature"):
+        Params.model_validate({**raw, "root": REPO})
+
+
+# --- behavioural checks (mlpipeline.behaviour) --------------------------------------------
+
+LOANS = pd.DataFrame({"credit_score": [500.0, 600.0, 700.0, 840.0, np.nan] * 20,
+                      "region": ["north", "south", "east", "west", "central"] * 20})
+
+
+def test_a_score_that_falls_with_credit_passes_the_decreasing_rule() -> None:
+    result = directional(LOANS, "credit_score", "decreasing",
+                         lambda rows: 1 - rows["credit_score"].to_numpy() / 1000,
+                         step=50, high=850, max_share=0.1)
+    # The missing scores cannot move; 840 moves only to the schema's max, 850.
+    assert (result.rows, result.violations, result.passed) == (80, 0, True)
+
+
+def test_a_score_that_rises_with_credit_breaks_the_decreasing_rule_on_every_row() -> None:
+    result = directional(LOANS, "credit_score", "decreasing",
+                         lambda rows: rows["credit_score"].to_numpy() / 1000,
+                         step=50, high=850, max_share=0.1)
+    assert (result.violations, result.share, result.passed) == (80, 1.0, False)
+    assert "80 of 80 rows (100.0%) broke 'decreasing (credit_score +50)'" in result.summary
+
+
+def test_a_flat_score_is_no_violation() -> None:
+    result = directional(LOANS, "credit_score", "increasing",
+                         lambda rows: np.full(len(rows), 0.3), step=None, high=None,
+                         max_share=0.0)
+    assert result.violations == 0 and result.passed
+
+
+def test_invariance_counts_the_rows_another_value_moves_too_far() -> None:
+    def score(rows: pd.DataFrame) -> np.ndarray:  # south adds 0.2, the others nothing
+        return 0.1 + 0.2 * (rows["region"] == "south").to_numpy()
+
+    regions = ["north", "south", "east", "west", "central"]
+    moved = invariance(LOANS, "region", regions, score, tolerance=0.05, max_share=0.1, seed=7)
+    # Every south row gets another region (moves 0.2); a quarter of the others become south.
+    assert 30 <= moved.violations <= 50 and not moved.passed
+    within = invariance(LOANS, "region", regions, score, tolerance=0.25, max_share=0.1, seed=7)
+    assert within.violations == 0 and within.passed
+
+
+def test_a_directional_violation_blocks_promotion_naming_the_feature_and_the_share() -> None:
+    broken = directional(LOANS, "credit_score", "decreasing",
+                         lambda rows: rows["credit_score"].to_numpy() / 1000,
+                         step=50, high=850, max_share=0.1)
+    verdict = decide(GOOD, None, GATE, behaviour=[broken])
+    assert not verdict.promote
+    assert "directional credit_score violations: 1.0000 vs 0.1000" in verdict.reason
+    assert "80 of 80 rows (100.0%)" in verdict.reason
+    kept = decide(GOOD, None, GATE, behaviour=[directional(
+        LOANS, "credit_score", "increasing", lambda rows: rows["credit_score"].to_numpy(),
+        step=50, high=850, max_share=0.1)])
+    assert kept.promote and kept.checks[-1].name == "directional credit_score violations"
+
+
+def test_expect_needs_a_number_and_invariant_features_must_be_in_the_schema() -> None:
+    import yaml
+
+    from mlpipeline.config import Params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["gate"]["invariant_features"] = ["regoin"]
+    with pytest.raises(ValueError, match=r"gate\.invariant_features: 'regoin' is not a"):
+        Params.model_validate({**raw, "root": REPO})
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    region = next(f for f in raw["schema"]["features"] if f["name"] == "region")
+    region["expect"] = "increasing"
+    with pytest.raises(ValueError, match="categorical feature 'region' cannot have `expect`"):
         Params.model_validate({**raw, "root": REPO})

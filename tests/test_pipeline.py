@@ -4,7 +4,9 @@ reproducibility, experiments, a corrupted batch and a second data set."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -206,3 +208,28 @@ def test_second_dataset_runs_through_the_same_stages(project: Project) -> None:
     assert metrics["roc_auc"] > 0.9
     [run] = mlflow_runs(project)
     assert run["params"]["source.kind"] == "breast_cancer"
+
+
+def test_a_model_that_breaks_a_directional_rule_is_not_promoted(trained_project: Project,
+                                                                 tmp_path: Path) -> None:
+    p = Project(tmp_path / "copy")
+    shutil.copytree(trained_project.root, p.root, symlinks=True)
+
+    def wrong_way(params: dict[str, Any]) -> None:
+        params["train"]["hyperparams"]["random_forest"]["n_estimators"] = 60  # a new model
+        credit = next(f for f in params["schema"]["features"] if f["name"] == "credit_score")
+        credit["expect"] = "increasing"  # what no model of these loans does
+
+    p.set_params(wrong_way)
+    p.dvc("repro")
+    gate = json.loads(p.read("reports/gate.json"))
+    assert not gate["promoted"]
+    assert gate["champion_after"] == gate["champion_before"]["version"]
+    behaviour = {b["feature"]: b for b in gate["behaviour"]}
+    assert behaviour["debt_to_income"]["passed"]  # the schema's other rule holds
+    credit = behaviour["credit_score"]
+    assert not credit["passed"] and credit["share"] > 0.5 and credit["rows"] > 1000
+    assert (f"directional credit_score violations: {credit['share']:.4f} vs 0.1000"
+            in gate["reason"])
+    floors = [c for c in gate["checks"] if c["name"].endswith("floor")]
+    assert floors and all(c["passed"] for c in floors)

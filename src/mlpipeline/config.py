@@ -121,6 +121,13 @@ class GateParams(_Strict):
     slice_min_rows: int = Field(100, gt=0)
     slice_tolerance: float = Field(0.02, ge=0)
     slice_bins: int = Field(4, ge=2)
+    # Behavioural checks (mlpipeline.behaviour): the schema's `expect` rules, and these
+    # features, whose value must not move the score by more than invariance_tolerance. Each
+    # check fails when more than max_violation_share of the rows it moved break it.
+    max_violation_share: float = Field(0.10, ge=0, le=1)
+    invariant_features: list[str] = []
+    invariance_tolerance: float = Field(0.05, ge=0)
+    seed: int = 7  # the invariance check's draws
 
 
 class MlflowParams(_Strict):
@@ -248,10 +255,12 @@ class Params(ServiceConfig):
                 raise ValueError(f"{key}: {metric!r} is not a metric of task {task.name}; "
                                  f"valid: {task.metric_list()}")
         features = self.schema_.feature_names
-        for name in self.gate.slices:
-            if name not in features:
-                raise ValueError(f"gate.slices: {name!r} is not a feature of the schema; "
-                                 f"slice by one of {', '.join(features)}")
+        for key, names in (("gate.slices", self.gate.slices),
+                           ("gate.invariant_features", self.gate.invariant_features)):
+            for name in names:
+                if name not in features:
+                    raise ValueError(f"{key}: {name!r} is not a feature of the schema; "
+                                     f"use one of {', '.join(features)}")
         if self.train.model not in task.estimators:
             raise ValueError(f"train.model {self.train.model!r} is not a model family of task "
                              f"{task.name}: use one of {', '.join(task.estimators)}")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlpipeline.behaviour import BehaviourResult
 from mlpipeline.config import GateParams
 
 
@@ -128,6 +129,7 @@ def decide(
     same_model_as_champion: bool = False,
     champion_error: str = "",
     slices: Sequence[SliceResult] = (),
+    behaviour: Sequence[BehaviourResult] = (),
 ) -> GateVerdict:
     """Floors first, then no regression against the champion scored on the same test rows.
 
@@ -137,7 +139,9 @@ def decide(
     but could not be scored on the current rows (e.g. the schema changed): then nothing is
     promoted automatically, as no like-for-like comparison is possible. `slices` (from
     `compare_slices`): a slice where the challenger trails the champion by more than
-    gate.slice_tolerance fails the gate, named with both figures and its rows.
+    gate.slice_tolerance fails the gate, named with both figures and its rows. `behaviour`
+    (mlpipeline.behaviour): a directional or invariance check broken on more than
+    gate.max_violation_share of its rows fails the gate, named with the feature and the share.
     """
     def holds(metric: str, value: float, bound: float) -> bool:
         # `not (... )` would pass a NaN; comparing this way fails it, as a missing figure must.
@@ -171,6 +175,9 @@ def decide(
             True, note=f"{len(compared)} slices of {', '.join(gate.slices)} with at least "
                        f"{gate.slice_min_rows} rows, slice tolerance {gate.slice_tolerance}"))
 
+    for result in behaviour:
+        checks.append(GateCheck(f"{result.name} violations", result.share, result.max_share,
+                                result.passed, note=result.summary))
     failed = [c for c in checks if not c.passed]
     if failed:
         reason = "; ".join(f"{c.name}: {c.value:.4f} vs {c.threshold:.4f}"

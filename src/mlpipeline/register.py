@@ -17,6 +17,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from mlpipeline.behaviour import BehaviourResult, directional, invariance
 from mlpipeline.config import (
     GATE_REPORT,
     METRICS,
@@ -54,6 +55,25 @@ def slice_comparison(params: Params, test: pd.DataFrame, challenger: Any,
                           min_rows=gate.slice_min_rows, tolerance=gate.slice_tolerance)
 
 
+def behaviour_checks(params: Params, test: pd.DataFrame, model: Any) -> list[BehaviourResult]:
+    """The schema's directional rules and gate.invariant_features on the test split."""
+    task, schema, gate = params.task, params.schema, params.gate
+    features = test[schema.feature_names].reset_index(drop=True)
+
+    def score(rows: pd.DataFrame) -> np.ndarray:
+        return np.asarray(task.behaviour_score(task.scores(model, rows)), dtype=float)
+
+    specs = {f.name: f for f in schema.features}
+    results = [directional(features, f.name, f.expect, score, step=f.step, high=f.max,
+                           max_share=gate.max_violation_share)
+               for f in schema.features if f.expect]
+    results += [invariance(features, name, specs[name].categories, score,
+                           tolerance=gate.invariance_tolerance,
+                           max_share=gate.max_violation_share, seed=gate.seed)
+                for name in gate.invariant_features]
+    return results
+
+
 def main() -> None:
     params = load_params()
     run = json.loads(params.path(RUN_INFO).read_text())
@@ -74,8 +94,9 @@ def main() -> None:
         except Exception as error:  # e.g. the schema changed under the champion
             champion_error = f"{type(error).__name__}: {error}"
             champion_model = None
-    slices = slice_comparison(params, test, joblib.load(params.path(MODEL_FILE)),
-                              champion_model) if params.gate.slices else []
+    model = joblib.load(params.path(MODEL_FILE))
+    slices = slice_comparison(params, test, model, champion_model) if params.gate.slices else []
+    behaviour = behaviour_checks(params, test, model)
     # Training is deterministic: the same artefact bytes mean the same model as the champion.
     same_model = champion is not None and champion.tags.get("model_md5") == run["model_md5"]
 
@@ -83,7 +104,7 @@ def main() -> None:
                      lower_is_better=params.task.lower_is_better,
                      champion_version=str(champion.version) if champion else None,
                      same_model_as_champion=same_model, champion_error=champion_error,
-                     slices=slices)
+                     slices=slices, behaviour=behaviour)
 
     registry.tag_version(version, {"gate": "passed" if verdict.promote else "rejected",
                                    "gate_reason": verdict.reason})
@@ -105,6 +126,7 @@ def main() -> None:
     }
     if slices:
         report["slices"] = [{**asdict(s), "slice": s.name} for s in slices]
+    report["behaviour"] = [b.as_dict() for b in behaviour]
     params.path(GATE_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     registry.record_gate(
         run["run_id"], report,
@@ -121,6 +143,9 @@ def main() -> None:
               f"{params.gate.compare_metric}, {sum(not s.passed for s in compared)} worse "
               f"than the champion by more than {params.gate.slice_tolerance} "
               f"(table: {GATE_REPORT}, MLflow gate_slices.json)")
+    for result in behaviour:
+        print(f"register: {result.name}: {'pass' if result.passed else 'FAIL'}, "
+              f"{result.summary}")
     before = f"v{champion.version}" if champion else "none"
     after = f"v{now.version}" if now else "none"
     print(f"register: {verdict.reason}; champion {before} -> {after} -> {GATE_REPORT}")

@@ -32,6 +32,10 @@ class FeatureSpec(BaseModel):
     max_null_share: float = Field(0.0, ge=0, le=1)
     description: str = ""
     example: float | str | None = None  # a typical value, shown in the API's examples
+    # The domain's rule for a number, checked by the gate on every challenger: moving it up
+    # one `step` (null: its standard deviation on the test rows) must move the score this way.
+    expect: Literal["increasing", "decreasing"] | None = None
+    step: float | None = Field(None, gt=0)
 
     def example_value(self) -> float | str:
         if self.example is not None:
@@ -46,6 +50,9 @@ class FeatureSpec(BaseModel):
             raise ValueError(f"categorical feature {self.name!r} needs `categories`")
         if self.type == "numeric" and self.categories:
             raise ValueError(f"numeric feature {self.name!r} cannot have `categories`")
+        if self.type == "categorical" and (self.expect or self.step):
+            raise ValueError(f"categorical feature {self.name!r} cannot have `expect` or "
+                             "`step`: a direction needs a number")
         return self
 
 

@@ -209,6 +209,11 @@ class Task(ABC):
         """The scores the service logged (its `log_score_columns`), as `scores` returns them."""
 
     @abstractmethod
+    def behaviour_score(self, scores: np.ndarray) -> np.ndarray:
+        """One number per row that the gate's behavioural checks (mlpipeline.behaviour) move:
+        a higher value is a higher outcome."""
+
+    @abstractmethod
     def drifting_prediction(self, scores: np.ndarray) -> tuple[pd.Series, bool]:
         """What prediction drift compares: (values, numeric?)."""
 

@@ -152,6 +152,9 @@ class Binary(Classification):
         positive = logged["probability"].to_numpy(dtype=float)
         return np.column_stack([1 - positive, positive])
 
+    def behaviour_score(self, scores: np.ndarray) -> np.ndarray:
+        return scores[:, 1]  # the positive class's probability
+
     def drifting_prediction(self, scores: np.ndarray) -> tuple[pd.Series, bool]:
         return pd.Series(scores[:, 1], name="prediction"), True
 

@@ -139,6 +139,11 @@ class Multiclass(Classification):
             return np.empty((0, len(self.classes)))
         return np.stack([np.asarray(row, dtype=float) for row in rows])
 
+    def behaviour_score(self, scores: np.ndarray) -> np.ndarray:
+        # The expected class, the schema's class order read as a scale (grades A < B < C):
+        # moving a feature toward a worse grade raises it.
+        return scores @ np.arange(scores.shape[1], dtype=float)
+
     def drifting_prediction(self, scores: np.ndarray) -> tuple[pd.Series, bool]:
         return pd.Series(self.predictions(scores).astype(str), name="prediction"), False
 

@@ -186,6 +186,9 @@ class Regression(Task):
     def scores_from_log(self, logged: pd.DataFrame) -> np.ndarray:
         return logged["prediction"].to_numpy(dtype=float)
 
+    def behaviour_score(self, scores: np.ndarray) -> np.ndarray:
+        return scores  # the predicted value
+
     def drifting_prediction(self, scores: np.ndarray) -> tuple[pd.Series, bool]:
         return pd.Series(scores, name="prediction"), True
 
