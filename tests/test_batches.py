@@ -296,3 +296,39 @@ def test_yes_no_classes_must_be_quoted() -> None:
 def test_validate_params_reject_unknown_duplicate_policy() -> None:
     with pytest.raises(ValueError):
         ValidateParams(repeated_rows="keep")
+
+
+def test_a_batch_is_checked_once_while_it_stays_the_same(raw: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Each week's run re-judges the window: a batch already accepted under the same schema,
+    rules and code comes from the memo, with the same verdicts and typed rows."""
+    from mlpipeline import validate
+
+    params = params_for(raw)
+    table, batches = ingest(params)
+    memo = lambda p=params: validate.BatchMemo(tmp_path / "memo", p.schema,  # noqa: E731
+                                               p.validate_)
+    fresh = check_batches(table, batches, params, memo())
+    assert len(list((tmp_path / "memo").glob("*.parquet"))) == 4
+
+    coerced: list[int] = []
+    real_coerce = validate.coerce
+    monkeypatch.setattr(validate, "coerce", lambda rows, schema: (
+        coerced.append(len(rows)), real_coerce(rows, schema))[1])
+    again = check_batches(table, batches, params, memo())
+    assert coerced == []  # no batch typed or checked again
+    assert report(again, 6000) == report(fresh, 6000)
+    assert again.typed is not None and fresh.typed is not None
+    pd.testing.assert_frame_equal(again.typed, fresh.typed)
+
+    # A new batch is checked; so is every batch when a rule changes.
+    batch(4).to_csv(raw / f"{DAYS[4]}.csv", index=False)
+    table, batches = ingest(params)
+    check_batches(table, batches, params, memo())
+    # The new one, and the one before it: its rows must now be dated before the new one's.
+    assert coerced == [1500, 1500]
+    stricter = params_for(raw, max_unknown_category_share=0.0)
+    coerced.clear()
+    check_batches(table, batches, stricter, memo(stricter))
+    assert coerced == [1500] * 5

@@ -14,14 +14,20 @@ and writes no output, so DVC runs nothing downstream and the champion cannot mov
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from mlpipeline import schema as schema_module
 from mlpipeline.config import (
     BATCHES,
     DATASET,
@@ -44,6 +50,60 @@ from mlpipeline.schema import (
 )
 
 SHOWN_FAILURES = 20  # in the error message; the report has them all
+# A batch's own checks and typed rows, kept beside the stage's outputs: a batch is checked
+# once, not again each week as long as it stays in the window (git-ignored; safe to delete).
+MEMO_DIR = Path("data/interim/.batch-checks")
+
+
+class BatchMemo:
+    """Each accepted batch's own checks (its values, its dates) and typed rows, keyed by what
+    decides them: the file's name, content and neighbours' dates, the schema, the rules and this
+    code. What depends on the other batches (repeated rows and ids, one batch per day, the
+    window's checks) is always worked out again."""
+
+    def __init__(self, folder: Path, schema: Schema, rules: ValidateParams) -> None:
+        self.folder = folder
+        code = b"".join(Path(m.__file__ or "").read_bytes() for m in (sys.modules[__name__],
+                                                                       schema_module))
+        self.salt = hashlib.sha256(b"\0".join([
+            schema.model_dump_json().encode(), rules.model_dump_json().encode(), code,
+            pd.__version__.encode()])).hexdigest()
+        self.used: set[str] = set()
+
+    def _path(self, batch: BatchFile) -> Path:
+        key = hashlib.sha256(json.dumps([self.salt, batch.file, batch.md5, batch.date,
+                                         batch.next_date]).encode()).hexdigest()[:32]
+        self.used.add(f"{key}.parquet")
+        return self.folder / f"{key}.parquet"
+
+    def get(self, batch: BatchFile, index: pd.Index) -> tuple[pd.DataFrame, list[Check]] | None:
+        path = self._path(batch)
+        try:
+            table = pq.read_table(path)
+            checks = [Check(**c) for c in json.loads(table.schema.metadata[b"checks"])]
+            typed = table.to_pandas()
+        except Exception:  # none yet, or unreadable: check the batch again
+            return None
+        if len(typed) != len(index):
+            return None
+        typed.index = index  # the batch's rows where they are in today's table
+        return typed, checks
+
+    def put(self, batch: BatchFile, typed: pd.DataFrame, checks: list[Check]) -> None:
+        path = self._path(batch)
+        table = pa.Table.from_pandas(typed, preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"checks":
+                                               json.dumps([asdict(c) for c in checks]).encode()})
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # a reader never sees half a file
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+
+    def prune(self) -> None:
+        """Drop what no batch of this run used (batches gone, rules changed)."""
+        for path in self.folder.glob("*"):
+            if path.name not in self.used:
+                path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -148,9 +208,10 @@ def present(table: pd.DataFrame, schema: Schema) -> list[str]:
     return [c for c in schema.optional_columns if c in table.columns]
 
 
-def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
-                  ) -> Validation:
-    """Every rule, batch by batch and over the window. A plain function on data."""
+def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params,
+                  memo: BatchMemo | None = None) -> Validation:
+    """Every rule, batch by batch and over the window. A plain function on data (`memo`:
+    batches checked before, whose own checks and typed rows are not worked out again)."""
     schema, rules = params.schema, params.validate_
     value_rules: dict[str, Any] = {
         "max_unknown_category_share": rules.max_unknown_category_share,
@@ -181,10 +242,17 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params
         first_file_of_day.setdefault(batch.date, batch.file)
         if not any(not c.passed for c in found):
             rows = in_table[columns]
-            typed = coerce(rows, schema)  # once: the checks, the dates, the hashes, the output
-            found += check_frame(rows, schema, min_rows=rules.min_batch_rows, **value_rules,
-                                 batch=batch.file, typed=typed)
-            found.append(dating_check(rows, typed[schema.time_column], batch, schema, rules))
+            known = memo.get(batch, rows.index) if memo else None
+            if known:
+                typed, own = known
+            else:
+                typed = coerce(rows, schema)  # once: the checks, dates, hashes, the output
+                own = check_frame(rows, schema, min_rows=rules.min_batch_rows, **value_rules,
+                                  batch=batch.file, typed=typed)
+                own.append(dating_check(rows, typed[schema.time_column], batch, schema, rules))
+                if memo and all(c.passed for c in own):
+                    memo.put(batch, typed, own)
+            found += own
             hashes = pd.util.hash_pandas_object(typed[same_row], index=False).tolist()
             repeated = np.fromiter(map(earlier_rows.__contains__, hashes), dtype=bool,
                                    count=len(hashes))
@@ -246,7 +314,9 @@ def main() -> None:
     params = load_params()
     table = pd.read_parquet(params.path(DATASET))
     batches = [BatchFile.from_dict(b) for b in json.loads(params.path(BATCHES).read_text())]
-    validation = check_batches(table, batches, params)
+    memo = BatchMemo(params.path(MEMO_DIR), params.schema, params.validate_)
+    validation = check_batches(table, batches, params, memo)
+    memo.prune()
     window = table[validation.keep]
     out = params.path(VALIDATED)
     report_path = params.path(VALIDATION_REPORT)
