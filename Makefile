@@ -25,7 +25,7 @@ export UV_PYTHON := $(PYTHON_EXE)
 # 7), and the pipeline, the CT cycle and the tests start hundreds of processes.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-workers bench-data bench-log bench-tasks bench-reload ct drift compact-log models lineage rollback stack stack-down clean
+.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-workers bench-data bench-log bench-tasks bench-reload ct drift compact-log models lineage card approve reject rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
@@ -47,7 +47,10 @@ help:
 	@echo "make compact-log            the prediction log: one file per day, old days removed"
 	@echo "make models                 registered versions, aliases, metrics, promotion history"
 	@echo "make lineage V=3            where version 3 came from"
+	@echo "make card V=3               version 3's model card: data, metrics, slices, behaviour, verdict"
 	@echo "make rollback [TO=3]        champion back to 'previous' (or to version 3)"
+	@echo "make approve V=3 [NOTE=..]  promotion.mode manual: version 3 (the waiting challenger) serves"
+	@echo "make reject V=3 [NOTE=..]   promotion.mode manual: version 3 never serves"
 	@echo "make stack / stack-down      PostgreSQL + S3 + MLflow server + 2 replicas, as processes"
 
 $(UV):
@@ -158,6 +161,16 @@ models: setup
 
 lineage: setup
 	$(IN_PROJECT) python -m mlpipeline.registry lineage $(V)
+
+card: setup
+	@$(IN_PROJECT) python -m mlpipeline.registry card $(V)
+
+# promotion.mode manual: a person's decision on the challenger that passed the gate
+approve: setup
+	$(IN_PROJECT) python -m mlpipeline.registry approve $(V) $(if $(NOTE),--note "$(NOTE)")
+
+reject: setup
+	$(IN_PROJECT) python -m mlpipeline.registry reject $(V) $(if $(NOTE),--note "$(NOTE)")
 
 rollback: setup
 	$(IN_PROJECT) python -m mlpipeline.registry rollback $(if $(TO),--to $(TO))

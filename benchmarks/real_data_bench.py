@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from mlpipeline.loans import make_batch
+from mlpipeline.validate import MEMO_DIR
 from tests.conftest import ENV, Project, make_project
 
 MONTHS = 25
@@ -103,12 +104,15 @@ def build(root: Path, rows_per_month: int) -> Project:
     return project
 
 
-def back_to_trained(project: Project, landed: Path) -> None:
+def back_to_trained(project: Project, landed: Path, memo: Path) -> None:
     """The committed, trained state again: without the landed batch, tracked files, DVC
-    outputs, no run cache (which would hand back the stages' outputs without running them)."""
+    outputs, no run cache (which would hand back the stages' outputs without running them),
+    validate's memo as it was (`memo`: its copy), so the landed batch is checked anew."""
     landed.unlink(missing_ok=True)
     project.git("checkout", "-q", "HEAD", "--", ".")
     shutil.rmtree(project.root / ".dvc" / "cache" / "runs", ignore_errors=True)
+    shutil.rmtree(project.root / MEMO_DIR, ignore_errors=True)
+    shutil.copytree(memo, project.root / MEMO_DIR)
     project.dvc("checkout", "--quiet")
 
 
@@ -129,11 +133,13 @@ def main(argv: list[str] | None = None) -> None:
                                                    f"mlpipeline.{stage}")))
     project.dvc("repro")  # dvc.lock back in step with the outputs
     project.commit("trained")
+    memo = folder / "validate-memo"  # as a weekly cycle finds it: the window's batches
+    shutil.copytree(project.root / MEMO_DIR, memo)
     # A month like the others lands: checked and versioned, no drift, no retrain. Three
     # times from the same state (the median shown): the machine is noisy.
     calm_runs, calm_batch = [], project.root / "data" / "landing" / f"{month(MONTHS - 2)}.csv"
     for _ in range(args.calm_runs):
-        back_to_trained(project, calm_batch)
+        back_to_trained(project, calm_batch, memo)
         monthly_batch(MONTHS - 2, per_month).to_csv(calm_batch, index=False)
         calm_runs.append(measured(project, sys.executable, "-m", "monitoring.ct"))
     calm_runs.sort()

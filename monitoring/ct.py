@@ -322,6 +322,9 @@ def finish(cycle: Cycle, started: float) -> dict[str, Any]:
     summary["promoted"] = summary["status"] == "ok" and \
         summary["champion_after"] != summary["champion_before"]
     summary["window_after"] = f"{params.window.start}..{params.window.end}"
+    gate = summary.get("gate") or {}
+    # promotion.mode manual: the version a person must approve (or reject) before it serves
+    summary["awaiting_approval"] = gate["version"] if gate.get("awaiting_approval") else None
     summary["seconds"] = round(time.monotonic() - started, 1)
     write_summary(params.path(params.ct.summary_dir), summary)
     return summary
@@ -366,8 +369,9 @@ def to_markdown(summary: dict[str, Any]) -> str:
             f" (triggers: {', '.join(decision['triggers'])})" if decision["triggers"] else ""))
     gate = summary.get("gate")
     if gate:
-        row("gate", f"v{gate['version']} {'PASSED' if gate['promoted'] else 'REJECTED'}: "
-                    f"{gate['reason']}")
+        verdict = ("PASSED, awaiting approval" if gate.get("awaiting_approval") else
+                   "PASSED" if gate["promoted"] else "REJECTED")
+        row("gate", f"v{gate['version']} {verdict}: {gate['reason']}")
     before, after = summary["champion_before"], summary["champion_after"]
     if after is None and before is not None:
         row("champion", f"unknown: the registry could not be read (was v{before})")
@@ -440,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         with args.outputs.open("a") as out:
             out.write(f"status={summary['status']}\ndecision={decision}\n"
                       f"promoted={str(summary['promoted']).lower()}\n"
-                      f"champion={summary['champion_after']}\n")
+                      f"champion={summary['champion_after']}\n"
+                      f"awaiting_approval={summary['awaiting_approval'] or ''}\n")
     folder = Path(load_params(root).ct.summary_dir)
     if args.summary_to:
         with args.summary_to.open("a") as out:
@@ -452,8 +457,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ct: FAILED at step '{summary['failed_step']}': {summary['error']}; "
               f"{restored} -> {folder}/summary.md", file=sys.stderr)
         return 1
+    waiting = summary["awaiting_approval"]
     print(f"ct: {summary['decision']['action']}; champion v{summary['champion_before']} -> "
-          f"v{summary['champion_after']} in {summary['seconds']} s -> {folder}/summary.md")
+          f"v{summary['champion_after']}"
+          + (f", v{waiting} awaiting approval (make approve V={waiting})" if waiting else "")
+          + f" in {summary['seconds']} s -> {folder}/summary.md")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import Project
+from tests.conftest import ENV, REPO, Project
 
 pytestmark = pytest.mark.slow
 
@@ -233,3 +234,84 @@ def test_a_model_that_breaks_a_directional_rule_is_not_promoted(trained_project:
             in gate["reason"])
     floors = [c for c in gate["checks"] if c["name"].endswith("floor")]
     assert floors and all(c["passed"] for c in floors)
+
+
+def test_manual_mode_holds_a_passing_challenger_until_a_person_approves_it(
+        trained_project: Project, tmp_path: Path) -> None:
+    from mlpipeline.config import load_params
+    from mlpipeline.registry import CHALLENGER, CHAMPION, Registry
+
+    p = Project(tmp_path / "copy")
+    shutil.copytree(trained_project.root, p.root, symlinks=True)
+    champion = Registry(load_params(p.root)).version_by_alias(CHAMPION).version
+
+    def manual(params: dict[str, Any]) -> None:
+        params["promotion"]["mode"] = "manual"
+        params["gate"]["tolerance"] = 0.05  # the new forest passes the gate, surely
+        params["train"]["hyperparams"]["random_forest"]["n_estimators"] = 60
+
+    p.set_params(manual)
+    p.dvc("repro")
+    gate = json.loads(p.read("reports/gate.json"))
+    waiting = gate["version"]
+    assert gate["awaiting_approval"] and not gate["promoted"]
+    assert f"awaiting approval (promotion.mode manual): make approve V={waiting}" \
+        in gate["reason"]
+    registry = Registry(load_params(p.root))
+    assert str(registry.version_by_alias(CHAMPION).version) == str(champion)  # held
+    assert str(registry.version_by_alias(CHALLENGER).version) == waiting
+    # What the reviewer reads: the model card, the version's description in the registry.
+    card = registry.client.get_model_version(registry.name, waiting).description
+    assert card.startswith(f"# loan-default v{waiting}\n")
+    for part in ("## Purpose", "credit team's approval queue", "## Data", "## Test metrics",
+                 f"| roc_auc | {gate['challenger_metrics']['roc_auc']:.4f} |",
+                 "**PASSED, awaiting approval**", "### Behaviour",
+                 "| directional credit_score | decreasing (credit_score +50) |",
+                 f"| MLflow run | {gate['run_id']} |"):
+        assert part in card, part
+    assert p.run("make", "-n", "-f", str(REPO / "Makefile"), "card", f"V={waiting}").stdout \
+        .count(f"mlpipeline.registry card {waiting}") == 1
+    printed = p.run(sys.executable, "-m", "mlpipeline.registry", "card", waiting).stdout
+    assert printed.strip() == card.strip()
+
+    # `make approve V=n NOTE=...` runs the registry's approve command.
+    dry = p.run("make", "-n", "-f", str(REPO / "Makefile"), "approve", f"V={waiting}",
+                "NOTE=read the card")
+    assert f"mlpipeline.registry approve {waiting} --note \"read the card\"" in dry.stdout
+    env = {**ENV, "GITHUB_ACTOR": "risk-officer"}
+    approved = p.run(sys.executable, "-m", "mlpipeline.registry", "approve", waiting,
+                     "--note", "read the card", env=env)
+    assert f"v{waiting} approved by risk-officer" in approved.stdout
+    assert str(registry.version_by_alias(CHAMPION).version) == waiting
+    last = registry.decisions()[-1]
+    assert (last.reason, last.by, last.note, last.to_version) == (
+        "approved", "risk-officer", "read the card", waiting)
+    # The registered model's description (the MLflow UI's model page) is the readable table.
+    description = registry.client.get_registered_model(registry.name).description
+    assert f"| v{champion} → v{waiting} | approved | risk-officer | read the card |" \
+        in description
+    assert "**Approved** by risk-officer" in registry.card(waiting)
+    again = p.run(sys.executable, "-m", "mlpipeline.registry", "approve", waiting,
+                  check=False)
+    assert again.returncode != 0 and "is not awaiting approval (approved)" in again.stderr
+
+    # Rejected: the champion stays, the version loses `challenger`, the history says who.
+    p.set_params(lambda params: params["train"]["hyperparams"]["random_forest"].update(
+        n_estimators=70))
+    p.dvc("repro")
+    turned_down = json.loads(p.read("reports/gate.json"))["version"]
+    rejected = p.run(sys.executable, "-m", "mlpipeline.registry", "reject", turned_down,
+                     "--note", "drifts on region", env=env)
+    assert f"v{turned_down} rejected by risk-officer; champion stays v{waiting}" \
+        in rejected.stdout
+    assert str(registry.version_by_alias(CHAMPION).version) == waiting
+    assert registry.version_by_alias(CHALLENGER) is None
+    last = registry.decisions()[-1]
+    assert (last.status, last.by, last.to_version) == ("rejected", "risk-officer", turned_down)
+    assert registry.history()[-1].to_version == waiting  # not a champion change
+    late = p.run(sys.executable, "-m", "mlpipeline.registry", "approve", turned_down,
+                 check=False)
+    assert late.returncode != 0 and "is not awaiting approval (rejected)" in late.stderr
+    unknown = p.run(sys.executable, "-m", "mlpipeline.registry", "card", "99", check=False)
+    assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
+    assert "(`make models` lists the versions)" in unknown.stderr

@@ -130,6 +130,18 @@ class GateParams(_Strict):
     seed: int = 7  # the invariance check's draws
 
 
+class PromotionParams(_Strict):
+    # auto: a challenger that passes the gate becomes champion at once; manual: it stays
+    # `challenger` until a person runs `make approve V=n` (or `make reject V=n`).
+    mode: Literal["auto", "manual"] = "auto"
+
+
+class CardParams(_Strict):
+    # The model card's first lines (mlpipeline.card); empty: the task and target say it.
+    purpose: str = ""
+    owner: str = ""
+
+
 class MlflowParams(_Strict):
     tracking_uri: str = "sqlite:///mlflow.db"
     artifact_root: str = "mlartifacts"
@@ -228,6 +240,8 @@ class Params(ServiceConfig):
     train: TrainParams
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
+    promotion: PromotionParams = PromotionParams()
+    card: CardParams = CardParams()
     monitoring: MonitoringParams = MonitoringParams()
     ct: CtParams = CtParams()
     stack: StackParams = StackParams()

@@ -18,12 +18,14 @@ import numpy as np
 import pandas as pd
 
 from mlpipeline.behaviour import BehaviourResult, directional, invariance
+from mlpipeline.card import model_card
 from mlpipeline.config import (
     GATE_REPORT,
     METRICS,
     MODEL_FILE,
     RUN_INFO,
     TEST_SPLIT,
+    TRAIN_INFO,
     Params,
     load_params,
 )
@@ -80,7 +82,11 @@ def main() -> None:
     challenger_metrics = json.loads(params.path(METRICS).read_text())
     test = pd.read_parquet(params.path(TEST_SPLIT))
 
-    from mlpipeline.registry import CHAMPION, Registry  # mlflow: paid only by MLflow stages
+    from mlpipeline.registry import (  # mlflow: paid only by MLflow stages
+        AWAITING,
+        CHAMPION,
+        Registry,
+    )
 
     registry = Registry(params)
     champion = registry.version_by_alias(CHAMPION)
@@ -106,17 +112,26 @@ def main() -> None:
                      same_model_as_champion=same_model, champion_error=champion_error,
                      slices=slices, behaviour=behaviour)
 
+    # promotion.mode manual: a passing challenger waits for a person (make approve / reject).
+    awaiting = verdict.promote and params.promotion.mode == "manual"
+    reason = verdict.reason
+    if awaiting:
+        reason = (reason.replace("promoted:", "passed the gate:", 1) + "; awaiting approval "
+                  f"(promotion.mode manual): make approve V={version} or make reject "
+                  f"V={version}")
     registry.tag_version(version, {"gate": "passed" if verdict.promote else "rejected",
-                                   "gate_reason": verdict.reason})
-    if verdict.promote:
+                                   "gate_reason": verdict.reason,
+                                   **({"approval": AWAITING} if awaiting else {})})
+    if verdict.promote and not awaiting:
         registry.set_champion(version, "gate pass", note=verdict.reason)
     now = registry.version_by_alias(CHAMPION)
 
     report = {
         "model": registry.name,
         "version": version,
-        "promoted": verdict.promote,
-        "reason": verdict.reason,
+        "promoted": verdict.promote and not awaiting,
+        "awaiting_approval": awaiting,
+        "reason": reason,
         "checks": verdict.as_dict()["checks"],
         "challenger_metrics": challenger_metrics,
         "champion_before": None if champion is None else {
@@ -128,6 +143,8 @@ def main() -> None:
         report["slices"] = [{**asdict(s), "slice": s.name} for s in slices]
     report["behaviour"] = [b.as_dict() for b in behaviour]
     params.path(GATE_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    train_info = json.loads(params.path(TRAIN_INFO).read_text())
+    registry.describe(version, run["run_id"], model_card(params, report, run, train_info))
     registry.record_gate(
         run["run_id"], report,
         tags={"gate": "passed" if verdict.promote else "rejected",
@@ -148,7 +165,7 @@ def main() -> None:
               f"{result.summary}")
     before = f"v{champion.version}" if champion else "none"
     after = f"v{now.version}" if now else "none"
-    print(f"register: {verdict.reason}; champion {before} -> {after} -> {GATE_REPORT}")
+    print(f"register: {reason}; champion {before} -> {after} -> {GATE_REPORT}")
 
 
 if __name__ == "__main__":

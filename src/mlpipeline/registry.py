@@ -4,7 +4,9 @@ client API only (nothing edits the store by hand).
 Aliases: `champion` is what production serves, `challenger` the newest registered version,
 `previous` the champion before the last change. MLflow keeps no history of where an alias
 pointed, so every champion change is also written as an append-only registered-model tag
-`promotion.NNNNNN` = {"time", "from", "to", "reason", "note", "status"}.
+`promotion.NNNNNN` = {"time", "from", "to", "reason", "note", "status", "by"}; a challenger
+rejected by a person (`make reject`) is written there too, with status `rejected`. The
+registered model's description shows that history as a table (the MLflow UI's model page).
 
 A promotion is atomic for readers of the history, whatever crashes: under a lock, the entry
 is written first as `pending`, then the aliases move, then the entry is marked `done`. A
@@ -20,6 +22,10 @@ CLI (`python -m mlpipeline.registry ...`):
   history [--at TIME]       promotion history, or which version was champion at TIME
   rollback [--to VERSION]   champion back to `previous` (or to VERSION)
   promote VERSION           manual promotion
+  approve VERSION [--note]  promotion.mode manual: the challenger that passed the gate becomes
+                            champion (`make approve V=n NOTE=...`)
+  reject VERSION [--note]   ... or is dropped, never to be served (`make reject V=n`)
+  card VERSION              the version's model card (`make card V=n`)
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import getpass
 import json
 import os
 import random
@@ -42,7 +49,8 @@ from mlpipeline.config import Params, load_params
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 HISTORY_PREFIX = "promotion."
-PENDING, DONE, ABORTED = "pending", "done", "aborted"
+PENDING, DONE, ABORTED, REJECTED = "pending", "done", "aborted", "rejected"
+AWAITING = "awaiting"  # a version's `approval` tag under promotion.mode manual
 LOCK_SUFFIX = ".promotion-lock"
 LINEAGE_TAGS = ["run_id", "git_commit", "git_dirty", "data_version", "raw_data_version",
                 "training_window", "params_hash", "model_md5", "gate", "gate_reason"]
@@ -53,21 +61,49 @@ class Promotion:
     time: str  # ISO 8601, UTC
     from_version: str | None
     to_version: str
-    reason: str  # gate pass | rollback | manual
+    reason: str  # gate pass | rollback | manual | approved | rejected
     note: str = ""
-    status: str = DONE  # pending while the aliases move; done; aborted (never took effect)
+    # pending while the aliases move; done; aborted (never took effect); rejected (a person
+    # turned the challenger `to` down: the champion did not move)
+    status: str = DONE
     previous_before: str | None = None  # where `previous` pointed, to put it back on abort
+    by: str = ""  # who: the GitHub actor in Actions, else the user running the command
 
     def as_tag(self) -> str:
         return json.dumps({"time": self.time, "from": self.from_version, "to": self.to_version,
                            "reason": self.reason, "note": self.note, "status": self.status,
-                           "previous_before": self.previous_before})
+                           "previous_before": self.previous_before, "by": self.by})
 
     @classmethod
     def from_tag(cls, value: str) -> Promotion:
         data = json.loads(value)
         return cls(data["time"], data["from"], data["to"], data["reason"], data.get("note", ""),
-                   data.get("status", DONE), data.get("previous_before"))
+                   data.get("status", DONE), data.get("previous_before"), data.get("by", ""))
+
+
+def actor() -> str:
+    """Who is acting: GitHub's actor in a workflow, else the user running the command."""
+    try:
+        return os.environ.get("GITHUB_ACTOR") or getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (some containers)
+        return f"uid {os.getuid()}"
+
+
+def history_markdown(entries: list[Promotion]) -> str:
+    """The promotion history as a Markdown table, newest first: what the MLflow UI shows as
+    the registered model's description."""
+    lines = ["Champion changes and approval decisions, newest first (the `promotion.*` tags "
+             "hold the same as JSON).", "",
+             "| time (UTC) | champion | decision | by | note |", "|---|---|---|---|---|"]
+    for p in reversed(entries):
+        change = (f"v{p.to_version} rejected (champion stays v{p.from_version})"
+                  if p.status == REJECTED else
+                  f"v{p.from_version} → v{p.to_version}" if p.from_version else
+                  f"none → v{p.to_version}")
+        note = p.note.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {p.time.replace('T', ' ').replace('+00:00', '')} | {change} | "
+                     f"{p.reason} | {p.by or '-'} | {note or '-'} |")
+    return "\n".join(lines) + "\n"
 
 
 def settle(pending: Promotion, champion: str | None) -> str:
@@ -135,6 +171,15 @@ class Registry:
                 self._settle_pending()
         return [p for _, p in self._entries() if p.status == DONE]
 
+    def decisions(self) -> list[Promotion]:
+        """Champion changes and rejected challengers, oldest first: the readable history."""
+        self.history()  # settles a pending entry first
+        return [p for _, p in self._entries() if p.status in (DONE, REJECTED)]
+
+    def _publish_history(self) -> None:
+        self.client.update_registered_model(self.name,
+                                            description=history_markdown(self.decisions()))
+
     def _entries(self) -> list[tuple[str, Promotion]]:
         tags = self.client.get_registered_model(self.name).tags
         return [(k, Promotion.from_tag(tags[k])) for k in sorted(tags)
@@ -171,7 +216,7 @@ class Registry:
                 raise SystemExit(f"registry: v{version} is already the champion")
             event = Promotion(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                               old_version, version, reason, note, PENDING,
-                              str(previous.version) if previous else None)
+                              str(previous.version) if previous else None, actor())
             key = f"{HISTORY_PREFIX}{len(self._entries()) + 1:06d}"
             self.client.set_registered_model_tag(self.name, key, event.as_tag())
             if old_version:
@@ -179,6 +224,66 @@ class Registry:
             self.client.set_registered_model_alias(self.name, CHAMPION, version)
             event = replace(event, status=DONE)
             self.client.set_registered_model_tag(self.name, key, event.as_tag())
+        self._publish_history()
+        return event
+
+    def _awaiting(self, version: str) -> Any:
+        """`version` if it is the challenger waiting for a person's decision; else exit naming
+        what it is instead."""
+        mv = self.client.get_model_version(self.name, version)  # fails clearly if unknown
+        challenger = self.version_by_alias(CHALLENGER)
+        if mv.tags.get("approval") != AWAITING:
+            state = mv.tags.get("approval") or f"gate {mv.tags.get('gate', 'not run')}"
+            raise SystemExit(f"registry: v{version} is not awaiting approval ({state}); only "
+                             "a challenger that passed the gate under promotion.mode manual is")
+        if challenger is None or str(challenger.version) != version:
+            newer = f"v{challenger.version}" if challenger else "none"
+            raise SystemExit(f"registry: v{version} is no longer the challenger ({newer} is); "
+                             f"decide on {newer}, or promote v{version} by hand with "
+                             f"`python -m mlpipeline.registry promote {version}`")
+        return mv
+
+    def approve(self, version: str, note: str = "") -> Promotion:
+        """A person lets the waiting challenger become champion."""
+        self._awaiting(version)
+        event = self.set_champion(version, "approved", note)
+        self.tag_version(version, {"approval": "approved", "approved_by": event.by})
+        self._card_decision(version, event)
+        return event
+
+    def describe(self, version: str, run_id: str, card: str) -> None:
+        """The model card as the version's description (the MLflow UI's version page) and as
+        the run's `model_card.md`."""
+        self.client.update_model_version(self.name, version, description=card)
+        self.client.log_text(run_id, card, "model_card.md")
+
+    def card(self, version: str) -> str:
+        card = self.client.get_model_version(self.name, version).description
+        return card or f"v{version} has no model card: it was registered before cards were."
+
+    def _card_decision(self, version: str, event: Promotion) -> None:
+        decision = "Approved" if event.status == DONE else "Rejected"
+        line = (f"\n## Decision\n\n**{decision}** by {event.by} at {event.time}"
+                + (f": {event.note}" if event.note else "") + "\n")
+        self.client.update_model_version(self.name, version,
+                                         description=self.card(version).rstrip() + "\n" + line)
+
+    def reject(self, version: str, note: str = "") -> Promotion:
+        """A person turns the waiting challenger down: it loses `challenger`, keeps its tags,
+        and the decision goes to the history; the champion does not move."""
+        self._awaiting(version)
+        with self.promotion_lock():
+            self._settle_pending()
+            champion = self.version_by_alias(CHAMPION)
+            event = Promotion(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                              str(champion.version) if champion else None, version, "rejected",
+                              note, REJECTED, by=actor())
+            key = f"{HISTORY_PREFIX}{len(self._entries()) + 1:06d}"
+            self.client.set_registered_model_tag(self.name, key, event.as_tag())
+            self.tag_version(version, {"approval": "rejected", "rejected_by": event.by})
+            self.client.delete_registered_model_alias(self.name, CHALLENGER)
+        self._publish_history()
+        self._card_decision(version, event)
         return event
 
     @contextmanager
@@ -321,12 +426,14 @@ def _time(millis: int) -> str:
 
 
 def _print_history(history: list[Promotion]) -> None:
-    print("promotion history (champion changes, oldest first):")
+    print("promotion history (champion changes and rejected challengers, oldest first):")
     if not history:
         print("  (none)")
     for p in history:
         source = f"v{p.from_version}" if p.from_version else "-"
-        print(f"  {p.time}  {source} -> v{p.to_version}  {p.reason}"
+        change = (f"v{p.to_version} rejected, champion stays {source}" if p.status == REJECTED
+                  else f"{source} -> v{p.to_version}")
+        print(f"  {p.time}  {change}  {p.reason}" + (f" by {p.by}" if p.by else "")
               + (f"  ({p.note})" if p.note else ""))
 
 
@@ -358,11 +465,27 @@ def main(argv: list[str] | None = None) -> None:
     promote = sub.add_parser("promote", help="make VERSION the champion by hand")
     promote.add_argument("version")
     promote.add_argument("--note", default="")
+    for name, what in (("approve", "promotion.mode manual: make the waiting challenger "
+                                    "the champion"),
+                       ("reject", "promotion.mode manual: turn the waiting challenger down")):
+        decision = sub.add_parser(name, help=what)
+        decision.add_argument("version")
+        decision.add_argument("--note", default="", help="why (goes to the history)")
+    card = sub.add_parser("card", help="a version's model card (Markdown)")
+    card.add_argument("version")
     urls = sub.add_parser("urls", help="where the MLflow UI shows the runs and the model")
     urls.add_argument("--base", default="http://127.0.0.1:5000", help="the UI's address")
     args = parser.parse_args(argv)
 
     registry = Registry(load_params())
+    try:
+        run_command(registry, args)
+    except tracking.mlflow.exceptions.MlflowException as error:  # e.g. no such version
+        raise SystemExit(f"registry: {error.message} (`make models` lists the versions)"
+                         ) from None
+
+
+def run_command(registry: Registry, args: argparse.Namespace) -> None:
     if args.command == "urls":
         for what, url in ui_urls(registry, args.base.rstrip("/")).items():
             print(f"  {what + ':':<18}{url}")
@@ -376,8 +499,10 @@ def main(argv: list[str] | None = None) -> None:
             metrics = registry.run_metrics(mv.run_id) if mv.run_id else {}
             figures = "  ".join(f"{metrics.get(m, float('nan')):>11.4f}" for m in key_metrics)
             names = ",".join(sorted(aliases.get(str(mv.version), []))) or "-"
-            print(f"{mv.version:>7}  {names:<28}  {figures}  {mv.tags.get('gate', '-')}")
-        _print_history(registry.history())
+            gate = mv.tags.get("gate", "-") + (f", {mv.tags['approval']}"
+                                               if mv.tags.get("approval") else "")
+            print(f"{mv.version:>7}  {names:<28}  {figures}  {gate}")
+        _print_history(registry.decisions())
     elif args.command == "lineage":
         print(json.dumps(registry.lineage(args.version), indent=2))
     elif args.command == "history":
@@ -389,13 +514,23 @@ def main(argv: list[str] | None = None) -> None:
             version = champion_at(events, when)
             print(f"champion at {when.isoformat()}: " + (f"v{version}" if version else "none"))
         else:
-            _print_history(events)
+            _print_history(registry.decisions())
     elif args.command == "rollback":
         event = registry.rollback(args.to)
         print(f"registry: champion v{event.from_version} -> v{event.to_version} (rollback)")
     elif args.command == "promote":
         event = registry.set_champion(args.version, "manual", args.note)
         print(f"registry: champion v{event.from_version} -> v{event.to_version} (manual)")
+    elif args.command == "card":
+        print(registry.card(args.version))
+    elif args.command == "approve":
+        event = registry.approve(args.version, args.note)
+        print(f"registry: v{event.to_version} approved by {event.by}; champion "
+              f"v{event.from_version} -> v{event.to_version}")
+    elif args.command == "reject":
+        event = registry.reject(args.version, args.note)
+        print(f"registry: v{event.to_version} rejected by {event.by}; champion stays "
+              f"v{event.from_version}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""The model card: what a reviewer reads before a version serves. A plain function from the
+registration's figures to Markdown; `register` writes it as the version's description in the
+registry (the MLflow UI shows it on the version's page) and as the run's `model_card.md`.
+`make card V=n` prints it from the registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlpipeline.config import Params
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        return "-" if value is None or value == "" else str(value).replace("|", "/")
+
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)]
+
+
+def model_card(params: Params, report: dict[str, Any], run: dict[str, Any],
+               train_info: dict[str, Any]) -> str:
+    """Markdown for one registered version: purpose, data, metrics, slices, behaviour, the
+    gate's verdict, shadow evidence and lineage. `report` is reports/gate.json's content,
+    `run` reports/run.json's, `train_info` models/train_info.json's."""
+    schema, task = params.schema, params.task
+    version = report["version"]
+    verdict = ("PASSED, awaiting approval" if report.get("awaiting_approval") else
+               "PASSED" if report["promoted"] else "REJECTED")
+    labels = f" ({', '.join(map(str, schema.classes))})" if schema.classes else ""
+    before = report.get("champion_before")
+    compared = f"v{before['version']}" if before else "(none yet)"
+    lines = [f"# {report['model']} v{version}", "",
+             "## Purpose", "",
+             params.card.purpose or f"Predicts `{schema.target}` ({task.name}{labels}).", "",
+             f"Owner: {params.card.owner}." if params.card.owner else "",
+             f"Model: {train_info.get('model')} ({task.name}). Answer: {task.decision}.", "",
+             "## Data", "",
+             *_table(["", "value"], [
+                 ["training window", run.get("training_window")],
+                 ["training rows", train_info.get("train_rows")],
+                 ["test rows", int(report["challenger_metrics"].get("rows") or 0)],
+                 ["training split (DVC md5)", run.get("data_version")],
+                 ["raw batches (DVC md5)", run.get("raw_data_version")]]), "",
+             "## Test metrics", "",
+             f"On the window's latest rows, never seen in training; the champion {compared} "
+             "scored again on the same rows.", ""]
+    champion = (before or {}).get("metrics_on_current_test") or {}
+    metrics = {k: v for k, v in report["challenger_metrics"].items() if k != "rows"}
+    lines += [*_table(["metric", "this version", "champion"],
+                      [[k, v, champion.get(k)] for k, v in metrics.items()]), ""]
+    lines += ["## Gate", "", f"**{verdict}**: {report['reason']}", "",
+              *_table(["check", "value", "threshold", "result"],
+                      [[c["name"], c["value"], c["threshold"],
+                        "pass" if c["passed"] else "FAIL"] for c in report["checks"]]), ""]
+    if report.get("slices"):
+        lines += [f"### Slices ({params.gate.compare_metric}, tolerance "
+                  f"{params.gate.slice_tolerance})", "",
+                  *_table(["slice", "rows", "this version", "champion", "result"],
+                          [[s["slice"], s["rows"], s["challenger"], s["champion"],
+                            {True: "pass", False: "FAIL"}.get(s["passed"], s["note"])]
+                           for s in report["slices"]]), ""]
+    if report.get("behaviour"):
+        lines += ["### Behaviour", "",
+                  *_table(["check", "expectation", "rows moved", "broke it", "result"],
+                          [[b["check"] + " " + b["feature"], b["expectation"], b["rows"],
+                            f"{b['share']:.1%}", "pass" if b["passed"] else "FAIL"]
+                           for b in report["behaviour"]]), ""]
+    lines += ["## Shadow evidence", "",
+              "None yet: this version has not answered live requests beside the champion.", "",
+              "## Lineage", "",
+              *_table(["", "value"], [
+                  ["git commit", f"{run.get('git_commit')}"
+                   + (" (uncommitted changes)" if run.get("git_dirty") == "true" else "")],
+                  ["MLflow run", run.get("run_id")],
+                  ["params hash", run.get("params_hash")],
+                  ["model artefact (md5)", run.get("model_md5")],
+                  ["hyper-parameters", ", ".join(f"{k}={v}" for k, v in
+                                                 (train_info.get("hyperparams") or {}).items())]]),
+              ""]
+    return "\n".join(line for line in lines if line is not None).replace("\n\n\n", "\n\n")
