@@ -25,7 +25,7 @@ export UV_PYTHON := $(PYTHON_EXE)
 # 7), and the pipeline, the CT cycle and the tests start hundreds of processes.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-workers bench-data bench-log bench-tasks bench-reload ct drift compact-log models lineage card approve reject rollback stack stack-down clean
+.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-workers bench-data bench-log bench-tasks bench-reload ct drift shadow-report compact-log models lineage card approve reject rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
@@ -49,6 +49,7 @@ help:
 	@echo "make lineage V=3            where version 3 came from"
 	@echo "make card V=3               version 3's model card: data, metrics, slices, behaviour, verdict"
 	@echo "make rollback [TO=3]        champion back to 'previous' (or to version 3)"
+	@echo "make shadow-report          promotion.mode shadow: the challenger beside the champion on live requests"
 	@echo "make approve V=3 [NOTE=..]  promotion.mode manual: version 3 (the waiting challenger) serves"
 	@echo "make reject V=3 [NOTE=..]   promotion.mode manual: version 3 never serves"
 	@echo "make stack / stack-down      PostgreSQL + S3 + MLflow server + 2 replicas, as processes"
@@ -151,6 +152,10 @@ drift: setup
 
 # The prediction log: each day's parts merged into one file, days past
 # serving.log_retention_days removed (every CT cycle does it too).
+# promotion.mode shadow: the challenger's answers beside the champion's on live requests
+shadow-report: setup
+	$(IN_PROJECT) python -m monitoring.shadow
+
 compact-log: setup
 	$(IN_PROJECT) python -m mlpipeline.prediction_log compact
 

@@ -42,6 +42,7 @@ from serving.champion import Champion, LoadedModel
 from serving.metrics import MetricsAndLimits, ServiceMetrics
 from serving.prediction_log import PredictionLog
 from serving.schemas import PredictResponse, RequestContract, valid_id
+from serving.shadow import ShadowScorer
 
 log = logging.getLogger("serving")
 
@@ -89,6 +90,8 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         app.state.prediction_log = PredictionLog(
             params.path(settings.prediction_log_dir), settings.log_flush_records,
             settings.log_flush_seconds, replica, on_write=metrics.logged)
+        app.state.shadow = ShadowScorer(champion, app.state.prediction_log,
+                                        settings.shadow_queue_requests)
         await check_champion(app, "startup")
         poller = asyncio.create_task(poll(app)) if start_poller else None
         try:
@@ -98,6 +101,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            await asyncio.to_thread(app.state.shadow.close)  # its answers go to the log
             await asyncio.to_thread(app.state.prediction_log.close)
             metrics.worker_exits()
 
@@ -185,6 +189,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         answers = model.task.answers(scores)
         request_id = next_request_id()
         request.app.state.prediction_log.append(columns, answers.log, model.version, request_id)
+        request.app.state.shadow.submit(columns, request_id)  # promotion.mode shadow
         model.task.count(metrics, answers.predictions, model.version)
         return Scored(model.name, model.version, answers, request_id)
 
@@ -327,7 +332,8 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         if champion.current is None:
             return _json({"detail": champion.not_ready_reason}, 503)
         return _json({**champion.current.metadata,
-                      "last_reload_error": champion.last_check_error or None})
+                      "last_reload_error": champion.last_check_error or None,
+                      "shadow": request.app.state.shadow.state()})
 
     @app.get("/metrics", summary="Prometheus metrics (all workers of this replica)",
              response_class=PlainTextResponse)

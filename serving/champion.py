@@ -86,6 +86,11 @@ class Champion:
         self.failing_since: dt.datetime | None = None  # first failed check of the current run
         self._logged_failure_at = 0.0
         self._lock = threading.Lock()  # one reload at a time (poller and /admin/reload)
+        # promotion.mode shadow: the challenger awaiting a decision, scored beside the
+        # champion on every request (serving.app's ShadowScorer), and since when.
+        self.shadow_mode = params.promotion.mode == "shadow"
+        self.shadow: LoadedModel | None = None
+        self.shadow_since: str | None = None
 
     def registry_status(self) -> dict[str, Any]:
         """Whether the last check reached the registry (and loaded what it names)."""
@@ -95,33 +100,68 @@ class Champion:
                 if self.failing_since else None}
     def check(self) -> str:
         """Look where `champion` points; load and swap if it moved. Returns what happened:
-        'loaded', 'unchanged', 'no-champion' or 'error' (the current model stays)."""
+        'loaded', 'unchanged', 'no-champion' or 'error' (the current model stays). In shadow
+        mode, the challenger awaiting a decision is looked up the same way after it."""
         with self._lock:
+            outcome = self._check_champion()
+            if self.shadow_mode:
+                self._check_shadow()
+            return outcome
+
+    def _check_champion(self) -> str:
+        try:
             try:
-                try:
-                    version = self.client.get_model_version_by_alias(self.name, "champion")
-                except self._mlflow.exceptions.MlflowException as error:
-                    if _is_missing(error):
-                        self._recovered()  # the registry answered: no champion alias yet
-                        if self.current is None:
-                            self.not_ready_reason = (
-                                f"no champion yet for model {self.name!r}: run the pipeline "
-                                "(`make demo`) so a model passes the gate")
-                        return "no-champion"
+                version = self.client.get_model_version_by_alias(self.name, "champion")
+            except self._mlflow.exceptions.MlflowException as error:
+                if _is_missing(error):
+                    self._recovered()  # the registry answered: no champion alias yet
+                    if self.current is None:
+                        self.not_ready_reason = (
+                            f"no champion yet for model {self.name!r}: run the pipeline "
+                            "(`make demo`) so a model passes the gate")
+                    return "no-champion"
+                raise
+            if self.current is not None and self.current.version == str(version.version):
+                self._recovered()
+                return "unchanged"
+            loaded = self._load(version)
+        except Exception as error:
+            self._failed(f"{type(error).__name__}: {_first_line(error)}")
+            return "error"
+        old = self.current
+        self.current = loaded  # the swap: one reference assignment
+        self._recovered()
+        log.info("serving %s v%s (was %s)", self.name, loaded.version,
+                 f"v{old.version}" if old else "none")
+        return "loaded"
+
+    def _check_shadow(self) -> None:
+        """The shadow: the `challenger` while it awaits a person's decision (tag approval:
+        awaiting) and is not the champion; none otherwise. A failure keeps what was there."""
+        try:
+            try:
+                version = self.client.get_model_version_by_alias(self.name, "challenger")
+            except self._mlflow.exceptions.MlflowException as error:
+                if not _is_missing(error):
                     raise
-                if self.current is not None and self.current.version == str(version.version):
-                    self._recovered()
-                    return "unchanged"
-                loaded = self._load(version)
-            except Exception as error:
-                self._failed(f"{type(error).__name__}: {_first_line(error)}")
-                return "error"
-            old = self.current
-            self.current = loaded  # the swap: one reference assignment
-            self._recovered()
-            log.info("serving %s v%s (was %s)", self.name, loaded.version,
-                     f"v{old.version}" if old else "none")
-            return "loaded"
+                version = None
+            champion = self.current.version if self.current else None
+            if (version is None or version.tags.get("approval") != "awaiting"
+                    or str(version.version) == champion):
+                if self.shadow is not None:
+                    log.info("shadow v%s stopped", self.shadow.version)
+                self.shadow, self.shadow_since = None, None
+                return
+            if self.shadow is not None and self.shadow.version == str(version.version):
+                return
+            self.shadow = self._load(version)
+            self.shadow_since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            log.info("shadow: v%s scores every request beside champion v%s",
+                     self.shadow.version, champion)
+        except Exception as error:
+            log.warning("shadow check failed, keeping %s: %s: %s",
+                        f"v{self.shadow.version}" if self.shadow else "no shadow",
+                        type(error).__name__, _first_line(error))
 
     def _failed(self, error: str) -> None:
         now = time.monotonic()

@@ -41,11 +41,12 @@ class PredictionLog:
         self._thread.start()
 
     def append(self, columns: dict[str, list], answers: dict[str, list], version: str,
-               request_id: str) -> None:
+               request_id: str, role: str = "champion") -> None:
         """Hand one request's features (lists by name) and answers (the task's log columns:
         `prediction` and, e.g., `probability`) to the writer; costs a queue put on the
-        request path."""
-        self._queue.put((columns, answers, version, request_id, dt.datetime.now(dt.UTC)))
+        request path. `role`: champion (what was served) or shadow (promotion.mode shadow)."""
+        self._queue.put((columns, answers, version, request_id, dt.datetime.now(dt.UTC),
+                         role))
 
     def close(self) -> None:
         self._queue.put(_STOP)
@@ -80,7 +81,7 @@ class PredictionLog:
         # any request carried becomes a column, null where a request did not have it.
         names = list(dict.fromkeys(name for item in items for name in item[0]))
         answer_names = list(dict.fromkeys(name for item in items for name in item[1]))
-        for features, answers, version, request_id, at in items:
+        for features, answers, version, request_id, at, role in items:
             n = len(answers["prediction"])
             for name in names:
                 columns.setdefault(name, []).extend(features.get(name) or [None] * n)
@@ -88,6 +89,7 @@ class PredictionLog:
                 columns.setdefault(name, []).extend(answers.get(name) or [None] * n)
             columns.setdefault("model_version", []).extend([version] * n)
             columns.setdefault("request_id", []).extend([request_id] * n)
+            columns.setdefault("role", []).extend([role] * n)
             # As microseconds: Arrow converts a list of ints ~8x faster than of datetimes,
             # and this thread shares the GIL with the requests.
             columns.setdefault("served_at", []).extend([_microseconds(at)] * n)

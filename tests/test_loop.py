@@ -140,7 +140,8 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
         markdown = project.read("reports/ct/summary.md")
         assert "v1 -> v2" in markdown and "| debt_to_income |" in markdown
         assert step_summary.read_text() == markdown
-        assert outputs.read_text() == "status=ok\ndecision=retrain\npromoted=true\nchampion=2\n"
+        assert outputs.read_text() == (
+        "status=ok\ndecision=retrain\npromoted=true\nchampion=2\nawaiting_approval=\n")
         committed = project.git("show", "--name-only", "--format=%s", "HEAD").stdout
         assert project.git("rev-parse", "HEAD~1").stdout.strip() == head
         assert committed.startswith("CT: champion v1 -> v2")

@@ -508,3 +508,46 @@ def test_the_ct_cycle_warms_the_drift_checks_imports_while_dvc_runs() -> None:
     missing = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                              check=True).stdout.split()
     assert missing == [] and "evidently.presets" in DRIFT_CHECK_IMPORTS
+
+
+def test_the_shadow_report_pairs_every_answer_and_scores_both_models_on_the_outcomes() -> None:
+    """Each champion answer meets its shadow answer (same request, same position); the
+    outcomes, joined on the id, give both models' real metrics on the same rows."""
+    from mlpipeline.tasks.binary import classification_metrics
+    from monitoring.shadow import pair_answers, shadow_evidence
+
+    schema, target = PARAMS.schema, PARAMS.schema.target
+    batch = synthetic_batch(PARAMS.source, 0).head(400)
+    rng = np.random.default_rng(0)
+    good = np.clip(batch[target] * 0.6 + rng.uniform(0, 0.4, len(batch)), 0, 1)  # the shadow
+    bad = rng.uniform(0, 1, len(batch))  # the champion: a coin
+    start = pd.Timestamp("2026-03-02", tz="UTC")
+    served = batch[[schema.id_column, *schema.feature_names]].assign(
+        request_id=[f"r{i // 2}" for i in range(len(batch))],  # two records per request
+        served_at=start + pd.to_timedelta(np.arange(len(batch)), "s"))
+    log = pd.concat([served.assign(probability=bad, model_version="1", role="champion"),
+                     served.assign(probability=good, model_version="2", role="shadow")],
+                    ignore_index=True)
+    # Requests interleave in the parts (each request's records stay in their order).
+    order = dict(zip(log["request_id"].unique(), rng.permutation(log["request_id"].nunique()),
+                     strict=True))
+    log = log.sort_values("request_id", key=lambda ids: ids.map(order), kind="stable")
+    unanswered = served.iloc[[0]].assign(request_id="late", probability=0.5,
+                                         model_version="1", role="champion")
+    champion, shadow, missing = pair_answers(pd.concat([log, unanswered]), PARAMS.task)
+    assert (len(champion), missing) == (400, 1)
+    assert (champion[schema.id_column] == shadow[schema.id_column]).all()  # aligned
+
+    evidence = shadow_evidence(champion, shadow, missing, PARAMS.task,
+                               batch[[schema.id_column, *schema.feature_names, target]],
+                               "roc_auc")
+    assert (evidence["shadow_version"], evidence["requests"]) == ("2", 200)
+    assert 0.3 < evidence["agreement"]["label_agreement"] < 0.8
+    labelled = evidence["labelled"]
+    assert labelled["rows"] == 400
+    truth = batch[target].to_numpy()
+    assert labelled["shadow"]["roc_auc"] == pytest.approx(
+        classification_metrics(truth, good.to_numpy(), 0.5)["roc_auc"], abs=1e-6)
+    assert labelled["champion"]["roc_auc"] == pytest.approx(
+        classification_metrics(truth, bad, 0.5)["roc_auc"], abs=1e-6)
+    assert labelled["shadow"]["roc_auc"] > 0.9 > labelled["champion"]["roc_auc"]

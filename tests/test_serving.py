@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -592,3 +594,47 @@ def test_a_version_logged_without_a_contract_is_served_by_params_schema_or_refus
         schema=params.schema, threshold=params.evaluate.threshold)
     with pytest.raises(ValueError, match=r"version 3 carries no contract\.json.*retrain"):
         Champion(ServiceConfig(root=tmp_path))._contract(missing, "3")
+
+
+def test_a_shadow_scores_every_request_off_the_request_path_and_both_answers_are_logged(
+        trained_project: Project, tmp_path: Path) -> None:
+    """promotion.mode shadow: the challenger awaiting a decision answers each request too,
+    on its own thread; held there, it delays no answer, and once free it logs every one."""
+    from mlpipeline.registry import Registry
+
+    project = Project(tmp_path / "copy")
+    shutil.copytree(trained_project.root, project.root, symlinks=True)
+    params = service_params(project, tmp_path, log_flush_seconds=60)
+    params = params.model_copy(update={"promotion": params.promotion.model_copy(
+        update={"mode": "shadow"})})
+    registry = Registry(params)
+    waiting = registry.register(json.loads(project.read("reports/run.json")))
+    registry.tag_version(waiting, {"approval": "awaiting"})  # what register does in shadow
+    champion = champion_version(params)
+    held = threading.Event()
+    with TestClient(create_app(params, start_poller=False)) as c:
+        shadow = c.get("/model").json()["shadow"]
+        assert shadow["version"] == waiting and shadow["since"]
+        model = c.app.state.champion.shadow  # type: ignore[attr-defined]
+        scores = model.scores
+        object.__setattr__(model, "scores", lambda columns: (held.wait(), scores(columns))[1])
+        ids = []
+        for size in (1, 3, 2):
+            answer = c.post("/predict", json=[RECORD] * size)
+            assert answer.status_code == 200  # answered while the shadow is held
+            assert answer.json()["model"]["version"] == champion
+            ids += [answer.json()["request_id"]] * size
+        requests = c.get("/model").json()["shadow"]["requests"]
+        assert requests["scored"] == 0 and requests["pending"] in (2, 3)
+        held.set()
+    log_dir = Path(params.serving.prediction_log_dir)
+    served = read_log(log_dir)  # what monitoring reads: the champion's answers only
+    assert sorted(served["request_id"]) == sorted(ids)
+    assert set(served["model_version"]) == {champion}
+    both = read_log(log_dir, shadow=True)
+    shadowed = both[both["role"] == "shadow"]
+    assert sorted(shadowed["request_id"]) == sorted(ids)  # every request, once
+    assert set(shadowed["model_version"]) == {waiting}
+    pairs = served.merge(shadowed, on=["request_id", "credit_score", "age"],
+                         suffixes=("", "_shadow"))
+    assert (pairs["probability"] == pairs["probability_shadow"]).all()  # the same model here

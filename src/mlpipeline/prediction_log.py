@@ -65,30 +65,35 @@ def day_files(day: Path) -> list[Path]:
     return compacted[-1:] + [p for p in sorted(day.glob(PART_GLOB)) if p.name not in held]
 
 
+SHADOW = "shadow"  # the `role` of a row a shadow model answered (promotion.mode shadow)
+
+
 def read_log(log: Path, since: dt.datetime | None = None, until: dt.datetime | None = None,
-             columns: list[str] | None = None) -> pd.DataFrame:
+             columns: list[str] | None = None, *, shadow: bool = False) -> pd.DataFrame:
     """Logged predictions served from `since` to `until` (both optional), every replica's,
     as one table; only the days in that span are opened, and Parquet's row-group statistics
-    skip the rest. `columns` limits what is read (those present). Empty frame if none."""
-    table = read_log_table(log, since, until, columns)
+    skip the rest. `columns` limits what is read (those present). Empty frame if none.
+    The shadow model's answers (role `shadow`) are left out unless `shadow`: what was
+    served is the champion's."""
+    table = read_log_table(log, since, until, columns, shadow=shadow)
     return pd.DataFrame() if table is None else table.to_pandas()
 
 
 def read_log_table(log: Path, since: dt.datetime | None = None,
-                   until: dt.datetime | None = None, columns: list[str] | None = None
-                   ) -> pa.Table | None:
+                   until: dt.datetime | None = None, columns: list[str] | None = None,
+                   *, shadow: bool = False) -> pa.Table | None:
     """As read_log, as an Arrow table (None: nothing logged in the span). A compaction may
     delete parts between the listing and the reading: then the day is listed again."""
     for _ in range(ATTEMPTS - 1):
         try:
-            return _read_log_table(log, since, until, columns)
+            return _read_log_table(log, since, until, columns, shadow)
         except FileNotFoundError:
             continue
-    return _read_log_table(log, since, until, columns)
+    return _read_log_table(log, since, until, columns, shadow)
 
 
 def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | None,
-                    columns: list[str] | None) -> pa.Table | None:
+                    columns: list[str] | None, shadow: bool = False) -> pa.Table | None:
     # A record lies in the partition of the day it was written: its serving day, or the next
     # when it was served just before midnight and flushed after.
     last_day = until.date() + dt.timedelta(days=1) if until is not None else None
@@ -106,6 +111,9 @@ def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | N
     if until is not None:
         bound = served <= pa.scalar(until, pa.timestamp("us", tz="UTC"))
         condition = bound if condition is None else condition & bound
+    if not shadow and "role" in schema.names:
+        served_rows = ds.field("role").is_null() | (ds.field("role") != SHADOW)
+        condition = served_rows if condition is None else condition & served_rows
     wanted = None if columns is None else [c for c in columns if c in schema.names]
     return dataset.to_table(columns=wanted, filter=condition)
 

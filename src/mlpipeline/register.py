@@ -112,13 +112,17 @@ def main() -> None:
                      same_model_as_champion=same_model, champion_error=champion_error,
                      slices=slices, behaviour=behaviour)
 
-    # promotion.mode manual: a passing challenger waits for a person (make approve / reject).
-    awaiting = verdict.promote and params.promotion.mode == "manual"
+    # promotion.mode manual or shadow: a passing challenger waits for a person (make approve
+    # or reject); in shadow mode the replicas meanwhile score every request with it too.
+    mode = params.promotion.mode
+    awaiting = verdict.promote and mode != "auto"
     reason = verdict.reason
     if awaiting:
         reason = (reason.replace("promoted:", "passed the gate:", 1) + "; awaiting approval "
-                  f"(promotion.mode manual): make approve V={version} or make reject "
-                  f"V={version}")
+                  f"(promotion.mode {mode}): "
+                  + ("answers every request in shadow beside the champion; make "
+                     "shadow-report, then " if mode == "shadow" else "")
+                  + f"make approve V={version} or make reject V={version}")
     registry.tag_version(version, {"gate": "passed" if verdict.promote else "rejected",
                                    "gate_reason": verdict.reason,
                                    **({"approval": AWAITING} if awaiting else {})})
