@@ -4,7 +4,10 @@ Both servers get the same requests on the same path: POST /invocations with MLfl
 `dataframe_split` payload. Measures, for single-record requests at concurrency 1 and 16:
 requests/s, p50 and p99 latency; the in-process one-record `predict_proba` time as the
 floor; and batch throughput (records/s) for 1,000-record requests against in-process
-predict on the same rows. Prints a table with the ratios and issue 15's targets.
+predict on the same rows. Prints a table with the ratios and issue 15's targets. Then the
+same service with a shadow (promotion.mode shadow: the champion registered again as the
+challenger awaiting approval, in a copy of the embedded store, so the project's registry is
+untouched): its p99 at concurrency 16 beside the one without (target: at most 1.5x).
 Load comes from wrk (Debian package `wrk`) when installed,
 otherwise from a Python load generator (slower: it shares the two cores with the servers).
 
@@ -28,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -153,13 +157,30 @@ def main() -> None:
             [sys.executable, "-m", "serving", "--port", str(ours_port), "--workers", "2"],
             f"http://127.0.0.1:{ours_port}", "/ready"),
     }
+    shadow_root = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
+    shadow_uri = shadow_store(params, shadow_root)
+    places = {label: (params.root, env) for label in servers}
+    if shadow_uri:
+        servers["this service, with a shadow"] = servers["this service"]
+        places["this service, with a shadow"] = (shadow_root,
+                                                 {**env, "MLFLOW_TRACKING_URI": shadow_uri})
     results: dict[str, dict[str, dict[str, float]]] = {}
     path = "/invocations"
     for label, (cmd, url, health) in servers.items():
-        process = subprocess.Popen(cmd, cwd=params.root, env=env, stdout=subprocess.DEVNULL,
+        cwd, server_env = places[label]
+        process = subprocess.Popen(cmd, cwd=cwd, env=server_env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         try:
             wait_http_ok(url + health, process)
+            if "shadow" in label:
+                shadow = json.loads(urllib.request.urlopen(url + "/model").read())["shadow"]
+                if not shadow:
+                    raise SystemExit("the shadow service loaded no shadow model")
+                load(url + path, single, 16, 3)  # warms the shadow's thread too
+                results[label] = {"c16": load(url + path, single, 16, args.seconds)}
+                scored = json.loads(urllib.request.urlopen(url + "/model").read())["shadow"]
+                results[label]["shadow"] = {k: float(v) for k, v in scored["requests"].items()}
+                continue
             load(url + path, single, 1, 2)  # warm-up
             if "workers" in label:  # only what the workers change: concurrent throughput
                 load(url + path, single, 16, 3)  # warms both (each loads its own model)
@@ -215,6 +236,19 @@ def main() -> None:
     print(f"where one 1,000-record request's {request_ms:.1f} ms go (in-process medians): "
           + ", ".join(f"{name} {ms:.2f}" for name, ms in steps.items())
           + f"; HTTP, framework and the rest {request_ms - sum(steps.values()):.2f}")
+    if "this service, with a shadow" in results:
+        shadowed = results["this service, with a shadow"]
+        ratio = shadowed["c16"]["p99"] / ours["c16"]["p99"]
+        counts = shadowed["shadow"]
+        print(f"\nwith a shadow (promotion.mode shadow), concurrency 16: p99 "
+              f"{shadowed['c16']['p99']:.2f} ms vs {ours['c16']['p99']:.2f} ms without: "
+              f"{ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'MISSED'}); "
+              f"{shadowed['c16']['rps']:.0f} vs {ours['c16']['rps']:.0f} requests/s; the "
+              f"shadow scored {counts['scored']:.0f} requests, dropped {counts['dropped']:.0f}, "
+              f"{counts['pending']:.0f} pending at the end")
+    else:
+        print("\nwith a shadow: not measured (the store is not the embedded SQLite file)")
+    shutil.rmtree(shadow_root, ignore_errors=True)
     print("\ntargets (issue 15):")
     for text, value, target, met in [
         ("c=16 p99 / mlflow's", ours["c16"]["p99"] / theirs["c16"]["p99"], "<= 0.10",
@@ -232,6 +266,29 @@ def main() -> None:
         print(f"  {text}: {value:.2f} (target {target}) {'met' if met else 'MISSED'}")
 
 
+def shadow_store(params: Any, folder: Path) -> str | None:
+    """A copy of the embedded store in `folder` whose challenger, awaiting approval, is the
+    champion registered again, and a params.yaml in shadow mode; None on another store."""
+    from mlflow import MlflowClient
+
+    from mlpipeline.config import PARAMS_FILE, set_values
+
+    uri = params.tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    shutil.copy2(uri[len("sqlite:///"):], folder / "mlflow.db")
+    copy = f"sqlite:///{folder / 'mlflow.db'}"
+    (folder / PARAMS_FILE).write_text(set_values(
+        params.path(PARAMS_FILE).read_text(), {"promotion.mode": "shadow"}))
+    client, name = MlflowClient(copy), params.mlflow.registered_model
+    champion = client.get_model_version_by_alias(name, "champion")
+    twin = client.create_model_version(name, champion.source, champion.run_id,
+                                       tags={"approval": "awaiting"},
+                                       model_id=getattr(champion, "model_id", None))
+    client.set_registered_model_alias(name, "challenger", twin.version)
+    return copy
+
+
 def batch_steps(served: Any, body: bytes, median_ms: Any) -> dict[str, float]:
     """The service's steps for one /invocations body, each timed on its own (ms)."""
     from serving import scoring
@@ -241,7 +298,7 @@ def batch_steps(served: Any, body: bytes, median_ms: Any) -> dict[str, float]:
     scores = served.scores(columns)
     answers = served.task.answers(scores)
     log = PredictionLog(Path(tempfile.mkdtemp()), 10**9, 3600)  # never flushes on its own
-    item = (columns, answers.log, "1", "r", dt.datetime.now(dt.UTC))
+    item = (columns, answers.log, "1", "r", dt.datetime.now(dt.UTC), "champion")
     return {
         "parse JSON": median_ms(lambda: scoring.parse_payload(body, "application/json"), 30),
         "validate columns": median_ms(lambda: scoring.column_errors(columns, served.schema),

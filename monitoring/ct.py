@@ -9,6 +9,10 @@ Steps, each named in the output and in the summary:
 2. drift check  the prediction log compacted (one file per day, the retention applied), then
                 monitoring.drift: the new data against the champion's training reference,
                 the champion's real performance on the new outcomes, the guards
+   shadow       promotion.mode shadow only: the challenger answering in shadow is promoted
+                when its answers, joined with the outcomes, hold against the champion's on
+                at least promotion.shadow_min_rows labelled requests (gate.compare_metric,
+                gate.tolerance), rejected when worse there, else kept (monitoring.shadow)
 3. move window  retrain only: the training window slides by whole batches (keeping its
                 number of batches) so that it ends at the newest batch
 4. same data    retrain only: no retrain when the new training split is the champion's own
@@ -219,6 +223,37 @@ def check_drift(cycle: Cycle, batch: NewBatch, current: str | None,
     return verdict, check
 
 
+def judge_shadow(cycle: Cycle) -> None:
+    """promotion.mode shadow: the challenger waiting in shadow is promoted on enough labelled
+    live evidence, rejected when worse there, else kept; its card gets the evidence."""
+    from mlpipeline.registry import AWAITING, CHALLENGER
+    from monitoring.shadow import describe, shadow_report
+
+    waiting = cycle.registry.version_by_alias(CHALLENGER)
+    if waiting is None or waiting.tags.get("approval") != AWAITING:
+        return
+    version = str(waiting.version)
+    cycle.enter("shadow", f"shadow: v{version}'s answers beside the champion's")
+    evidence = shadow_report(cycle.params)
+    print(describe(evidence))
+    gate = cycle.params.gate
+    if evidence["shadow_version"] != version:
+        verdict = decide.ShadowVerdict(decide.KEEP, version, f"v{version} kept in shadow: "
+                                       "none of its answers logged yet")
+    else:
+        metric = str(gate.compare_metric)
+        verdict = decide.shadow_verdict(
+            evidence, min_rows=cycle.params.promotion.shadow_min_rows, metric=metric,
+            tolerance=gate.tolerance, lower_is_better=metric in cycle.params.task.lower_is_better)
+        cycle.registry.record_shadow_evidence(version, evidence)
+    if verdict.action == decide.PROMOTE:
+        cycle.registry.approve(version, verdict.reason, reason="shadow evidence")
+    elif verdict.action == decide.REJECT:
+        cycle.registry.reject(version, verdict.reason)
+    cycle.summary["shadow"] = {"evidence": evidence, **verdict.as_dict()}
+    print(f"ct: {verdict.reason}")
+
+
 def move_window(cycle: Cycle, batch: NewBatch, verdict: decide.Verdict,
                 champion_data_version: str | None) -> bool:
     """Steps 3 and 4: slide the window to the newest batch; False when the new training split
@@ -266,6 +301,8 @@ def run_cycle(root: Path, *, force: bool = False, current: str | None = None,
         batch = new_batch(cycle)
         summary["new_batch"] = batch.as_dict()
         verdict, check = check_drift(cycle, batch, current, since, force)
+        if cycle.params.promotion.mode == "shadow":
+            judge_shadow(cycle)
         if verdict.retrain and move_window(cycle, batch, verdict,
                                            check["champion_data_version"]):
             retrain(cycle)
@@ -367,6 +404,8 @@ def to_markdown(summary: dict[str, Any]) -> str:
             row("reason", reason)
         row("decision", f"**{decision['action']}**" + (
             f" (triggers: {', '.join(decision['triggers'])})" if decision["triggers"] else ""))
+    if summary.get("shadow"):
+        row("shadow", f"**{summary['shadow']['action']}**: {summary['shadow']['reason']}")
     gate = summary.get("gate")
     if gate:
         verdict = ("PASSED, awaiting approval" if gate.get("awaiting_approval") else
@@ -407,6 +446,8 @@ def commit(root: Path, summary: dict[str, Any]) -> None:
     """Commit what a promotion changed: the new window, dvc.lock (data versions), reports."""
     paths = [str(p) for p in [*TRACKED, PLOTS_DIR]]
     subprocess.run(["git", "add", "--", *paths], cwd=root, check=True)
+    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=root).returncode == 0:
+        return  # e.g. a shadow promoted on evidence: nothing of the project's changed
     reasons = "; ".join((summary.get("decision") or {}).get("reasons", []))
     message = (f"CT: champion v{summary['champion_before']} -> v{summary['champion_after']}, "
                f"window {summary['window_after']}\n\n{reasons}\n")

@@ -229,3 +229,42 @@ def same_data_reason(new_data_version: str, champion_data_version: str | None) -
 def held_back(verdict: Verdict, same_data: str) -> Verdict:
     """A retrain verdict withdrawn by the same-data guard (its triggers kept for the record)."""
     return Verdict(NO_RETRAIN, [*verdict.reasons, same_data], verdict.triggers)
+
+
+PROMOTE, KEEP, REJECT = "promote", "keep", "reject"
+
+
+@dataclass(frozen=True)
+class ShadowVerdict:
+    """What a CT cycle does with the challenger answering in shadow (promotion.mode shadow)."""
+
+    action: str  # promote | keep (wait for more evidence) | reject
+    version: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def shadow_verdict(evidence: dict[str, Any], *, min_rows: int, metric: str, tolerance: float,
+                   lower_is_better: bool) -> ShadowVerdict:
+    """Promote only on enough labelled requests both models answered, when the shadow is no
+    worse than the champion there (within the gate's tolerance); reject when it is worse;
+    else keep waiting. `evidence` is monitoring.shadow's."""
+    version = str(evidence["shadow_version"])
+    labelled = evidence.get("labelled") or {}
+    rows = int(labelled.get("rows", 0))
+    if rows < min_rows:
+        return ShadowVerdict(KEEP, version, f"v{version} kept in shadow: {rows} labelled "
+                                            f"requests so far, promotion.shadow_min_rows is "
+                                            f"{min_rows} ({evidence['requests']} requests "
+                                            "answered by both)")
+    ours, theirs = labelled["shadow"][metric], labelled["champion"][metric]
+    bound = theirs + tolerance if lower_is_better else theirs - tolerance
+    holds = ours <= bound if lower_is_better else ours >= bound
+    figures = (f"{metric} {ours:.4f} vs champion v{evidence['champion_version']} "
+               f"{theirs:.4f} on the same {rows} labelled requests (tolerance {tolerance})")
+    if holds:
+        return ShadowVerdict(PROMOTE, version, f"v{version} promoted on shadow evidence: "
+                                               f"{figures}")
+    return ShadowVerdict(REJECT, version, f"v{version} rejected on shadow evidence: {figures}")

@@ -37,7 +37,9 @@ def pair_answers(log: pd.DataFrame, task: Task) -> tuple[pd.DataFrame, pd.DataFr
     version = shadowed.sort_values("served_at")["model_version"].iloc[-1]
     shadowed = shadowed[shadowed["model_version"] == version]
     served = log[log["role"] != SHADOW]
-    served = served[served["served_at"] >= shadowed["served_at"].min()]  # its time in shadow
+    # Its time in shadow: from the first request it answered too (answered just after).
+    first = served.loc[served["request_id"].isin(shadowed["request_id"]), "served_at"].min()
+    served = served[served["served_at"] >= first]
     pairs = served.merge(shadowed[["request_id", "_at", *task.log_score_columns,
                                    "model_version"]],
                          on=["request_id", "_at"], how="inner", suffixes=("", "_shadow"))

@@ -40,7 +40,7 @@ ENV.pop("MLFLOW_TRACKING_URI", None)  # each project copy uses its own embedded 
 # promotions ~70, tracking server ~50, registry ~50, serving ~50, monitoring ~35.
 RUN_FIRST = ("tests/test_loop.py", "tests/test_stack.py", "tests/test_landing.py",
              "tests/test_tasks_loop.py", "tests/test_pipeline.py", "tests/test_ct_killed.py",
-             "tests/test_serving_live.py",
+             "tests/test_serving_live.py", "tests/test_shadow.py",
              "tests/test_promotions.py", "tests/test_tracking_server.py",
              "tests/test_registry.py", "tests/test_serving.py", "tests/test_monitoring.py")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -31,7 +32,9 @@ def test_champion_change_is_served_without_restart_or_failed_requests(
         trained_project: Project, tmp_path: Path) -> None:
     from mlpipeline.registry import Registry
 
-    root = trained_project.root
+    # A copy: the promotion below must not show in the shared project's registry history.
+    root = tmp_path / "project"
+    shutil.copytree(trained_project.root, root, symlinks=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = start_service(root, port, 0.3, tmp_path / "service.log", env=ENV)

@@ -82,3 +82,31 @@ def model_card(params: Params, report: dict[str, Any], run: dict[str, Any],
                                                  (train_info.get("hyperparams") or {}).items())]]),
               ""]
     return "\n".join(line for line in lines if line is not None).replace("\n\n\n", "\n\n")
+
+
+SHADOW_HEADING = "## Shadow evidence"
+
+
+def with_shadow_evidence(card: str, evidence: dict[str, Any]) -> str:
+    """The card with its shadow section replaced by `evidence` (monitoring.shadow's)."""
+    agreement = ", ".join(f"{k.replace('_', ' ')} {v:.4f}"
+                          for k, v in evidence["agreement"].items())
+    lines = [SHADOW_HEADING, "",
+             f"Beside champion v{evidence['champion_version']} on {evidence['requests']} live "
+             f"requests ({evidence['rows']} rows; "
+             f"{evidence['requests_without_shadow_answer']} without a shadow answer): "
+             f"{agreement}.", ""]
+    labelled = evidence.get("labelled")
+    if labelled:
+        lines += [f"On the {labelled['rows']} of them whose outcomes arrived:", "",
+                  *_table(["metric", "this version", "champion"],
+                          [[k, v, labelled["champion"].get(k)]
+                           for k, v in labelled["shadow"].items() if k != "rows"]), ""]
+    else:
+        lines += ["No outcomes joined yet.", ""]
+    section = "\n".join(lines)
+    if SHADOW_HEADING not in card:
+        return card.rstrip() + "\n\n" + section
+    before, rest = card.split(SHADOW_HEADING, 1)
+    following = rest.find("\n## ")  # the next section (lineage) stays as it was
+    return before + section + ("\n" + rest[following + 1:] if following >= 0 else "")

@@ -243,13 +243,21 @@ class Registry:
                              f"`python -m mlpipeline.registry promote {version}`")
         return mv
 
-    def approve(self, version: str, note: str = "") -> Promotion:
-        """A person lets the waiting challenger become champion."""
+    def approve(self, version: str, note: str = "", reason: str = "approved") -> Promotion:
+        """A person (or, reason `shadow evidence`, a CT cycle) lets the waiting challenger
+        become champion."""
         self._awaiting(version)
-        event = self.set_champion(version, "approved", note)
-        self.tag_version(version, {"approval": "approved", "approved_by": event.by})
+        event = self.set_champion(version, reason, note)
+        self.tag_version(version, {"approval": reason, "approved_by": event.by})
         self._card_decision(version, event)
         return event
+
+    def record_shadow_evidence(self, version: str, evidence: dict[str, Any]) -> None:
+        """The shadow's live evidence into the version's model card."""
+        from mlpipeline.card import with_shadow_evidence
+
+        self.client.update_model_version(
+            self.name, version, description=with_shadow_evidence(self.card(version), evidence))
 
     def describe(self, version: str, run_id: str, card: str) -> None:
         """The model card as the version's description (the MLflow UI's version page) and as
@@ -262,7 +270,9 @@ class Registry:
         return card or f"v{version} has no model card: it was registered before cards were."
 
     def _card_decision(self, version: str, event: Promotion) -> None:
-        decision = "Approved" if event.status == DONE else "Rejected"
+        decision = ("Rejected" if event.status == REJECTED else
+                    "Promoted on shadow evidence" if event.reason == "shadow evidence" else
+                    "Approved")
         line = (f"\n## Decision\n\n**{decision}** by {event.by} at {event.time}"
                 + (f": {event.note}" if event.note else "") + "\n")
         self.client.update_model_version(self.name, version,
