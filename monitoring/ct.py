@@ -498,12 +498,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ct: FAILED at step '{summary['failed_step']}': {summary['error']}; "
               f"{restored} -> {folder}/summary.md", file=sys.stderr)
         return 1
-    waiting = summary["awaiting_approval"]
-    print(f"ct: {summary['decision']['action']}; champion v{summary['champion_before']} -> "
-          f"v{summary['champion_after']}"
-          + (f", v{waiting} awaiting approval (make approve V={waiting})" if waiting else "")
-          + f" in {summary['seconds']} s -> {folder}/summary.md")
+    print(console_line(summary, folder))
     return 0
+
+
+def console_line(summary: dict[str, Any], folder: Path) -> str:
+    """The cycle's last line: what it did, the reason that decided it, the champion."""
+    decision = summary["decision"]
+    reason = decision["reasons"][0] if decision["reasons"] else ""
+    waiting = summary["awaiting_approval"]
+    return (f"ct: {decision['action']}" + (f" ({reason})" if reason else "")
+            + f"; champion v{summary['champion_before']} -> v{summary['champion_after']}"
+            + (f", v{waiting} awaiting approval (make approve V={waiting})" if waiting else "")
+            + f" in {summary['seconds']} s -> {folder}/summary.md")
 
 
 def _truthy(value: str | None) -> bool:

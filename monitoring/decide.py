@@ -227,8 +227,9 @@ def same_data_reason(new_data_version: str, champion_data_version: str | None) -
 
 
 def held_back(verdict: Verdict, same_data: str) -> Verdict:
-    """A retrain verdict withdrawn by the same-data guard (its triggers kept for the record)."""
-    return Verdict(NO_RETRAIN, [*verdict.reasons, same_data], verdict.triggers)
+    """A retrain verdict withdrawn by the same-data guard (its triggers kept for the record);
+    the guard's reason first: it decided."""
+    return Verdict(NO_RETRAIN, [same_data, *verdict.reasons], verdict.triggers)
 
 
 PROMOTE, KEEP, REJECT = "promote", "keep", "reject"

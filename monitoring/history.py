@@ -243,9 +243,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"{tag_value(run.tags, 'champion'):<4} {tag_value(run.tags, 'decision'):<10} "
                   f"{'+'.join(tag_values(run.tags, 'part'))}")
         return
-    open_project(params)  # the dashboard exists before the first check, too
+    _, project = open_project(params)  # the dashboard exists before the first check, too
     port = args.port or params.monitoring.dashboard_port
-    print(f"history: Evidently UI on http://127.0.0.1:{port} (workspace {folder}); Ctrl-C stops")
+    # The project's own page (its dashboard), not the project list one click before it.
+    print(f"history: the dashboard on http://127.0.0.1:{port}/projects/{project.id} "
+          f"(Evidently UI, workspace {folder}); Ctrl-C stops", flush=True)
     evidently = Path(sys.executable).with_name("evidently")
     sys.exit(subprocess.call([str(evidently), "ui", "--workspace", str(folder),
                               "--host", "127.0.0.1", "--port", str(port)]))

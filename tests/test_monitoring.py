@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -360,6 +362,32 @@ def test_failed_cycle_summary_names_the_step() -> None:
     assert "failed at step 'retrain'" in markdown and "v2 (unchanged)" in markdown
 
 
+def test_a_cycle_that_leaves_a_challenger_waiting_says_awaiting_approval() -> None:
+    summary = {"time": "t", "status": "ok", "failed_step": None, "error": None,
+               "champion_before": "1", "champion_after": "1", "window_before": "a..b",
+               "window_after": "a..c", "seconds": 3.0,
+               "decision": {"action": "retrain", "reasons": ["drift"], "triggers": ["drift"]},
+               "gate": {"version": "2", "promoted": False, "awaiting_approval": True,
+                        "reason": "passed the gate: ...; awaiting approval (promotion.mode "
+                                  "manual): make approve V=2 or make reject V=2"}}
+    markdown = ct.to_markdown(summary)
+    assert "| gate | v2 PASSED, awaiting approval: passed the gate" in markdown
+    assert "make approve V=2" in markdown
+
+
+def test_the_cycle_s_last_line_names_the_reason_that_decided_it() -> None:
+    base = {"champion_before": "1", "champion_after": "1", "seconds": 2.0,
+            "awaiting_approval": None}
+    idle = ct.console_line({**base, "decision": decide.nothing_landed(
+        dt.date(2026, 2, 23)).as_dict()}, Path("reports/ct"))
+    assert idle.startswith("ct: no-retrain (no batch landed after the champion's training "
+                           "data (its window ends 2026-02-23)); champion v1 -> v1")
+    drift = decide.Verdict("retrain", ["drift: 6 of 13 features drifted"], ["drift"])
+    same = decide.held_back(drift, "the training split is the champion's own data")
+    line = ct.console_line({**base, "decision": same.as_dict()}, Path("reports/ct"))
+    assert "no-retrain (the training split is the champion's own data)" in line
+
+
 def test_a_second_cycle_waits_for_the_first(project: Project) -> None:
     with (project.root / cycle_guard.LOCK_FILE).open("a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -551,3 +579,25 @@ def test_the_shadow_report_pairs_every_answer_and_scores_both_models_on_the_outc
     assert labelled["champion"]["roc_auc"] == pytest.approx(
         classification_metrics(truth, bad, 0.5)["roc_auc"], abs=1e-6)
     assert labelled["shadow"]["roc_auc"] > 0.9 > labelled["champion"]["roc_auc"]
+
+
+def test_make_dashboard_prints_the_project_dashboard_address_and_serves_it(
+        project: Project) -> None:
+    from monitoring.history import open_project
+    from serving.launch import free_port, wait_http_ok
+
+    _, evidently_project = open_project(load_params(project.root))
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "monitoring.history", "ui", "--port",
+                           str(port)], cwd=project.root, env=ENV, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+    try:
+        assert ui.stdout is not None
+        line = ui.stdout.readline()
+        url = f"http://127.0.0.1:{port}/projects/{evidently_project.id}"
+        assert f"history: the dashboard on {url} " in line
+        wait_http_ok(url, ui, timeout=60)  # Evidently's UI answers on that address
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)

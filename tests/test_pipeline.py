@@ -251,7 +251,8 @@ def test_manual_mode_holds_a_passing_challenger_until_a_person_approves_it(
         params["train"]["hyperparams"]["random_forest"]["n_estimators"] = 60
 
     p.set_params(manual)
-    p.dvc("repro")
+    repro = p.dvc("repro")
+    assert "already exists" not in repro.stdout + repro.stderr  # MLflow's chatter, dropped
     gate = json.loads(p.read("reports/gate.json"))
     waiting = gate["version"]
     assert gate["awaiting_approval"] and not gate["promoted"]
@@ -315,3 +316,12 @@ def test_manual_mode_holds_a_passing_challenger_until_a_person_approves_it(
     unknown = p.run(sys.executable, "-m", "mlpipeline.registry", "card", "99", check=False)
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
     assert "(`make models` lists the versions)" in unknown.stderr
+
+
+def test_the_printed_mlflow_links_open_the_model_training_view(
+        trained_project: Project) -> None:
+    out = trained_project.run(sys.executable, "-m", "mlpipeline.registry", "urls",
+                              "--base", "http://127.0.0.1:5000").stdout
+    links = [line.split()[-1] for line in out.splitlines() if "http" in line]
+    assert len(links) == 3 and all("workflowType=machine_learning" in url for url in links)
+    assert any("/#/experiments/" in url and "/runs?" in url for url in links)

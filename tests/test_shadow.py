@@ -17,7 +17,7 @@ import pytest
 from mlpipeline.config import load_params, set_values
 from mlpipeline.source import synthetic_batch
 from serving.prediction_log import PredictionLog
-from tests.conftest import Project
+from tests.conftest import REPO, Project
 
 pytestmark = pytest.mark.slow
 
@@ -93,6 +93,12 @@ def test_a_ct_cycle_promotes_a_shadow_on_enough_labelled_evidence_and_not_before
         assert "1500 labelled requests so far, promotion.shadow_min_rows is 5000" \
             in verdict["reason"]
         assert registry.version_by_alias("challenger").tags["approval"] == "awaiting"
+        # `make shadow-report` runs the same report, from the log and the newest batch.
+        assert "monitoring.shadow" in project.run(
+            "make", "-n", "-f", str(REPO / "Makefile"), "shadow-report").stdout
+        report = project.run(sys.executable, "-m", "monitoring.shadow").stdout
+        assert f"shadow: v{waiting} beside champion v{champion} on 30 requests" in report
+        assert "on 1500 labelled rows: roc_auc champion" in report
     else:
         assert champion != waiting and registry.version_by_alias("challenger") is None
         ours, theirs = (evidence["labelled"][who]["roc_auc"] for who in ("shadow", "champion"))

@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import datetime as dt
 import getpass
+import io
 import json
 import os
 import random
@@ -153,7 +154,9 @@ class Registry:
         # MLflow's own registration links the version to the logged model (its id, which a
         # tracking server requires for a `models:/m-...` source; SQLite does not check) and
         # tags the logged model with its version, so its page shows "registered".
-        with tracking.store(self.params):
+        # MLflow prints "Registered model ... already exists" for every version: we made the
+        # model above, on purpose, so its chatter is dropped (errors still raise).
+        with tracking.store(self.params), contextlib.redirect_stderr(io.StringIO()):
             version = tracking.mlflow.register_model(
                 run["model_uri"], self.name,
                 tags={key: run[key] for key in LINEAGE_TAGS if key in run})
@@ -452,12 +455,15 @@ def ui_urls(registry: Registry, base: str) -> dict[str, str]:
     new user concludes nothing was tracked."""
     params = registry.params
     urls = {}
+    # MLflow 3's UI opens on its GenAI view (traces, prompts) unless the link names the
+    # model-training one.
+    view = "workflowType=machine_learning"
     experiment = registry.client.get_experiment_by_name(params.mlflow.experiment)
     if experiment is not None:
         runs = f"{base}/#/experiments/{experiment.experiment_id}/runs"
-        urls["runs"] = runs  # the table: run, dataset, source, registered version
-        urls["metric charts"] = f"{runs}?compareRunsMode=CHART"  # every run's metrics
-    urls["registered model"] = f"{base}/#/models/{registry.name}"
+        urls["runs"] = f"{runs}?{view}"  # the table: run, dataset, source, registered version
+        urls["metric charts"] = f"{runs}?compareRunsMode=CHART&{view}"  # every run's metrics
+    urls["registered model"] = f"{base}/#/models/{registry.name}?{view}"
     return urls
 
 
