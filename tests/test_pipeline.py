@@ -260,6 +260,10 @@ def test_manual_mode_holds_a_passing_challenger_until_a_person_approves_it(
         in gate["reason"]
     registry = Registry(load_params(p.root))
     assert str(registry.version_by_alias(CHAMPION).version) == str(champion)  # held
+    # The champion re-scored on the same rows is a table on this run, not its own metrics.
+    assert not [m for m in registry.run_metrics(gate["run_id"]) if m.startswith("champion")]
+    assert "gate_champion.json" in {a.path for a in
+                                    registry.client.list_artifacts(gate["run_id"])}
     assert str(registry.version_by_alias(CHALLENGER).version) == waiting
     # What the reviewer reads: the model card, the version's description in the registry.
     card = registry.client.get_model_version(registry.name, waiting).description

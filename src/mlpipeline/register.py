@@ -152,8 +152,7 @@ def main() -> None:
     registry.record_gate(
         run["run_id"], report,
         tags={"gate": "passed" if verdict.promote else "rejected",
-              "gate_reason": verdict.reason, "registered_version": version},
-        metrics={f"champion_{k}": v for k, v in (champion_metrics or {}).items()})
+              "gate_reason": verdict.reason, "registered_version": version})
 
     print(f"register: {registry.name} v{version} (alias challenger), gate "
           f"{'PASSED' if verdict.promote else 'REJECTED'}")

@@ -382,19 +382,25 @@ class Registry:
         """One artefact of a run (e.g. the reference sample), downloaded into `dst`."""
         return str(self.client.download_artifacts(run_id, path, dst))
 
-    def record_gate(self, run_id: str, report: dict[str, Any], tags: dict[str, str],
-                    metrics: dict[str, float]) -> None:
-        """The gate's verdict on the training run it judged: tags, metrics and gate.json, and
-        the per-slice comparison as an MLflow table (gate_slices.json) when there is one."""
-        from mlflow.entities import Metric, RunTag
+    def record_gate(self, run_id: str, report: dict[str, Any], tags: dict[str, str]) -> None:
+        """The gate's verdict on the training run it judged: tags and gate.json; as MLflow
+        tables, the champion re-scored on the same test rows beside this run's figures
+        (gate_champion.json: not this run's own metrics, which its charts show) and the
+        per-slice comparison (gate_slices.json) when there are."""
+        import pandas as pd
+        from mlflow.entities import RunTag
 
-        now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                              tags=[RunTag(k, v) for k, v in tags.items()])
+        champion = report.get("champion_before") or {}
+        if champion.get("metrics_on_current_test"):
+            tags = {**tags, "gate_champion_version": champion["version"]}
+            ours = report["challenger_metrics"]
+            self.client.log_table(run_id, pd.DataFrame(
+                [{"metric": k, "this run": ours.get(k), f"champion v{champion['version']}": v}
+                 for k, v in champion["metrics_on_current_test"].items()]),
+                "gate_champion.json")
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.log_dict(run_id, report, "gate.json")
         if report.get("slices"):
-            import pandas as pd
-
             self.client.log_table(run_id, pd.DataFrame(report["slices"]), "gate_slices.json")
 
     def last_training_end(self) -> dt.date | None:
