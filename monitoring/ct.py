@@ -360,7 +360,7 @@ def finish(cycle: Cycle, started: float) -> dict[str, Any]:
         summary["champion_after"] != summary["champion_before"]
     summary["window_after"] = f"{params.window.start}..{params.window.end}"
     gate = summary.get("gate") or {}
-    # promotion.mode manual: the version a person must approve (or reject) before it serves
+    # promotion.mode manual or shadow: the version awaiting approval (or rejection)
     summary["awaiting_approval"] = gate["version"] if gate.get("awaiting_approval") else None
     summary["seconds"] = round(time.monotonic() - started, 1)
     write_summary(params.path(params.ct.summary_dir), summary)

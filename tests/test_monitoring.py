@@ -581,6 +581,7 @@ def test_the_shadow_report_pairs_every_answer_and_scores_both_models_on_the_outc
     assert labelled["shadow"]["roc_auc"] > 0.9 > labelled["champion"]["roc_auc"]
 
 
+@pytest.mark.slow  # Evidently's UI takes ~20 s to start
 def test_make_dashboard_prints_the_project_dashboard_address_and_serves_it(
         project: Project) -> None:
     from monitoring.history import open_project

@@ -183,6 +183,10 @@ class Registry:
         self.client.update_registered_model(self.name,
                                             description=history_markdown(self.decisions()))
 
+    def _next_key(self) -> str:
+        """The tag of the next history entry (call with the promotion lock held)."""
+        return f"{HISTORY_PREFIX}{len(self._entries()) + 1:06d}"
+
     def _entries(self) -> list[tuple[str, Promotion]]:
         tags = self.client.get_registered_model(self.name).tags
         return [(k, Promotion.from_tag(tags[k])) for k in sorted(tags)
@@ -220,7 +224,7 @@ class Registry:
             event = Promotion(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                               old_version, version, reason, note, PENDING,
                               str(previous.version) if previous else None, actor())
-            key = f"{HISTORY_PREFIX}{len(self._entries()) + 1:06d}"
+            key = self._next_key()
             self.client.set_registered_model_tag(self.name, key, event.as_tag())
             if old_version:
                 self.client.set_registered_model_alias(self.name, PREVIOUS, old_version)
@@ -238,7 +242,8 @@ class Registry:
         if mv.tags.get("approval") != AWAITING:
             state = mv.tags.get("approval") or f"gate {mv.tags.get('gate', 'not run')}"
             raise SystemExit(f"registry: v{version} is not awaiting approval ({state}); only "
-                             "a challenger that passed the gate under promotion.mode manual is")
+                             "a challenger that passed the gate under promotion.mode manual "
+                             "or shadow is")
         if challenger is None or str(challenger.version) != version:
             newer = f"v{challenger.version}" if challenger else "none"
             raise SystemExit(f"registry: v{version} is no longer the challenger ({newer} is); "
@@ -291,7 +296,7 @@ class Registry:
             event = Promotion(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                               str(champion.version) if champion else None, version, "rejected",
                               note, REJECTED, by=actor())
-            key = f"{HISTORY_PREFIX}{len(self._entries()) + 1:06d}"
+            key = self._next_key()
             self.client.set_registered_model_tag(self.name, key, event.as_tag())
             self.tag_version(version, {"approval": "rejected", "rejected_by": event.by})
             self.client.delete_registered_model_alias(self.name, CHALLENGER)
@@ -528,8 +533,8 @@ def run_command(registry: Registry, args: argparse.Namespace) -> None:
     elif args.command == "lineage":
         print(json.dumps(registry.lineage(args.version), indent=2))
     elif args.command == "history":
-        events = registry.history()
         if args.at:
+            events = registry.history()
             when = dt.datetime.fromisoformat(args.at)
             if when.tzinfo is None:
                 when = when.replace(tzinfo=dt.UTC)
