@@ -2,6 +2,7 @@
 
 Endpoints: POST /predict (one record or a batch), GET /health, /ready, /model, /metrics,
 POST /admin/reload (bearer token), POST /admin/webhook (MLflow's signed registry webhook);
+GET /docs and /redoc (drawn from local files: serving/docs.py);
 and MLflow's scoring protocol: POST /invocations, GET /ping, /version.
 Nothing lets a caller name a model URI or a file: the service serves
 `models:/<registered_model>@champion` from params.yaml and nothing else. Requests are checked
@@ -39,6 +40,7 @@ from mlpipeline.config import ServiceConfig, load_service_config
 from mlpipeline.tasks import Answers, PredictMethodError
 from serving import scoring
 from serving.champion import Champion, LoadedModel
+from serving.docs import add_docs
 from serving.metrics import MetricsAndLimits, ServiceMetrics
 from serving.prediction_log import PredictionLog
 from serving.schemas import PredictResponse, RequestContract, valid_id
@@ -126,6 +128,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
             await check_champion(app, "poll")
 
     app = FastAPI(
+        docs_url=None, redoc_url=None,  # drawn from local files below (serving/docs.py)
         title="Model service",
         description=f"Serves `models:/{params.mlflow.registered_model}@champion` from the "
                     "MLflow registry; requests are validated against the served version's "
@@ -147,6 +150,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    add_docs(app)
     app.add_middleware(MetricsAndLimits, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        read_timeout_seconds=settings.read_timeout_seconds,
                        content_types={"/predict": ("application/json",),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import socket
 import threading
@@ -120,6 +121,28 @@ def test_http_edges_get_the_status_that_names_the_problem(client: TestClient) ->
     [batch] = [s for s in document["components"]["schemas"]["PredictBody"]["oneOf"]
                if s.get("type") == "array"]
     assert (batch["minItems"], batch["maxItems"]) == (1, 5)  # serving.max_records
+
+
+def test_docs_pages_draw_offline_from_assets_the_service_serves(client: TestClient) -> None:
+    # Swagger UI and ReDoc must not load from a CDN: users run this offline and behind
+    # firewalls. Every URL the pages name is a path on this service, and each one answers.
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+        other_hosts = re.findall(r"""(?:https?:)?//[\w.-]+""", html.text)
+        assert other_hosts == [], f"{page} names another host: {other_hosts}"
+        named = set(re.findall(r"""(?:src|href|spec-url|url:)\s*=?\s*["'](/[^"']*)["']""",
+                               html.text))
+        scripts = {path for path in named if path.endswith(".js")}
+        assert scripts and "/openapi.json" in named, f"{page} names {sorted(named)}"
+        for path in sorted(named):
+            asset = client.get(path)
+            assert asset.status_code == 200 and len(asset.content) > 100, f"{page}: {path}"
+        # The browser is told to load nothing from another host (ReDoc's sidebar logo).
+        policy = html.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "//" not in policy
+    swagger = client.get("/docs").text
+    assert '"validatorUrl": null' in swagger  # no badge fetched from validator.swagger.io
 
 
 def test_limits_answer_422_for_records_and_413_for_bytes(client: TestClient) -> None:
