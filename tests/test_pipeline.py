@@ -329,3 +329,31 @@ def test_the_printed_mlflow_links_open_the_model_training_view(
     links = [line.split()[-1] for line in out.splitlines() if "http" in line]
     assert len(links) == 3 and all("workflowType=machine_learning" in url for url in links)
     assert any("/#/experiments/" in url and "/runs?" in url for url in links)
+
+
+def test_dvc_plots_draw_offline_for_one_revision_and_a_diff_of_two(trained_project: Project,
+                                                                   tmp_path: Path) -> None:
+    from mlpipeline.plots_page import other_hosts
+
+    p = Project(tmp_path / "copy")
+    shutil.copytree(trained_project.root, p.root, symlinks=True)
+
+    def page(folder: str) -> str:
+        html = p.read(f"{folder}/index.html")
+        # The page loads nothing from another host (DVC's own loads vega from a CDN) ...
+        assert other_hosts(html) == [] and "cdn.jsdelivr" not in html
+        # ... and carries vega itself, before the plots that call it.
+        assert html.index("window.vegaEmbed=") < html.index("vegaEmbed('#")
+        return html
+
+    p.dvc("plots", "show", "-o", "shown")
+    assert page("shown").count("vegaEmbed('#") == 4  # ROC, PR, calibration, confusion
+
+    # A second revision whose ROC table differs: `dvc plots diff` draws both.
+    roc = p.root / "reports/plots/roc.csv"
+    roc.write_text("\n".join(roc.read_text().splitlines()[:-5]) + "\n")
+    p.dvc("commit", "-f", "evaluate")
+    p.commit("a shorter ROC table")
+    p.dvc("plots", "diff", "HEAD~1", "HEAD", "-o", "diffed")
+    diffed = page("diffed")
+    assert '"rev": "HEAD~1"' in diffed and '"rev": "HEAD"' in diffed

@@ -17,11 +17,13 @@ import subprocess
 from pathlib import Path
 
 from mlpipeline.config import PARAMS_FILE, find_root
+from mlpipeline.plots_page import TEMPLATE_FILE as PLOTS_TEMPLATE
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 # What a pipeline run needs from the project; src/ because dvc.yaml hashes stage code.
 PROJECT_FILES = ["dvc.yaml", PARAMS_FILE, ".dvcignore", ".gitignore", ".dvc/config",
-                 ".dvc/.gitignore", "data/.gitignore", "data/landing/.gitkeep", "src"]
+                 ".dvc/.gitignore", "data/.gitignore", "data/landing/.gitkeep", "src",
+                 PLOTS_TEMPLATE]
 _SECTION = re.compile(r"^([A-Za-z_]\w*):", re.MULTILINE)
 
 
@@ -66,6 +68,8 @@ def copy_project(root: Path, dest: Path, preset: str | None = None) -> Path:
     dest.mkdir(parents=True)
     for name in PROJECT_FILES:
         source, target = root / name, dest / name
+        if name == PLOTS_TEMPLATE and not source.is_file():
+            continue  # written by `make setup`, which every make target runs first
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
