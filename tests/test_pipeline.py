@@ -328,7 +328,17 @@ def test_the_printed_mlflow_links_open_the_model_training_view(
                               "--base", "http://127.0.0.1:5000").stdout
     links = [line.split()[-1] for line in out.splitlines() if "http" in line]
     assert len(links) == 3 and all("workflowType=machine_learning" in url for url in links)
-    assert any("/#/experiments/" in url and "/runs?" in url for url in links)
+    [runs] = [url for url in links if "/#/experiments/" in url and "/runs?" in url
+              and "compareRunsMode" not in url]
+    # The runs link opens the experiment's saved view, which names the key metrics, params
+    # and gate tags as the table's columns (the UI shows none by default).
+    assert "viewStateShareKey=key-columns" in runs
+    with sqlite3.connect(trained_project.root / "mlflow.db") as db:
+        tags = dict(db.execute("SELECT key, value FROM experiment_tags"))
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(tags["mlflow.sharedViewState.key-columns"])
+    assert {"metrics.`roc_auc`", "metrics.`recall`", "params.`train.model`",
+            "tags.`gate`", "tags.`registered_version`"} <= set(view["selectedColumns"])
 
 
 def test_dvc_plots_draw_offline_for_one_revision_and_a_diff_of_two(trained_project: Project,

@@ -472,7 +472,11 @@ def ui_urls(registry: Registry, base: str) -> dict[str, str]:
     experiment = registry.client.get_experiment_by_name(params.mlflow.experiment)
     if experiment is not None:
         runs = f"{base}/#/experiments/{experiment.experiment_id}/runs"
-        urls["runs"] = f"{runs}?{view}"  # the table: run, dataset, source, registered version
+        # The table with the key metrics, params and gate verdict as columns, where the
+        # experiment carries that view (tracking.experiment_tags).
+        columns = (f"viewStateShareKey={tracking.RUNS_VIEW_KEY}&"
+                   if tracking.RUNS_VIEW_TAG in experiment.tags else "")
+        urls["runs"] = f"{runs}?{columns}{view}"
         urls["metric charts"] = f"{runs}?compareRunsMode=CHART&{view}"  # every run's metrics
     urls["registered model"] = f"{base}/#/models/{registry.name}?{view}"
     return urls

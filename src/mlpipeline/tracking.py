@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +83,52 @@ def store(params: ServiceConfig) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = exported
 
 
+# The MLflow UI's runs table shows no metric or parameter column until a user picks them. A
+# saved view (the experiment tag its "Share" button writes) names them, and the runs link that
+# `make ui` prints opens it with ?viewStateShareKey=.
+RUNS_VIEW_KEY = "key-columns"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
+RUNS_VIEW_PARAMS = ("train.model", "window.end")
+RUNS_VIEW_TAGS = ("training_window", "gate", "registered_version")
+
+
+def runs_view(key_metrics: Sequence[str]) -> dict[str, Any]:
+    """The runs table's view state: the task's key metrics, the model, the data window, the
+    gate's verdict and the registered version as columns, newest run first."""
+    def column(kind: str, name: str) -> str:  # the UI's column key, e.g. metrics.`roc_auc`
+        return f"{kind}.`{name}`"
+
+    return {
+        "selectedColumns": [column("attributes", "Dataset"), column("attributes", "Models"),
+                            *(column("metrics", m) for m in key_metrics),
+                            *(column("params", p) for p in RUNS_VIEW_PARAMS),
+                            *(column("tags", t) for t in RUNS_VIEW_TAGS)],
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+    }
+
+
+def experiment_tags(params: Params) -> dict[str, str]:
+    """What the experiment carries for the UI: the model-training kind (not GenAI) and the
+    runs table's columns."""
+    return {"mlflow.experimentKind": "custom_model_development",
+            RUNS_VIEW_TAG: json.dumps(runs_view(params.task.key_metrics))}
+
+
 def experiment_id(params: Params) -> str:
-    """The configured experiment's id, created (with its artefact location) if new."""
+    """The configured experiment's id, created (with its artefact location) if new, its UI
+    tags brought up to date (an older experiment, or another task's key metrics)."""
     tracker = client(params)
     name = params.mlflow.experiment
+    tags = experiment_tags(params)
     experiment = tracker.get_experiment_by_name(name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    return str(tracker.create_experiment(name, artifact_location=params.artifact_location()))
+    if experiment is None:
+        return str(tracker.create_experiment(name, artifact_location=params.artifact_location(),
+                                             tags=tags))
+    for key, value in tags.items():
+        if experiment.tags.get(key) != value:
+            tracker.set_experiment_tag(experiment.experiment_id, key, value)
+    return str(experiment.experiment_id)
 
 
 def signature(schema: Schema, example: pd.DataFrame, predictions: Any) -> Any:
