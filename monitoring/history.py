@@ -39,6 +39,12 @@ from mlpipeline.schema import PREDICTION_COLUMN
 SHARE_DRIFTED = "evidently:metric_v2:DriftedColumnsCount"
 VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
 ROW_COUNT = "evidently:metric_v2:RowCount"
+# Evidently's dashboards draw metrics only: each check also records the thresholds as the mean
+# of a one-row table, so a panel draws them as flat lines.
+THRESHOLD = "evidently:metric_v2:MeanValue"
+# The UI draws a panel's lines in a palette of six colours, then starts again: a panel holds
+# at most six features, so none shares its colour with another.
+PALETTE_COLOURS = 6
 CHECK_TAG = "check:"  # the tag every snapshot of one check shares: check:<ISO time>
 
 
@@ -69,39 +75,79 @@ def data_time(summary: dict[str, Any]) -> dt.datetime:
     return when.replace(tzinfo=None)  # Evidently stores naive times
 
 
+def thresholds(params: Params) -> dict[str, float]:
+    """The flat lines on the dashboard, by the column that records each: the drift share
+    that retrains (monitoring.drift_share) and the gate's floor on each drawn metric."""
+    drawn = params.task.evidently_metric_ids
+    return {"drift_share": params.monitoring.drift_share,
+            **{f"floor_{name}": float(floor) for name, floor in params.gate.min_metrics.items()
+               if name in drawn}}
+
+
+def thresholds_snapshot(values: dict[str, float]) -> Any:
+    """One check's record of the thresholds: the mean of each one-row column."""
+    import pandas as pd
+    from evidently import Report
+    from evidently.metrics import MeanValue
+
+    frame = pd.DataFrame({column: [value] for column, value in values.items()})
+    return Report([MeanValue(column=column) for column in values]).run(frame, None)
+
+
+def feature_groups(params: Params) -> list[tuple[str, list[str]]]:
+    """The features by type, each type split into near-even groups of at most PALETTE_COLOURS:
+    (title, names). Types apart, as their drift tests score on different scales."""
+    groups = []
+    for kind in ("numeric", "categorical"):
+        names = [f.name for f in params.schema.features if f.type == kind]
+        count = -(-len(names) // PALETTE_COLOURS)  # ceiling division
+        for index in range(count):
+            part = names[index * len(names) // count:(index + 1) * len(names) // count]
+            title = f"Drift score: {kind} features" + (f" ({index + 1} of {count})"
+                                                       if count > 1 else "")
+            groups.append((title, part))
+    return groups
+
+
 def dashboard_panels(params: Params) -> list[Any]:
-    """The project's dashboard: drift share, each feature's drift score, rows per window,
-    prediction and target drift, and the champion's real performance, with the gate's
-    floors."""
+    """The project's dashboard: drift share with its retrain line, each feature's drift
+    score, rows per window, prediction and target drift, and the champion's real performance
+    with the gate's floors."""
     from evidently.sdk.models import PanelMetric
     from evidently.sdk.panels import bar_plot_panel, line_plot_panel, text_panel
 
+    def line(legend: str, column: str) -> Any:
+        return PanelMetric(legend=legend, metric=THRESHOLD, metric_labels={"column": column})
+
     task = params.task
-    floors = ", ".join(f"{name} {'<=' if name in task.lower_is_better else '>='} {floor}"
-                       for name, floor in params.gate.min_metrics.items())
+    share = params.monitoring.drift_share
+    floors = [line(f"{name} floor", column) for column, _ in thresholds(params).items()
+              if (name := column.removeprefix("floor_")) != column]
     outputs = {"prediction": PREDICTION_COLUMN, "target": params.schema.target}
+    features = [line_plot_panel(title, size="half", values=[
+        PanelMetric(legend=name, metric=VALUE_DRIFT, metric_labels={"column": name})
+        for name in names], description="the value of each feature's drift test")
+        for title, names in feature_groups(params)]
     return [
         text_panel(f"{params.mlflow.registered_model}: every drift check, by the date of its "
                    "data", description="Each point is one check (make drift, a CT cycle); "
                    "its snapshot's tags name the champion and the decision (Reports tab)."),
         line_plot_panel("Share of drifted features", size="half", values=[PanelMetric(
-            legend="share", metric=SHARE_DRIFTED, metric_labels={"value_type": "share"})],
-            description=f"retrain at {params.monitoring.drift_share} (monitoring.drift_share)"),
+            legend="share", metric=SHARE_DRIFTED, metric_labels={"value_type": "share"}),
+            line(f"retrain at {share}", "drift_share")],
+            description="a check above the line retrains (monitoring.drift_share)"),
         bar_plot_panel("Rows per window", size="half", values=[
             PanelMetric(legend="rows", metric=ROW_COUNT)]),
-        line_plot_panel("Drift score per feature", values=[
-            PanelMetric(legend=name, metric=VALUE_DRIFT, metric_labels={"column": name})
-            for name in params.schema.feature_names],
-            description="the value of each feature's drift test (method per column type)"),
-        line_plot_panel("Prediction and target drift", values=[
+        *features,
+        line_plot_panel("Prediction and target drift", size="half", values=[
             PanelMetric(legend=name, metric=VALUE_DRIFT, metric_labels={"column": column})
             for name, column in outputs.items()],
             description="the served predictions against the champion's own on its reference; "
                         "the outcomes against its training target"),
         line_plot_panel("Champion's real performance on labelled batches", values=[
-            PanelMetric(legend=name, metric=metric)
-            for name, metric in task.evidently_metric_ids.items()],
-            description=f"gate floors: {floors or 'none'}; each snapshot tests them "
+            *(PanelMetric(legend=name, metric=metric)
+              for name, metric in task.evidently_metric_ids.items()), *floors],
+            description="a metric under its floor (gate.min_metrics) fails the check's tests "
                         "(Tests tab)"),
     ]
 
@@ -118,11 +164,15 @@ def rows_snapshot(window: Any) -> Any:
 
 def record(params: Params, summary: dict[str, Any], parts: dict[str, Any]) -> str:
     """Add one check as one snapshot: its reports' results (by part: drift, rows,
-    performance) together, tagged and dated. Returns the snapshot's id."""
+    performance) and the thresholds the dashboard draws, tagged and dated. Returns the
+    snapshot's id."""
     from evidently.core.report import Snapshot
 
     workspace, project = open_project(params)
-    model = merged_models([snapshot.to_snapshot_model() for snapshot in parts.values()])
+    lines = thresholds_snapshot(thresholds(params)).to_snapshot_model()
+    lines.widgets = []  # drawn on the dashboard; no finding of the check's report
+    model = merged_models([*(snapshot.to_snapshot_model() for snapshot in parts.values()),
+                           lines])
     model.tags = [*check_tags(summary), *(f"part:{part}" for part in parts)]
     model.metadata = check_metadata(summary)
     model.timestamp = data_time(summary)
@@ -195,13 +245,21 @@ def open_project(params: Params) -> tuple[Any, Any]:
     workspace = snapshot_workspace(str(params.path(params.monitoring.history_dir)))
     name = params.mlflow.registered_model
     found = [p for p in workspace.list_projects() if p.name == name]
-    if found:
-        return workspace, found[0]
-    project = workspace.create_project(name, description="drift checks and the champion's "
-                                       "real performance (monitoring.history)")
-    for panel in dashboard_panels(params):
-        project.dashboard.add_panel(panel)
+    project = found[0] if found else workspace.create_project(
+        name, description="drift checks and the champion's real performance "
+                          "(monitoring.history)")
+    panels = dashboard_panels(params)
+    # A workspace made by an earlier version of this code (or other params) gets today's panels.
+    if [_panel_key(p) for p in project.dashboard.model().panels] != list(map(_panel_key, panels)):
+        project.dashboard.clear_dashboard()
+        for panel in panels:
+            project.dashboard.add_panel(panel)
     return workspace, project
+
+
+def _panel_key(panel: Any) -> tuple[Any, ...]:
+    return (panel.title, panel.subtitle, panel.size, panel.plot_params,
+            [(v.legend, v.metric, v.metric_labels) for v in panel.values])
 
 
 def read_history(params: Params) -> list[Any]:

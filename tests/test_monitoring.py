@@ -236,18 +236,41 @@ def test_each_check_adds_its_tagged_snapshot_to_the_evidently_history(tmp_path: 
     assert figures["Precision"] == pytest.approx(ours["precision"], abs=1e-6)
     assert figures["Recall"] == pytest.approx(ours["recall"], abs=1e-6)
     assert figures["RowCount"] == 1500 and "DriftedColumnsCount" in figures
-    assert values(runs[1]) == {"RowCount": 10} and values(runs[2]) == {"RowCount": 0}
+    def lines(run: object) -> dict[str, float]:  # the thresholds each check records
+        return {m["config"]["column"]: m["value"] for m in Snapshot.load_model(run).dict()[
+            "metrics"] if m["config"]["type"] == history.THRESHOLD}
+
+    assert [lines(run) for run in runs] == [
+        {"drift_share": 0.3, "floor_roc_auc": 0.7, "floor_precision": 0.3}] * 3
+    assert values(runs[1])["RowCount"] == 10 and values(runs[2])["RowCount"] == 0
     tests = Snapshot.load_model(runs[0]).dict()["tests"]
     floors = sorted(t["name"] for t in tests if "Greater or Equal" in t["name"])
     assert floors == ["Precision metric: Greater or Equal 0.300",
                       "RocAuc metric: Greater or Equal 0.700"]
 
     _, project = history.open_project(params)
-    panels = project.dashboard.model().panels
-    assert [p.title for p in panels][1:] == [
-        "Share of drifted features", "Rows per window", "Drift score per feature",
-        "Prediction and target drift", "Champion's real performance on labelled batches"]
-    assert [v.metric_labels["column"] for v in panels[3].values] == params.schema.feature_names
+    panels = {p.title: p.values for p in project.dashboard.model().panels}
+    assert list(panels)[1:] == [
+        "Share of drifted features", "Rows per window",
+        "Drift score: numeric features (1 of 2)", "Drift score: numeric features (2 of 2)",
+        "Drift score: categorical features", "Prediction and target drift",
+        "Champion's real performance on labelled batches"]
+    # No two lines of a panel share a colour: the UI's palette has six.
+    assert all(len(lines) <= history.PALETTE_COLOURS for lines in panels.values())
+    features = [v.metric_labels["column"] for title, lines in panels.items()
+                if title.startswith("Drift score") for v in lines]
+    assert sorted(features) == sorted(params.schema.feature_names)
+    # The retrain share and the floors are lines, and the check holds each one's value.
+    drawn = {v.legend: v.metric_labels["column"] for lines in panels.values() for v in lines
+             if v.metric == history.THRESHOLD}
+    assert drawn == {"retrain at 0.3": "drift_share", "roc_auc floor": "floor_roc_auc",
+                     "precision floor": "floor_precision"}
+    assert set(drawn.values()) <= set(lines(runs[0]))
+
+    # A dashboard made by an earlier version (other panels) gets today's when opened.
+    project.dashboard.clear_dashboard()
+    _, project = history.open_project(params)
+    assert [p.title for p in project.dashboard.model().panels][1:] == list(panels)[1:]
 
     # A workspace that cannot be written costs the history, not the check.
     (tmp_path / "blocked").write_text("a file where the workspace should be\n")
