@@ -99,7 +99,7 @@ def runs_view(key_metrics: Sequence[str]) -> dict[str, Any]:
         return f"{kind}.`{name}`"
 
     return {
-        "selectedColumns": [column("attributes", "Dataset"), column("attributes", "Models"),
+        "selectedColumns": [column("attributes", "Models"),
                             *(column("metrics", m) for m in key_metrics),
                             *(column("params", p) for p in RUNS_VIEW_PARAMS),
                             *(column("tags", t) for t in RUNS_VIEW_TAGS)],
