@@ -58,12 +58,12 @@ $(UV):
 	$(PYTHON_EXE) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
+# The page template `dvc plots show` uses (.dvc/config), vega inlined from the locked package.
+PLOTS_PAGE := .dvc/plots-offline.html
+
 setup: $(UV)
 	$(UV) sync --frozen --quiet
 	@test $(PLOTS_PAGE) -nt uv.lock || $(RUN) python -m mlpipeline.plots_page
-
-# The page template `dvc plots show` uses (.dvc/config), vega inlined from the locked package.
-PLOTS_PAGE := .dvc/plots-offline.html
 
 repro: setup
 	$(RUN) dvc repro
