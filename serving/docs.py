@@ -22,6 +22,12 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+def offline(page: HTMLResponse) -> HTMLResponse:
+    """`page` with the policy that keeps the browser on this host."""
+    page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return page
+
+
 def add_docs(app: FastAPI) -> None:
     """Serve /docs and /redoc for `app` (created with docs_url=None, redoc_url=None)."""
     assets = files("fastapi_offline") / "static"
@@ -31,22 +37,18 @@ def add_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        page = get_swagger_ui_html(
+        return offline(get_swagger_ui_html(
             openapi_url=root + openapi_url, title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{root}{ASSETS_PATH}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{ASSETS_PATH}/swagger-ui.css",
             swagger_favicon_url=f"{root}{ASSETS_PATH}/favicon.png",
             # None: no badge that sends the document to validator.swagger.io.
-            swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None})
-        page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-        return page
+            swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None}))
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        page = get_redoc_html(
+        return offline(get_redoc_html(
             openapi_url=root + openapi_url, title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{ASSETS_PATH}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{ASSETS_PATH}/favicon.png", with_google_fonts=False)
-        page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-        return page
+            redoc_favicon_url=f"{root}{ASSETS_PATH}/favicon.png", with_google_fonts=False))
