@@ -328,17 +328,21 @@ def test_the_printed_mlflow_links_open_the_model_training_view(
                               "--base", "http://127.0.0.1:5000").stdout
     links = [line.split()[-1] for line in out.splitlines() if "http" in line]
     assert len(links) == 3 and all("workflowType=machine_learning" in url for url in links)
-    [runs] = [url for url in links if "/#/experiments/" in url and "/runs?" in url
-              and "compareRunsMode" not in url]
-    # The runs link opens the experiment's saved view, which names the key metrics, params
-    # and gate tags as the table's columns (the UI shows none by default).
-    assert "viewStateShareKey=key-columns" in runs
+    runs = [url for url in links if "/#/experiments/" in url and "/runs?" in url]
+    # The runs and charts links open the experiment's saved view: the key metrics, params and
+    # gate tags as the table's columns (the UI shows none by default), the key metrics' charts
+    # first (the UI lists every metric alphabetically).
+    assert len(runs) == 2 and all("viewStateShareKey=key-metrics" in url for url in runs)
+    assert all("viewStateShareKey" not in url for url in set(links) - set(runs))
     with sqlite3.connect(trained_project.root / "mlflow.db") as db:
         tags = dict(db.execute("SELECT key, value FROM experiment_tags"))
     assert tags["mlflow.experimentKind"] == "custom_model_development"
-    view = json.loads(tags["mlflow.sharedViewState.key-columns"])
+    view = json.loads(tags["mlflow.sharedViewState.key-metrics"])
     assert {"metrics.`roc_auc`", "metrics.`recall`", "params.`train.model`",
             "tags.`gate`", "tags.`registered_version`"} <= set(view["selectedColumns"])
+    assert [c["metricKey"] for c in view["compareRunCharts"]] == [
+        "roc_auc", "pr_auc", "precision", "recall"]
+    assert view["compareRunSections"][0]["name"] == "Key metrics"
 
 
 def test_dvc_plots_draw_offline_for_one_revision_and_a_diff_of_two(trained_project: Project,

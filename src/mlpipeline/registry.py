@@ -472,12 +472,12 @@ def ui_urls(registry: Registry, base: str) -> dict[str, str]:
     experiment = registry.client.get_experiment_by_name(params.mlflow.experiment)
     if experiment is not None:
         runs = f"{base}/#/experiments/{experiment.experiment_id}/runs"
-        # The table with the key metrics, params and gate verdict as columns, where the
-        # experiment carries that view (tracking.experiment_tags).
-        columns = (f"viewStateShareKey={tracking.RUNS_VIEW_KEY}&"
-                   if tracking.RUNS_VIEW_TAG in experiment.tags else "")
-        urls["runs"] = f"{runs}?{columns}{view}"
-        urls["metric charts"] = f"{runs}?compareRunsMode=CHART&{view}"  # every run's metrics
+        # The key metrics, params and gate verdict as columns, the key metrics' charts first,
+        # where the experiment carries that view (tracking.experiment_tags).
+        saved = (f"viewStateShareKey={tracking.RUNS_VIEW_KEY}&"
+                 if tracking.RUNS_VIEW_TAG in experiment.tags else "")
+        urls["runs"] = f"{runs}?{saved}{view}"
+        urls["metric charts"] = f"{runs}?compareRunsMode=CHART&{saved}{view}"  # every metric
     urls["registered model"] = f"{base}/#/models/{registry.name}?{view}"
     return urls
 

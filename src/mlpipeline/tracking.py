@@ -83,20 +83,26 @@ def store(params: ServiceConfig) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = exported
 
 
-# The MLflow UI's runs table shows no metric or parameter column until a user picks them. A
-# saved view (the experiment tag its "Share" button writes) names them, and the runs link that
-# `make ui` prints opens it with ?viewStateShareKey=.
-RUNS_VIEW_KEY = "key-columns"
+# The MLflow UI's runs table shows no metric or parameter column until a user picks them, and
+# its charts list every metric alphabetically. A saved view (the experiment tag its "Share"
+# button writes) names the columns and puts the key metrics' charts first; the links `make ui`
+# prints open it with ?viewStateShareKey=.
+RUNS_VIEW_KEY = "key-metrics"
 RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
 RUNS_VIEW_PARAMS = ("train.model", "window.end")
 RUNS_VIEW_TAGS = ("training_window", "gate", "registered_version")
 
 
 def runs_view(key_metrics: Sequence[str]) -> dict[str, Any]:
-    """The runs table's view state: the task's key metrics, the model, the data window, the
-    gate's verdict and the registered version as columns, newest run first."""
+    """The runs page's view state: the task's key metrics, the model, the data window, the
+    gate's verdict and the registered version as the table's columns, newest run first; a
+    "Key metrics" section of bar charts above the UI's own sections, which take the rest."""
     def column(kind: str, name: str) -> str:  # the UI's column key, e.g. metrics.`roc_auc`
         return f"{kind}.`{name}`"
+
+    def section(uuid: str, name: str) -> dict[str, Any]:
+        return {"uuid": uuid, "name": name, "display": True, "isReordered": False,
+                "deleted": False, "isGenerated": uuid != "key-metrics"}
 
     return {
         "selectedColumns": [column("attributes", "Models"),
@@ -105,6 +111,14 @@ def runs_view(key_metrics: Sequence[str]) -> dict[str, Any]:
                             *(column("tags", t) for t in RUNS_VIEW_TAGS)],
         "orderByKey": "attributes.start_time",
         "orderByAsc": False,
+        "compareRunCharts": [{"uuid": f"key-{m}", "type": "BAR", "metricKey": m,
+                              "metricSectionId": "key-metrics", "runsCountToCompare": 10,
+                              "deleted": False, "isGenerated": False} for m in key_metrics],
+        # The UI keeps its two sections last and adds every other metric to them.
+        "compareRunSections": [section("key-metrics", "Key metrics"),
+                               section("model-metrics", "Model metrics"),
+                               section("system-metrics", "System metrics")],
+        "isAccordionReordered": False,
     }
 
 
