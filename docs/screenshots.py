@@ -1,6 +1,6 @@
 """Take the README's screenshots (docs/*.png) of what a user sees after `make demo`.
 
-    make demo && python docs/screenshots.py
+    make demo && .tools/bin/uv run python docs/screenshots.py
 
 Starts the MLflow UI, the Evidently dashboard and the service on this project (the make
 targets a user runs), opens each page in Debian's headless Chromium through its DevTools
