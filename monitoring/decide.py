@@ -13,6 +13,8 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mlpipeline.gate import regression_bound, within
+
 RETRAIN, NO_RETRAIN = "retrain", "no-retrain"
 
 
@@ -120,9 +122,8 @@ def performance(metrics: dict[str, float], rows: int, floors: dict[str, float],
                 joined: dict[str, int] | None = None) -> PerformanceResult:
     """The metrics that break their floor (for a lower-is-better metric, rise above it)."""
     def holds(name: str, floor: float) -> bool:
-        # Compared this way a missing or NaN metric (one class only in the data) fails too.
-        value = metrics.get(name, float("nan"))
-        return value <= floor if name in lower_is_better else value >= floor
+        # A missing or NaN metric (one class only in the data) fails too.
+        return within(metrics.get(name, float("nan")), floor, name in lower_is_better)
 
     below = [name for name, floor in floors.items() if not holds(name, floor)]
     return PerformanceResult(rows, metrics, dict(floors), source, below, joined,
@@ -261,8 +262,7 @@ def shadow_verdict(evidence: dict[str, Any], *, min_rows: int, metric: str, tole
                                             f"{min_rows} ({evidence['requests']} requests "
                                             "answered by both)")
     ours, theirs = labelled["shadow"][metric], labelled["champion"][metric]
-    bound = theirs + tolerance if lower_is_better else theirs - tolerance
-    holds = ours <= bound if lower_is_better else ours >= bound
+    holds = within(ours, regression_bound(theirs, tolerance, lower_is_better), lower_is_better)
     figures = (f"{metric} {ours:.4f} vs champion v{evidence['champion_version']} "
                f"{theirs:.4f} on the same {rows} labelled requests (tolerance {tolerance})")
     if holds:

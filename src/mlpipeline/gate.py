@@ -73,6 +73,17 @@ def slice_labels(test: pd.DataFrame, features: list[str], numeric: Collection[st
     return labels
 
 
+def regression_bound(theirs: float, tolerance: float, lower_is_better: bool) -> float:
+    """The worst figure that is still no regression against `theirs` (the champion's)."""
+    return theirs + tolerance if lower_is_better else theirs - tolerance
+
+
+def within(value: float, bound: float, lower_is_better: bool) -> bool:
+    """`value` is on the right side of `bound`. `not (...)` would pass a NaN; comparing this
+    way fails it, as a missing figure must."""
+    return value <= bound if lower_is_better else value >= bound
+
+
 def compare_slices(labels: dict[str, pd.Series], metric: Callable[[np.ndarray], float],
                    champion_metric: Callable[[np.ndarray], float] | None, *,
                    lower_is_better: bool, min_rows: int, tolerance: float) -> list[SliceResult]:
@@ -97,8 +108,8 @@ def compare_slices(labels: dict[str, pd.Series], metric: Callable[[np.ndarray], 
                 results.append(SliceResult(feature, value, rows, _round(ours), _round(theirs),
                                            None, None, why))
                 continue
-            bound = theirs + tolerance if lower_is_better else theirs - tolerance
-            passed = ours <= bound if lower_is_better else ours >= bound
+            bound = regression_bound(theirs, tolerance, lower_is_better)
+            passed = within(ours, bound, lower_is_better)
             results.append(SliceResult(feature, value, rows, _round(ours), _round(theirs),
                                        _round(bound), passed))
     return results
@@ -144,8 +155,7 @@ def decide(
     gate.max_violation_share of its rows fails the gate, named with the feature and the share.
     """
     def holds(metric: str, value: float, bound: float) -> bool:
-        # `not (... )` would pass a NaN; comparing this way fails it, as a missing figure must.
-        return value <= bound if metric in lower_is_better else value >= bound
+        return within(value, bound, metric in lower_is_better)
 
     checks = []
     for metric, floor in gate.min_metrics.items():
@@ -155,7 +165,7 @@ def decide(
     metric = str(gate.compare_metric)
     if champion is not None:
         lower = metric in lower_is_better
-        bound = champion[metric] + gate.tolerance if lower else champion[metric] - gate.tolerance
+        bound = regression_bound(champion[metric], gate.tolerance, lower)
         checks.append(GateCheck(
             f"{metric} vs champion v{champion_version}", challenger[metric], round(bound, 6),
             holds(metric, challenger[metric], bound),
