@@ -56,7 +56,7 @@ from mlpipeline.config import (
     set_values,
 )
 from mlpipeline.lineage import file_md5
-from mlpipeline.prediction_log import compact
+from mlpipeline.prediction_log import compact, log_types
 from mlpipeline.source import dated_batches
 from monitoring import decide, drift, journal, prom
 from monitoring.cycle_guard import (
@@ -211,7 +211,8 @@ def check_drift(cycle: Cycle, batch: NewBatch, current: str | None,
     cycle.enter("drift check", "[2/5] drift check")
     log, retention = cycle.params.path(cycle.params.serving.prediction_log_dir), \
         cycle.params.serving.log_retention_days
-    print(f"ct: {compact(log, retention).describe(log, retention)}")  # what the check reads
+    compacted = compact(log, retention, types=log_types(cycle.params.schema))
+    print(f"ct: {compacted.describe(log, retention)}")  # what the check reads
     check = drift.run_check(cycle.params, current, since=since, force=force)
     verdict = decide.Verdict(**check["decision"])
     if not batch.landed and not force:

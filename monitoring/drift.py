@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from mlpipeline.config import RAW_DIR, Params, load_params
-from mlpipeline.prediction_log import read_log, read_log_table
+from mlpipeline.prediction_log import log_types, read_log, read_log_table
 from mlpipeline.schema import PREDICTION_COLUMN, Schema, coerce, row_ids
 from mlpipeline.source import dated_batches, read_batch
 from mlpipeline.tasks import Task
@@ -130,7 +130,8 @@ def log_window(params: Params, since: dt.datetime | None, until: dt.datetime | N
     since = since or until - dt.timedelta(hours=params.monitoring.log_window_hours)
     schema, task = params.schema, params.task
     table = read_log_table(params.path(params.serving.prediction_log_dir), since, until,
-                           [*schema.feature_names, *task.log_score_columns])
+                           [*schema.feature_names, *task.log_score_columns],
+                           types=log_types(schema))
     rows = 0 if table is None else table.num_rows
     if table is not None and rows > params.monitoring.max_rows:
         # Sampled before pandas: converting two million rows costs more than the test.
@@ -331,7 +332,7 @@ def performance_check(params: Params, window: Window, registry: Any, info: Champ
     needed = [*schema.feature_names, *schema.optional_columns, *task.log_score_columns,
               "model_version"]
     served = logged_outcomes(read_log(params.path(params.serving.prediction_log_dir),
-                                      columns=needed), labelled, task)
+                                      columns=needed, types=log_types(schema)), labelled, task)
     if len(served) >= settings.min_labelled_rows:
         # What production actually answered, whichever version and runtime answered it.
         actual, scores = served[schema.target], task.scores_from_log(served)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mlpipeline.config import Params, load_params
-from mlpipeline.prediction_log import SHADOW, read_log
+from mlpipeline.prediction_log import SHADOW, log_types, read_log
 from mlpipeline.tasks import Task
 from monitoring.drift import batch_window, logged_outcomes
 
@@ -107,7 +107,8 @@ def describe(evidence: dict[str, Any]) -> str:
 
 def shadow_report(params: Params) -> dict[str, Any]:
     task = params.task
-    log = read_log(params.path(params.serving.prediction_log_dir), shadow=True)
+    log = read_log(params.path(params.serving.prediction_log_dir), shadow=True,
+                   types=log_types(params.schema))
     champion, shadow, missing = pair_answers(log, task)
     try:
         labelled: pd.DataFrame | None = batch_window(params).frame

@@ -74,9 +74,11 @@ class ServiceMetrics:
         self.log_written = Gauge("prediction_log_records_written",
                                  "Records written to the prediction log", registry=r,
                                  multiprocess_mode="sum")
+        # By reason: queue_full, writer_stopped (dropped on the request path), or the
+        # writer's error (OSError, UnicodeEncodeError...) for a part it could not write.
         self.log_failures = Gauge("prediction_log_records_failed",
-                                  "Records the prediction log failed to write", registry=r,
-                                  multiprocess_mode="sum")
+                                  "Records the prediction log did not write, by reason",
+                                  ["reason"], registry=r, multiprocess_mode="sum")
 
     def serving(self, name: str, version: str, run_id: str, task: str) -> None:
         """The version this worker now serves (the previous one's series goes to 0)."""
@@ -87,10 +89,12 @@ class ServiceMetrics:
         self._served = (name, version, run_id, task)
         self.model_info.labels(*self._served).set(1)
 
-    def logged(self, written: int, failed: int) -> None:
-        """The prediction log's running totals (called by its writer thread)."""
+    def logged(self, written: int, failed: dict[str, int]) -> None:
+        """The prediction log's running totals (its writer thread, or a request that found
+        the queue full)."""
         self.log_written.set(written)
-        self.log_failures.set(failed)
+        for reason, records in failed.items():
+            self.log_failures.labels(reason).set(records)
 
     def exposition(self) -> bytes:
         """The text /metrics answers: this app's registry, or every worker's files."""

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
+from mlpipeline.prediction_log import log_types
 from mlpipeline.schema import FeatureSpec, ModelContract, Schema
 from mlpipeline.tasks import Task, task_for
 
@@ -44,21 +45,40 @@ def _field(spec: FeatureSpec) -> tuple[Any, Any]:
     return kind, Field(..., description=description, examples=[spec.example_value()])
 
 
-# An id is logged, not scored: any short text, or an integer (logged as text).
+# An id is logged, not scored: any short text, or an integer (logged as text); either way
+# at most ID_MAX_LENGTH characters as the log keeps it.
 ID_MAX_LENGTH = 128
-ID_MESSAGE = f"Input should be a text of 1 to {ID_MAX_LENGTH} characters, an integer or null"
+ID_MESSAGE = (f"Input should be a text of 1 to {ID_MAX_LENGTH} characters (valid Unicode), "
+              f"an integer of at most {ID_MAX_LENGTH} digits or null")
 
 
 def valid_id(value: Any) -> str | None:
     """The id as the log keeps it (text); one error type for every wrong shape, where a
     pydantic union would answer one error per member."""
-    if value is None or type(value) is int:
-        return None if value is None else str(value)
+    if value is None:
+        return None
     if type(value) is float and value.is_integer():  # JSON Schema's integer: 5.0 is 5
-        return str(int(value))
-    if type(value) is str and 1 <= len(value) <= ID_MAX_LENGTH:
+        value = int(value)
+    if type(value) is int:
+        # Python refuses to write an int past 4,300 digits (ValueError): fewer bits first.
+        text = str(value) if value.bit_length() <= 4 * ID_MAX_LENGTH else ""
+        if 1 <= len(text) <= ID_MAX_LENGTH:
+            return text
+    elif type(value) is str and 1 <= len(value) <= ID_MAX_LENGTH and storable_text(value):
         return value
     raise PydanticCustomError("id_type", ID_MESSAGE)
+
+
+def storable_text(value: str) -> bool:
+    """Text the log (Parquet, UTF-8) can store: JSON can carry a lone surrogate ("\\ud800")
+    that no UTF-8 writer takes."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _id_field(name: str) -> tuple[Any, Any]:
@@ -109,6 +129,7 @@ class RequestContract:
     records: TypeAdapter[Any]  # a list of records already parsed (MLflow's scoring payloads)
 
     task: Task
+    log_types: dict[str, Any]  # each feature's and the id's Arrow type in the prediction log
 
     @property
     def schema(self) -> Schema:
@@ -139,7 +160,8 @@ def _request_contract(contract_json: str, max_records: int) -> RequestContract:
     record = record_model(contract.schema)
     return RequestContract(contract, record, TypeAdapter(request_body(record, max_records)),
                            TypeAdapter(list[record]),  # type: ignore[valid-type]
-                           task_for(contract.schema, contract.threshold))
+                           task_for(contract.schema, contract.threshold),
+                           log_types(contract.schema))
 
 
 class ModelRef(BaseModel):

@@ -29,6 +29,8 @@ PREDICT_METHODS = ("predict", "predict_proba")
 TOO_DEEP = ("the body nests JSON arrays and objects too deeply: a scoring payload needs 4 "
             "levels, the parser stops at about 1,000")
 
+TOO_LONG = "the body holds an integer of more than 4,300 digits: no field takes one"
+
 
 class PayloadError(ValueError):
     """The body is not a scoring-protocol payload; the message says what is wrong."""
@@ -265,6 +267,8 @@ def _json_with_nan(body: bytes) -> Any:
     except UnicodeDecodeError as error:
         raise PayloadError(f"the body is not UTF-8 text: {error.reason} at byte "
                            f"{error.start}") from None
+    except ValueError:  # the only other: an integer past Python's 4,300 digits
+        raise PayloadError(TOO_LONG) from None
 
 
 def _nan_is_null(constant: str) -> float | None:

@@ -64,7 +64,7 @@ class ShadowScorer:
             try:
                 answers = shadow.task.answers(shadow.scores(columns))
                 self.prediction_log.append(columns, answers.log, shadow.version, request_id,
-                                           role=SHADOW)
+                                           role=SHADOW, types=shadow.requests.log_types)
                 self.scored += 1
             except Exception as error:  # e.g. a contract the champion's columns do not meet
                 self.failed += 1

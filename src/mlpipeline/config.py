@@ -181,12 +181,20 @@ class ServingParams(_Strict):
     max_records: int = Field(1000, gt=0)  # per request
     max_body_bytes: int = Field(2_000_000, gt=0)
     read_timeout_seconds: float = Field(10.0, gt=0)  # a body not in by then: 408 (stalled client)
+    # Request headers not in by then: 408 and the connection closed (serving.connections);
+    # connections past max_connections open in one worker: 503 and closed at once.
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    max_connections: int = Field(1000, gt=0)
+    max_errors: int = Field(20, gt=0)  # problems listed in one 422 answer (and a count of the rest)
     inline_body_bytes: int = Field(16_384, ge=0)  # smaller bodies: scored on the event loop
     prediction_log_dir: str = "logs/predictions"
     # Compaction (make compact-log, each CT cycle) removes days older than this; null: keep all.
     log_retention_days: int | None = Field(None, gt=0)
     log_flush_records: int = Field(500, gt=0)  # write a Parquet part every N records ...
     log_flush_seconds: float = Field(5.0, gt=0)  # ... or every T seconds, whichever first
+    # Records waiting for the log's writer; past this a request's records are dropped and
+    # counted (prediction_log_records_failed{reason="queue_full"}), and /ready says so.
+    log_queue_records: int = Field(100_000, gt=0)
     # promotion.mode shadow: requests waiting for the shadow model; more are dropped, counted
     shadow_queue_requests: int = Field(10_000, gt=0)
     admin_token_env: str = "SERVING_ADMIN_TOKEN"  # env var holding the /admin bearer token

@@ -14,6 +14,13 @@ list, so at every moment each row is read once: before the new day file is renam
 the parts are read, after it the day file, and the merged parts are deleted only then. A
 crash at any point loses nothing and duplicates nothing; the next compaction finishes the
 deletions. `serving.log_retention_days` removes whole days older than that.
+
+Each feature's column has the type the model's contract gives it (`log_types`: a number is
+float64, a category and the id text), whatever a client sent. Readers and compaction
+conform older parts (Arrow's permissive promotion: int64 and float64 give float64) to it.
+A file that cannot be read or conformed (0 bytes, corrupt, a column of another type) and a
+partition whose name is not a date are moved to `<log>/quarantine/`, named on stderr and
+counted, so one bad file never stops compaction, the drift check or a CT cycle.
 """
 
 from __future__ import annotations
@@ -25,14 +32,19 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from mlpipeline.schema import Schema
 
 DAY_PREFIX = "date="
 PART_GLOB, DAY_FILE_GLOB = "part-*.parquet", "day-*.parquet"
@@ -40,6 +52,14 @@ MERGED_KEY = b"mlops.merged"  # a day file's metadata: the names of the files it
 ROW_GROUP_ROWS = 100_000  # compacted row groups: large enough to read fast, small to filter
 LOCK = ".compact.lock"
 ATTEMPTS = 5  # listings a reader tries while compactions switch files under it
+QUARANTINE = "quarantine"  # <log>/quarantine/: what could not be read, kept for a person
+
+
+def log_types(schema: Schema) -> dict[str, pa.DataType]:
+    """The Arrow type of each feature and of the id column in the log, by the contract."""
+    types = {spec.name: pa.float64() if spec.type == "numeric" else pa.string()
+             for spec in schema.features}
+    return {**types, **dict.fromkeys(schema.optional_columns, pa.string())}
 
 
 def day_of(folder: Path) -> dt.date:
@@ -47,10 +67,75 @@ def day_of(folder: Path) -> dt.date:
 
 
 def days(log: Path, since: dt.date | None = None, until: dt.date | None = None) -> list[Path]:
-    """The day partitions, oldest first, from `since` to `until` (inclusive) when given."""
-    found = sorted(p for p in log.glob(f"{DAY_PREFIX}*") if p.is_dir())
-    return [p for p in found if (since is None or day_of(p) >= since)
-            and (until is None or day_of(p) <= until)]
+    """The day partitions, oldest first, from `since` to `until` (inclusive) when given.
+    A partition whose name is not a date goes to quarantine."""
+    found = []
+    for folder in sorted(p for p in log.glob(f"{DAY_PREFIX}*") if p.is_dir()):
+        try:
+            found.append((day_of(folder), folder))
+        except ValueError:
+            quarantine(log, folder, "the partition's name is not a date (date=YYYY-MM-DD)")
+    return [p for day, p in found if (since is None or day >= since)
+            and (until is None or day <= until)]
+
+
+def quarantine(log: Path, path: Path, reason: str) -> str | None:
+    """Move a file or partition the log cannot use to `<log>/quarantine/` (under its day's
+    name), say so on stderr; its name there, or None when another process moved it first."""
+    where = log / QUARANTINE / (path.parent.name if path.parent != log else "")
+    where.mkdir(parents=True, exist_ok=True)
+    target = where / path.name
+    for n in range(1, 1000):  # never over an earlier one of the same name
+        if not target.exists():
+            break
+        target = where / f"{path.name}.{n}"
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return None
+    name = target.relative_to(log).as_posix()
+    print(f"prediction log: moved {path.relative_to(log).as_posix()} to {name}: {reason}",
+          file=sys.stderr)
+    return name
+
+
+def _conformed(log: Path, files: Iterable[Path], types: Mapping[str, pa.DataType] | None,
+               quarantined: list[str] | None = None) -> tuple[list[Path], pa.Schema]:
+    """The files that can be read as one table, and its schema: the contract's types for
+    the columns they have, other columns promoted (int64 and float64: float64; all-null
+    columns: the others' type; a column a file lacks: null there). A file that cannot be
+    read or conformed goes to quarantine (its name appended to `quarantined`)."""
+    usable: list[Path] = []
+    schemas: list[pa.Schema] = []
+    for file in files:
+        try:
+            schema = pq.read_schema(file)
+            _check_contract(schema, types or {})
+            if schemas:
+                schema = pa.unify_schemas([schemas[-1], schema], promote_options="permissive")
+        except FileNotFoundError:
+            raise  # a compaction switched files under the reader: it lists again
+        except (pa.ArrowException, OSError) as error:
+            name = quarantine(log, file, f"{type(error).__name__}: {error}")
+            if name and quarantined is not None:
+                quarantined.append(name)
+            continue
+        usable.append(file)
+        schemas.append(schema)
+    if not usable:
+        return [], pa.schema([])
+    return usable, pa.schema([pa.field(f.name, types[f.name]) if types and f.name in types
+                              else f for f in schemas[-1]])
+
+
+def _check_contract(schema: pa.Schema, types: Mapping[str, pa.DataType]) -> None:
+    """Raise ArrowTypeError when a column cannot take the contract's type (text where a
+    number belongs); promotable ones (int64, null) pass."""
+    fields = [field for field in schema if field.name in types]
+    if fields:
+        pa.unify_schemas([pa.schema(fields), pa.schema([(f.name, types[f.name])
+                                                          for f in fields])],
+                         promote_options="permissive")
 
 
 def merged_names(day_file: Path) -> set[str]:
@@ -60,50 +145,65 @@ def merged_names(day_file: Path) -> set[str]:
 
 def day_files(day: Path) -> list[Path]:
     """What a reader reads for one day: its newest day file and the parts it does not hold."""
-    compacted = sorted(day.glob(DAY_FILE_GLOB))
-    held = merged_names(compacted[-1]) if compacted else set()
+    compacted, held = _day_files_held(day)
     return compacted[-1:] + [p for p in sorted(day.glob(PART_GLOB)) if p.name not in held]
+
+
+def _day_files_held(day: Path) -> tuple[list[Path], set[str]]:
+    """A day's day files, oldest first, and the names the newest holds. A newest day file
+    whose footer cannot be read goes to quarantine, and the next one down counts."""
+    while compacted := sorted(day.glob(DAY_FILE_GLOB)):
+        try:
+            return compacted, merged_names(compacted[-1])
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowException, OSError) as error:
+            quarantine(day.parent, compacted[-1], f"{type(error).__name__}: {error}")
+    return [], set()
 
 
 SHADOW = "shadow"  # the `role` of a row a shadow model answered (promotion.mode shadow)
 
 
 def read_log(log: Path, since: dt.datetime | None = None, until: dt.datetime | None = None,
-             columns: list[str] | None = None, *, shadow: bool = False) -> pd.DataFrame:
+             columns: list[str] | None = None, *, shadow: bool = False,
+             types: Mapping[str, pa.DataType] | None = None) -> pd.DataFrame:
     """Logged predictions served from `since` to `until` (both optional), every replica's,
     as one table; only the days in that span are opened, and Parquet's row-group statistics
     skip the rest. `columns` limits what is read (those present). Empty frame if none.
     The shadow model's answers (role `shadow`) are left out unless `shadow`: what was
-    served is the champion's."""
-    table = read_log_table(log, since, until, columns, shadow=shadow)
+    served is the champion's. `types` (`log_types` of the schema): the columns' types."""
+    table = read_log_table(log, since, until, columns, shadow=shadow, types=types)
     return pd.DataFrame() if table is None else table.to_pandas()
 
 
 def read_log_table(log: Path, since: dt.datetime | None = None,
                    until: dt.datetime | None = None, columns: list[str] | None = None,
-                   *, shadow: bool = False) -> pa.Table | None:
+                   *, shadow: bool = False, types: Mapping[str, pa.DataType] | None = None
+                   ) -> pa.Table | None:
     """As read_log, as an Arrow table (None: nothing logged in the span). A compaction may
     delete parts between the listing and the reading: then the day is listed again."""
     for _ in range(ATTEMPTS - 1):
         try:
-            return _read_log_table(log, since, until, columns, shadow)
+            return _read_log_table(log, since, until, columns, shadow, types)
         except FileNotFoundError:
             continue
-    return _read_log_table(log, since, until, columns, shadow)
+    return _read_log_table(log, since, until, columns, shadow, types)
 
 
 def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | None,
-                    columns: list[str] | None, shadow: bool = False) -> pa.Table | None:
+                    columns: list[str] | None, shadow: bool,
+                    types: Mapping[str, pa.DataType] | None) -> pa.Table | None:
     # A record lies in the partition of the day it was written: its serving day, or the next
     # when it was served just before midnight and flushed after.
     last_day = until.date() + dt.timedelta(days=1) if until is not None else None
-    files = [f for day in days(log, since and since.date(), last_day) for f in day_files(day)]
+    listed = [f for day in days(log, since and since.date(), last_day) for f in day_files(day)]
+    # One schema for all files: a part whose column is all null has type null, a part from
+    # before a swap to another contract lacks a feature, a client sent 9 where another sent
+    # 9.0 (parts written before the log typed columns by the contract).
+    files, schema = _conformed(log, listed, types)
     if not files:
         return None
-    # One schema for all files: a part whose column is all null has type null, and a part
-    # from before a swap to another contract lacks a feature; Arrow promotes both.
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="default")
-    dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
     served = ds.field("served_at")
     condition = None
     if since is not None:
@@ -115,7 +215,30 @@ def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | N
         served_rows = ds.field("role").is_null() | (ds.field("role") != SHADOW)
         condition = served_rows if condition is None else condition & served_rows
     wanted = None if columns is None else [c for c in columns if c in schema.names]
-    return dataset.to_table(columns=wanted, filter=condition)
+
+    def scan(paths: list[Path]) -> pa.Table:
+        dataset = ds.dataset([str(f) for f in paths], schema=schema, format="parquet")
+        return dataset.to_table(columns=wanted, filter=condition)
+
+    try:
+        return scan(files)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError):
+        # A footer that reads but pages that do not (a part damaged on disk): find it, move
+        # it away, read the rest.
+        damaged = 0
+        for file in files:
+            try:
+                scan([file])
+            except FileNotFoundError:
+                raise
+            except (pa.ArrowException, OSError) as error:
+                quarantine(log, file, f"{type(error).__name__}: {error}")
+                damaged += 1
+        if not damaged:  # not one file's fault: say what it is
+            raise
+        return _read_log_table(log, since, until, columns, shadow, types)
 
 
 @dataclass
@@ -124,19 +247,24 @@ class Compaction:
     parts: int = 0  # parts merged into them
     rows: int = 0  # rows in those day files
     removed_days: int = 0  # removed by retention
+    quarantined: list[str] = field(default_factory=list)  # files moved to quarantine/
 
     def describe(self, log: Path, retention_days: int | None) -> str:
         kept = (f"; {self.removed_days} day(s) older than {retention_days} days removed "
                 "(serving.log_retention_days)" if self.removed_days else "")
+        if self.quarantined:
+            kept += (f"; {len(self.quarantined)} unreadable file(s) moved to "
+                     f"{log / QUARANTINE}")
         if not self.parts:
             return f"prediction log: no new part to merge{kept} ({log})"
         return (f"prediction log: {self.parts} parts merged into {self.days} day file(s) "
                 f"({self.rows} rows){kept} -> {log}")
 
 
-def compact(log: Path, retention_days: int | None = None, today: dt.date | None = None
-            ) -> Compaction:
-    """Merge each day's parts into one day file; remove days past the retention."""
+def compact(log: Path, retention_days: int | None = None, today: dt.date | None = None,
+            types: Mapping[str, pa.DataType] | None = None) -> Compaction:
+    """Merge each day's parts into one day file, its columns of the contract's `types`
+    (`log_types`); remove days past the retention; quarantine what cannot be read."""
     result = Compaction()
     if not log.is_dir():
         return result
@@ -148,7 +276,7 @@ def compact(log: Path, retention_days: int | None = None, today: dt.date | None 
                 shutil.rmtree(day)
                 result.removed_days += 1
                 continue
-            merged = _compact_day(day)
+            merged = _compact_day(day, types, result.quarantined)
             if merged:
                 result.days += 1
                 result.parts += merged[0]
@@ -156,10 +284,27 @@ def compact(log: Path, retention_days: int | None = None, today: dt.date | None 
     return result
 
 
-def _compact_day(day: Path) -> tuple[int, int] | None:
+class _Damaged(Exception):
+    def __init__(self, source: Path, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.source = source
+
+
+def _batches(source: Path) -> Iterator[pa.RecordBatch]:
+    """A file's rows, a row group's worth at a time; a read error names the file."""
+    try:
+        yield from pq.ParquetFile(source).iter_batches(batch_size=ROW_GROUP_ROWS)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as error:
+        raise _Damaged(source, error) from error
+
+
+def _compact_day(day: Path, types: Mapping[str, pa.DataType] | None,
+                 quarantined: list[str]) -> tuple[int, int] | None:
     """(parts merged, rows) for one day, or None when it had no new part."""
     _finish_deletions(day)
-    files = day_files(day)
+    files, schema = _conformed(day.parent, day_files(day), types, quarantined)
     parts = [f for f in files if f.name.startswith("part-")]
     if not parts:
         return None
@@ -167,22 +312,28 @@ def _compact_day(day: Path) -> tuple[int, int] | None:
     generation = int(previous[0].stem.removeprefix("day-")) + 1 if previous else 1
     held = sorted({*(merged_names(previous[0]) if previous else set()),
                    *(f.name for f in files)})
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="default")
     schema = schema.with_metadata({MERGED_KEY: json.dumps(held).encode()})
     target = day / f"day-{generation:06d}.parquet"
     tmp = day / f".{target.name}.tmp"  # hidden: readers list *.parquet without a dot
     rows = 0
-    with pq.ParquetWriter(tmp, schema) as writer:
-        pending: list[pa.RecordBatch] = []
-        for source in files:  # one file at a time: memory stays about a row group's
-            for batch in pq.ParquetFile(source).iter_batches(batch_size=ROW_GROUP_ROWS):
-                pending.append(_conform(batch, schema))
-                rows += batch.num_rows
-                if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.Table.from_batches(pending, schema))
-                    pending = []
-        if pending:
-            writer.write_table(pa.Table.from_batches(pending, schema))
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            pending: list[pa.RecordBatch] = []
+            for source in files:  # one file at a time: memory stays about a row group's
+                for batch in _batches(source):
+                    pending.append(_conform(batch, schema))
+                    rows += batch.num_rows
+                    if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
+                        writer.write_table(pa.Table.from_batches(pending, schema))
+                        pending = []
+            if pending:
+                writer.write_table(pa.Table.from_batches(pending, schema))
+    except _Damaged as damaged:  # its footer read, its pages do not: set it aside, again
+        tmp.unlink(missing_ok=True)
+        name = quarantine(day.parent, damaged.source, str(damaged))
+        if name:
+            quarantined.append(name)
+        return _compact_day(day, types, quarantined)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, target)  # the switch: from now on readers read the day file
@@ -194,10 +345,7 @@ def _finish_deletions(day: Path) -> None:
     """Delete what the newest day file holds (parts, older day files) and stray temporaries."""
     for stray in day.glob(".day-*.tmp"):
         stray.unlink(missing_ok=True)  # a compaction that died before its rename
-    compacted = sorted(day.glob(DAY_FILE_GLOB))
-    if not compacted:
-        return
-    held = merged_names(compacted[-1])
+    compacted, held = _day_files_held(day)
     for path in [*compacted[:-1], *day.glob(PART_GLOB)]:
         if path.name in held:
             path.unlink(missing_ok=True)
@@ -234,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     log = params.path(params.serving.prediction_log_dir)
     retention = params.serving.log_retention_days
-    print(compact(log, retention).describe(log, retention))
+    print(compact(log, retention, types=log_types(params.schema)).describe(log, retention))
 
 
 if __name__ == "__main__":
