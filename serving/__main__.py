@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from mlpipeline.config import load_service_config
 from serving.app import create_app
+from serving.connections import uvicorn_options
 from serving.metrics import MULTIPROCESS_ENV
 
 # How the parent hands its command line to worker processes, which import `worker_app`.
@@ -54,7 +55,7 @@ def main() -> None:
     # A registry that is down would log a retry warning per poll; the service's own
     # champion log says it once (and when it recovers).
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    common = {"host": args.host, "port": args.port, "access_log": False, "log_level": "info"}
+    common = {"host": args.host, "port": args.port, **uvicorn_options(params.serving)}
     if args.workers > 1:
         # A fresh folder per run: files a previous run left would be counted again.
         folder = tempfile.mkdtemp(prefix="serving-metrics-")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Header, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response
@@ -63,11 +64,11 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(json.dumps(payload), status_code=status, media_type="application/json")
 
 
-def _validation_errors(found: Sequence[Any]) -> list[dict[str, Any]]:
+def _validation_errors(found: Sequence[Any], limit: int) -> list[dict[str, Any]]:
     """Pydantic's errors on a body, with the record index and field spelled out for the
-    caller (loc starts at "body", without the one-record-or-batch tag)."""
+    caller (loc starts at "body", without the one-record-or-batch tag); the first `limit`."""
     errors = []
-    for error in found:
+    for error in found[:limit]:
         loc = ["body", *(p for p in error["loc"] if p not in ("single", "batch"))]
         record = next((p for p in loc[1:] if isinstance(p, int)), None)
         field = next((p for p in reversed(loc) if isinstance(p, str) and p != "body"), None)
@@ -76,7 +77,18 @@ def _validation_errors(found: Sequence[Any]) -> list[dict[str, Any]]:
             message = f"null is not allowed for {field!r}: {message}"
         errors.append({"loc": loc, "record": record, "field": field, "msg": message,
                        "type": error["type"]})
-    return errors
+    return listed(errors, len(found), limit)
+
+
+def listed(errors: list[dict[str, Any]], total: int, limit: int) -> list[dict[str, Any]]:
+    """At most `limit` of a body's `total` problems, and one more entry counting the rest: a
+    body of 100,000 unknown keys would otherwise get an answer eight times its size."""
+    if total <= limit:
+        return errors
+    return [*errors[:limit], {"loc": ["body"], "record": None, "field": None,
+                              "type": "too_many_errors",
+                              "msg": f"{total - limit} more problem(s) not listed: an answer "
+                                     f"lists the first {limit} (serving.max_errors)"}]
 
 
 def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True,
@@ -91,7 +103,8 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         app.state.champion = champion
         app.state.prediction_log = PredictionLog(
             params.path(settings.prediction_log_dir), settings.log_flush_records,
-            settings.log_flush_seconds, replica, on_write=metrics.logged)
+            settings.log_flush_seconds, replica, on_write=metrics.logged,
+            max_queued_records=settings.log_queue_records)
         app.state.shadow = ShadowScorer(champion, app.state.prediction_log,
                                         settings.shadow_queue_requests)
         await check_champion(app, "startup")
@@ -192,7 +205,8 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         """Turn scores into the task's answers; log them and count them."""
         answers = model.task.answers(scores)
         request_id = next_request_id()
-        request.app.state.prediction_log.append(columns, answers.log, model.version, request_id)
+        request.app.state.prediction_log.append(columns, answers.log, model.version, request_id,
+                                                types=model.requests.log_types)
         request.app.state.shadow.submit(columns, request_id)  # promotion.mode shadow
         model.task.count(metrics, answers.predictions, model.version)
         return Scored(model.name, model.version, answers, request_id)
@@ -222,7 +236,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         try:
             parsed = model.requests.body.validate_json(body)
         except ValidationError as error:
-            return body_errors(error, body)
+            return body_errors(error, body, model.requests, settings.max_errors)
         records: list[Any] = parsed if isinstance(parsed, list) else [parsed]
         problem = batch_problem(len(records))
         if problem:
@@ -274,6 +288,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
             return model
         if isinstance(raw, dict):  # columns (dataframe_split): checked a column at a time
             columns, detail = raw, scoring.column_errors(raw, model.schema)
+            detail = listed(detail, len(detail), settings.max_errors)
             id_column = model.schema.id_column
             if id_column in columns and not detail:  # as text, as the log keeps ids
                 columns[id_column] = [valid_id(value) for value in columns[id_column]]
@@ -282,7 +297,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
                 columns = model.requests.columns(model.requests.records.validate_python(raw))
                 detail = []
             except ValidationError as error:
-                detail = _validation_errors(error.errors())
+                detail = _validation_errors(error.errors(), settings.max_errors)
         if detail:
             return _json({"error_code": "BAD_REQUEST", "message": detail[0]["msg"],
                           "detail": detail}, 422)
@@ -316,18 +331,25 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="A model is loaded and predictions will be served",
+    @app.get("/ready", summary="A model is loaded and predictions will be served and logged",
              responses={503: {"description": "not ready, with the reason"}})
     def ready(request: Request) -> Response:
         champion = request.app.state.champion
         registry = champion.registry_status()
+        prediction_log = request.app.state.prediction_log.state()
         if champion.current is None:
             return _json({"ready": False, "reason": champion.not_ready_reason,
-                          "registry": registry}, 503)
-        # Still ready when the registry is down: the model in memory serves on, and a 503
-        # here would take every replica out of the load balancer at once.
+                          "registry": registry, "prediction_log": prediction_log}, 503)
+        if prediction_log["state"] == "stopped":  # this process would log nothing again
+            return _json({"ready": False, "reason": "the prediction log's writer stopped: "
+                          "restart this replica", "registry": registry,
+                          "prediction_log": prediction_log}, 503)
+        # Still ready when the registry is down, or when the log's queue is full (records
+        # dropped and counted): the cause is shared (the registry, the log's volume), and a
+        # 503 here would take every replica out of the load balancer at once.
         return _json({"ready": True, "model": champion.current.name,
-                      "version": champion.current.version, "registry": registry})
+                      "version": champion.current.version, "registry": registry,
+                      "prediction_log": prediction_log})
 
     @app.get("/model", summary="The served model and where it came from",
              responses={503: {"description": "no model loaded"}})
@@ -353,18 +375,24 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         if not expected:
             return _json({"detail": f"admin endpoints are disabled: set "
                                     f"{settings.admin_token_env} to enable them"}, 403)
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(given.encode(), expected.encode()):
-            return _json({"detail": "missing or wrong bearer token"}, 401)
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+                given.strip().encode(), expected.encode()):
+            return _json({"detail": "missing or wrong bearer token: send "
+                                    "`Authorization: Bearer <token>`"}, 401)
         outcome = await check_champion(request.app, "admin")
         current = request.app.state.champion.current
         return _json({"outcome": outcome, "version": current.version if current else None,
                       "error": request.app.state.champion.last_check_error or None})
 
+    deliveries: dict[str, float] = {}  # accepted delivery ids, when (this worker's)
+
     @app.post("/admin/webhook", status_code=202,
               summary="MLflow registry webhook: reload now when `champion` moved (signed)",
-              responses={401: {"description": "unsigned, wrongly signed or stale call"},
-                         403: {"description": "no webhook secret configured"}})
+              responses={400: {"description": "a signed body that is not JSON"},
+                         401: {"description": "unsigned, wrongly signed or stale call"},
+                         403: {"description": "no webhook secret configured"},
+                         409: {"description": "a delivery already accepted (a replay)"}})
     async def webhook(request: Request) -> Response:
         secret = os.environ.get(settings.webhook_secret_env, "")
         if not secret:
@@ -376,7 +404,18 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         if problem:
             log.warning("webhook refused: %s", problem)
             return _json({"detail": problem}, 401)
-        event = json.loads(body)
+        try:
+            event = orjson.loads(body)  # orjson stops past 1,024 levels where json recurses
+        except orjson.JSONDecodeError as error:
+            return _json({"detail": f"the webhook body is not JSON: {error}"}, 400)
+        # A signed delivery is good for webhook_max_age_seconds: within that, once.
+        now, delivery = time.monotonic(), request.headers["x-mlflow-delivery-id"]
+        for seen, at in list(deliveries.items()):
+            if now - at > settings.webhook_max_age_seconds:
+                del deliveries[seen]
+        if delivery in deliveries:
+            return _json({"detail": f"delivery {delivery!r} was already accepted"}, 409)
+        deliveries[delivery] = now
         data = event.get("data") if isinstance(event, dict) else None
         if not isinstance(data, dict) or (event.get("entity"), data.get("name"),
                                           data.get("alias")) != (
@@ -400,7 +439,8 @@ class Scored:
     request_id: str
 
 
-def body_errors(error: ValidationError, body: bytes) -> Response:
+def body_errors(error: ValidationError, body: bytes, requests: RequestContract,
+                max_errors: int) -> Response:
     """/predict's answer to a body its contract refuses: 400 if it is not UTF-8 text, else 422
     naming the record and field (or, for broken JSON, the character position)."""
     found = error.errors()
@@ -414,18 +454,27 @@ def body_errors(error: ValidationError, body: bytes) -> Response:
                                          f"{PREDICT_MAX_DEPTH}"}]}, 422)
     if found and found[0]["type"] == "json_invalid":
         try:
-            json.loads(body)  # the standard parser names the position as a character index
+            parsed = json.loads(body)  # the standard parser names the position as a character
         except UnicodeDecodeError:
             return _json({"detail": "the body could not be read as JSON: it must be UTF-8 "
                                     "text"}, 400)
-        except ValueError as decode_error:
-            position = getattr(decode_error, "pos", None)
-            reason = getattr(decode_error, "msg", str(decode_error))
+        except json.JSONDecodeError as decode_error:
+            position, reason = decode_error.pos, decode_error.msg
             return _json({"detail": [{"loc": ["body"], "record": None, "field": None,
                                       "position": position, "type": "json_invalid",
                                       "msg": f"the body is not valid JSON: {reason} at "
                                              f"character {position}"}]}, 422)
-    return _json({"detail": _validation_errors(found)}, 422)
+        except ValueError:  # the only other: an integer past Python's 4,300 digits
+            return _json({"detail": [{"loc": ["body"], "record": None, "field": None,
+                                      "type": "json_invalid", "msg": scoring.TOO_LONG}]}, 422)
+        # JSON the standard parser reads and pydantic's does not: a lone surrogate ("\ud800"),
+        # which no UTF-8 writer (the log, Parquet) takes. Checked as parsed, the record model
+        # names the field that carries it.
+        try:
+            requests.body.validate_python(parsed)
+        except ValidationError as named:
+            found = named.errors()
+    return _json({"detail": _validation_errors(found, max_errors)}, 422)
 
 
 # pydantic's JSON parser (jiter) refuses deeper bodies: /predict's documented nesting limit.

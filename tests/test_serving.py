@@ -159,25 +159,29 @@ def test_limits_answer_422_for_records_and_413_for_bytes(client: TestClient) -> 
 HUGE = "1" + "0" * 400  # an integer no float can hold
 
 
-def shaped(shape: str, age: str) -> tuple[str, str]:
-    """(path, body) of one record whose age is the literal `age`, in each payload shape."""
-    record = json.dumps({**RECORD, "age": "AGE"})
-    row = json.dumps(list({**RECORD, "age": "AGE"}.values()))
-    columns = json.dumps({name: [value] for name, value in {**RECORD, "age": "AGE"}.items()})
+def shaped(shape: str, age: str, field: str = "age") -> tuple[str, str]:
+    """(path, body) of one record whose `field` is the literal `age`, in each payload shape."""
+    fields = {**RECORD, field: "AGE"}
+    record = json.dumps(fields)
+    row = json.dumps(list(fields.values()))
+    columns = json.dumps({name: [value] for name, value in fields.items()})
     body = {"predict": record,
             "dataframe_records": f'{{"dataframe_records": [{record}]}}',
             "instances": f'{{"instances": [{record}]}}',
             "inputs": f'{{"inputs": [{record}]}}',
-            "dataframe_split": f'{{"dataframe_split": {{"columns": {json.dumps(list(RECORD))}, '
+            "dataframe_split": f'{{"dataframe_split": {{"columns": {json.dumps(list(fields))}, '
                                f'"data": [{row}]}}}}',
             "inputs as columns": f'{{"inputs": {columns}}}'}[shape]
     return ("/predict" if shape == "predict" else "/invocations"), body.replace('"AGE"', age)
 
 
+SHAPES = ["predict", "dataframe_records", "instances", "inputs", "dataframe_split",
+          "inputs as columns"]
+
+
 @pytest.mark.parametrize("age", [HUGE, "-" + HUGE, HUGE + ".5", "1e400", "-1e400", "Infinity",
                                  "-Infinity", "NaN"])
-@pytest.mark.parametrize("shape", ["predict", "dataframe_records", "instances", "inputs",
-                                   "dataframe_split", "inputs as columns"])
+@pytest.mark.parametrize("shape", SHAPES)
 def test_an_overflowing_or_non_finite_number_is_a_422_naming_the_field(
         client: TestClient, shape: str, age: str) -> None:
     path, body = shaped(shape, age)
@@ -186,6 +190,48 @@ def test_an_overflowing_or_non_finite_number_is_a_422_naming_the_field(
     [error] = response.json()["detail"]
     assert (error["record"] in (0, None), error["field"]) == (True, "age")
     assert error["type"] in ("float_type", "finite_number")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_value_the_log_could_not_store_is_a_422_and_later_traffic_is_logged(
+        trained_project: Project, tmp_path: Path, shape: str) -> None:
+    """A lone surrogate ("\\ud800") parses as JSON but no UTF-8 writer takes it: it stopped
+    the log's writer for good on the column paths. An id over 128 characters, or an integer
+    of 401 (or 5,000) digits, is not an id either. Each is refused naming the field, on every
+    payload path, and what comes after is served and logged."""
+    params = service_params(trained_project, tmp_path, log_flush_records=1)
+    with TestClient(create_app(params, start_poller=False)) as c:
+        for field, literal in (("application_id", '"\\ud800"'), ("region", '"\\udfff"'),
+                               ("application_id", '"a\\ud800b"'),
+                               ("application_id", "1" + "0" * 400),
+                               ("application_id", "9" * 5000)):
+            path, body = shaped(shape, literal, field)
+            response = c.post(path, content=body, headers={"content-type": "application/json"})
+            detail = response.json().get("detail")
+            if len(literal) > 4300:  # past what Python reads as a number: no field is named
+                assert response.status_code == (422 if path == "/predict" else 400)
+                assert "more than 4,300 digits" in response.text
+                continue
+            assert response.status_code == 422, (field, literal[:20], response.text)
+            assert [(e["record"] in (0, None), e["field"]) for e in detail] == [(True, field)]
+        path, body = shaped(shape, '"app-1"', "application_id")
+        assert c.post(path, content=body,
+                      headers={"content-type": "application/json"}).status_code == 200
+        assert c.get("/ready").json()["prediction_log"]["state"] == "writing"
+    log = read_log(Path(params.serving.prediction_log_dir))
+    assert log["application_id"].tolist() == ["app-1"]
+
+
+def test_ready_says_when_the_log_writer_stopped(client: TestClient) -> None:
+    assert client.post("/predict", json=RECORD).status_code == 200
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["prediction_log"]["state"] == "writing"
+    client.app.state.prediction_log.close()  # what a writer that died would look like
+    assert client.post("/predict", json=RECORD).status_code == 200  # still served ...
+    stopped = client.get("/ready")  # ... but not logged: out of the load balancer
+    assert stopped.status_code == 503 and "writer stopped" in stopped.json()["reason"]
+    metrics = client.get("/metrics").text
+    assert 'prediction_log_records_failed{reason="writer_stopped"} 1.0' in metrics
 
 
 @pytest.mark.parametrize("path, depth, status, message", [
@@ -322,6 +368,11 @@ def test_admin_reload_needs_a_configured_token(client: TestClient,
     assert client.post("/admin/reload").status_code == 401
     wrong = client.post("/admin/reload", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
+    for bare in ("s3cret", "Basic s3cret", "Bearers3cret", "Token s3cret", " s3cret"):
+        answer = client.post("/admin/reload", headers={"Authorization": bare})
+        assert answer.status_code == 401 and "Bearer <token>" in answer.json()["detail"], bare
+    assert client.post("/admin/reload",
+                       headers={"Authorization": "bearer s3cret"}).status_code == 200
     ok = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200 and ok.json()["outcome"] == "unchanged"
 
@@ -407,11 +458,18 @@ def test_webhook_reloads_only_on_a_valid_signature(client: TestClient,
     assert checks not in client.get("/metrics").text  # nothing was reloaded
     other_model = alias_event(name="another-model")
     ignored = client.post("/admin/webhook", content=other_model,
-                          headers=signed_headers("whsec", other_model, now))
+                          headers=signed_headers("whsec", other_model, now, "d-other"))
     assert ignored.status_code == 202 and ignored.json()["outcome"] == "ignored"
     accepted = client.post("/admin/webhook", content=body,
                            headers=signed_headers("whsec", body, now))
     assert accepted.status_code == 202 and accepted.json()["outcome"] == "reloading"
+    replayed = client.post("/admin/webhook", content=body,
+                           headers=signed_headers("whsec", body, now))  # within its window
+    assert replayed.status_code == 409 and "already accepted" in replayed.json()["detail"]
+    for n, junk in enumerate((b"not json", b"\xff\xfe", b"[" * 10_000, b"")):
+        answer = client.post("/admin/webhook", content=junk,
+                             headers=signed_headers("whsec", junk, now, f"junk-{n}"))
+        assert answer.status_code == 400 and "not JSON" in answer.json()["detail"], junk[:10]
     deadline = time.monotonic() + 10
     while f"{checks} 1.0" not in client.get("/metrics").text:
         assert time.monotonic() < deadline, "the signed webhook did not trigger a check"
@@ -482,11 +540,12 @@ def uvicorn_in_thread(app: Any) -> Iterator[int]:
 
     import uvicorn
 
+    from serving.connections import uvicorn_options
     from serving.launch import free_port
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    options = {**uvicorn_options(app.state.params.serving), "log_level": "warning"}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
@@ -539,6 +598,58 @@ def test_stalled_and_chunked_bodies_on_a_real_server(trained_project: Project,
         ok = raw_http(port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                       timeout=20)
         assert ok.startswith(b"HTTP/1.1 200")
+
+
+def test_half_sent_requests_are_closed_and_open_connections_are_bounded(
+        trained_project: Project, tmp_path: Path) -> None:
+    """Connections whose headers never finish held a file descriptor each for good (2,000
+    were all open after 30 s): now 408 and closed after serving.header_timeout_seconds, and
+    past serving.max_connections open, 503 and closed at once."""
+    app = create_app(service_params(trained_project, tmp_path, header_timeout_seconds=1.0,
+                                    max_connections=20), start_poller=False)
+    with uvicorn_in_thread(app) as port:
+        started = time.monotonic()
+        held = []
+        for _ in range(30):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=20)
+            conn.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty")
+            held.append(conn)
+        answers = []
+        for conn in held:
+            with conn:
+                answer = b""
+                with contextlib.suppress(ConnectionResetError):  # closed with bytes unread
+                    while data := conn.recv(65536):  # until the server closes it
+                        answer += data
+                answers.append(answer.split(b"\r\n")[0] or b"reset")
+        waited = time.monotonic() - started
+        assert answers[:20] == [b"HTTP/1.1 408 Request Timeout"] * 20
+        assert set(answers[20:]) <= {b"HTTP/1.1 503 Service Unavailable", b"reset"}
+        assert 0.9 < waited < 15
+        # A kept-alive connection's next request is held to the same limit.
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /heal")
+            answer = b""
+            while data := conn.recv(65536):
+                answer += data
+        assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in answer
+        assert b"serving.header_timeout_seconds" in answer
+
+
+def test_a_body_with_many_problems_gets_the_first_few_and_a_count(client: TestClient) -> None:
+    """100,000 unknown keys in 1.68 MB got a 13.2 MB answer listing every one."""
+    extra = {f"unknown_{i}": i for i in range(500)}
+    split = {"columns": [*RECORD, *extra], "data": [[*RECORD.values(), *extra.values()]]}
+    for path, body in (("/predict", {**RECORD, **extra}),
+                       ("/invocations", {"dataframe_records": [{**RECORD, **extra}]}),
+                       ("/invocations", {"dataframe_split": split})):
+        response = client.post(path, json=body)
+        assert response.status_code == 422, path
+        detail = response.json()["detail"]
+        assert len(detail) == 21 and {e["type"] for e in detail[:20]} == {"extra_forbidden"}
+        assert detail[-1]["type"] == "too_many_errors"
+        assert detail[-1]["msg"].startswith("480 more problem(s) not listed")
+        assert "serving.max_errors" in detail[-1]["msg"] and len(response.content) < 5000
 
 
 def test_mlflow_scoring_protocol_with_mlflow_own_client(trained_project: Project,

@@ -1,0 +1,80 @@
+"""Connections the service holds open, bounded in time and number.
+
+uvicorn closes a kept-alive connection that goes idle, but not one whose request headers
+never finish: each such connection (a slow or hostile client) holds a file descriptor for
+good. This protocol, uvicorn's own HTTP protocol with two guards, answers 408 and closes a
+connection whose headers are not in within `serving.header_timeout_seconds` (each request's
+headers on a kept-alive connection too), and answers 503 and closes at once a connection
+that would go past `serving.max_connections` open in this process. The request body has its
+own limit (`serving.read_timeout_seconds`, in serving.metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from mlpipeline.config import ServingParams
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, header_timeout: float, max_connections: int,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self._refuse(503, "Service Unavailable", f"more than {self.max_connections} open "
+                         "connections (serving.max_connections): try again")
+            return
+        self._start_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_header_timer()  # the next request on a kept-alive connection
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _start_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        self._refuse(408, "Request Timeout", "the request headers did not arrive within "
+                     f"{self.header_timeout:g} s (serving.header_timeout_seconds)")
+
+    def _refuse(self, status: int, reason: str, detail: str) -> None:
+        if self.transport.is_closing():
+            return
+        body = json.dumps({"detail": detail}).encode()
+        self.transport.write(f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json"
+                             f"\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+                             .encode() + body)
+        self.transport.close()
+
+
+def uvicorn_options(settings: ServingParams) -> dict[str, Any]:
+    """How uvicorn runs the service (python -m serving, and the tests' real servers)."""
+    http = functools.partial(GuardedHttpProtocol, header_timeout=settings.header_timeout_seconds,
+                             max_connections=settings.max_connections)
+    return {"http": http, "access_log": False, "log_level": "info"}
