@@ -92,6 +92,7 @@ def build(root: Path, rows_per_month: int) -> Project:
         params["source"].update(kind="files", path="data/landing")
         params["window"].update(start=month(0).isoformat(), end=month(MONTHS - 3).isoformat())
         params["prepare"]["test_batches"] = 2
+        params["validate"]["max_batch_days"] = 31  # monthly batches
         params["schema"]["classes"] = ["repaid", "default"]
         params["ct"]["cooldown_batches"] = 1
 

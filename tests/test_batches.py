@@ -5,10 +5,12 @@ good batches are never blamed. (The same cases through `dvc repro`: test_landing
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from mlpipeline.config import Params, ValidateParams, WindowParams, load_params
 from mlpipeline.ingest import ingest
@@ -133,8 +135,9 @@ def test_rows_delivered_twice_are_refused_or_dropped_as_configured(raw: Path) ->
     assert any(m.startswith(f"batch {DAYS[3]}.csv: rule no rows repeated from earlier batches: "
                             "100 of 1600 rows") for m in messages)
     # They are dated in the previous week, too: named with the row in the file.
-    assert (f"batch {DAYS[3]}.csv: column 'application_date', rule dated in [{DAYS[3]}, ...): "
-            f"100 of 1600 rows") in "\n".join(messages)
+    assert (f"batch {DAYS[3]}.csv: column 'application_date', rule dated in [{DAYS[3]}, "
+            f"{DAYS[4]}) (the newest batch: validate.max_batch_days=7): 100 of 1600 rows"
+            ) in "\n".join(messages)
     assert "at row 1 of 2026-01-26.csv" in "\n".join(messages)
 
     dropped = judge(raw, repeated_rows="drop", max_misdated_share=0.1)
@@ -264,7 +267,24 @@ def test_timezone_aware_times_are_dated_like_naive_ones(raw: Path) -> None:
         frame.to_csv(raw / f"{DAYS[i]}.csv", index=False)
     [message] = failures(judge(raw))
     assert message.startswith(f"batch {DAYS[3]}.csv: column 'application_date', rule dated in "
-                              f"[{DAYS[3]}, ...): 1 of 1500 rows")
+                              f"[{DAYS[3]}, {DAYS[4]}) (the newest batch: "
+                              "validate.max_batch_days=7): 1 of 1500 rows")
+
+
+def test_the_newest_batch_has_an_upper_date_limit_too(raw: Path) -> None:
+    """It has no next batch to end it: rows dated two months after its name passed until the
+    next batch landed. Its name plus validate.max_batch_days (null: source.batch_days)."""
+    frame = batch(3)
+    frame.loc[[4, 9], "application_date"] = pd.Timestamp(DAYS[3]) + pd.Timedelta(days=60)
+    frame.to_csv(raw / f"{DAYS[3]}.csv", index=False)
+    [message] = failures(judge(raw))
+    assert message.startswith(f"batch {DAYS[3]}.csv: column 'application_date', rule dated in "
+                              f"[{DAYS[3]}, {DAYS[4]}) (the newest batch: "
+                              "validate.max_batch_days=7): 2 of 1500 rows")
+    assert failures(judge(raw, max_batch_days=61)) == []
+    # An earlier batch is bounded by the next one's name, as before.
+    batch(4).to_csv(raw / f"{DAYS[4]}.csv", index=False)
+    assert refused(judge(raw, max_batch_days=61)) == [f"{DAYS[3]}.csv"]
 
 
 def test_string_labels_are_checked_by_name(raw: Path) -> None:
@@ -296,6 +316,28 @@ def test_yes_no_classes_must_be_quoted() -> None:
 def test_validate_params_reject_unknown_duplicate_policy() -> None:
     with pytest.raises(ValueError):
         ValidateParams(repeated_rows="keep")
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("gate", "tolerance", -0.01, "gate.tolerance: Input should be greater than or equal to 0"),
+    ("validate", "max_misdated_share", 1.5,
+     "validate.max_misdated_share: Input should be less than or equal to 1"),
+    ("validate", "max_unknown_category_share", -0.1,
+     "validate.max_unknown_category_share: Input should be greater than or equal to 0"),
+    ("monitoring", "drift_threshold", 0, "monitoring.drift_threshold: Input should be greater "
+                                         "than 0"),
+    ("validate", "max_batch_days", 0, "validate.max_batch_days: Input should be greater than 0"),
+])
+def test_tolerances_and_shares_are_checked_for_range_when_params_are_read(
+        tmp_path: Path, section: str, key: str, value: float, message: str) -> None:
+    """gate.tolerance: -0.01 was accepted, then rejected a challenger equal to the champion."""
+    text = (REPO / "params.yaml").read_text()
+    data = yaml.safe_load(text)
+    data[section][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SystemExit) as stop:
+        load_params(tmp_path)
+    assert f"  - {message}" in str(stop.value)
 
 
 def test_a_batch_is_checked_once_while_it_stays_the_same(raw: Path, tmp_path: Path,
@@ -332,3 +374,40 @@ def test_a_batch_is_checked_once_while_it_stays_the_same(raw: Path, tmp_path: Pa
     coerced.clear()
     check_batches(table, batches, stricter, memo(stricter))
     assert coerced == [1500] * 5
+
+
+def regression_with_shipped_hyperparams(data: dict) -> None:
+    data["schema"].update(task="regression", target="loss_amount", classes=None)
+    data["gate"].update(min_metrics={}, compare_metric="rmse")
+
+
+def fifty_trees(data: dict) -> None:
+    data["train"]["hyperparams"]["random_forest"]["n_estimators"] = "fifty"
+
+
+@pytest.mark.parametrize("change, lines", [
+    (fifty_trees,
+     ["train.hyperparams.random_forest.n_estimators: The 'n_estimators' parameter of "
+      "RandomForestClassifier must be an int in the range [1, inf). Got 'fifty' instead."]),
+    # The shipped defaults once a user sets schema.task: regression.
+    (regression_with_shipped_hyperparams,
+     ["train.hyperparams.random_forest.class_weight: not a parameter of RandomForestRegressor "
+      "(task regression); valid: bootstrap, ccp_alpha, criterion, max_depth,",
+      "train.hyperparams.linear.C: not a parameter of Ridge (task regression); valid: alpha,",
+      "train.hyperparams.linear.class_weight: not a parameter of Ridge",
+      "train.hyperparams.dummy.strategy: The 'strategy' parameter of DummyRegressor must be a "
+      "str among"]),
+])
+def test_every_hyperparameter_is_checked_against_the_task_when_params_are_read(
+        tmp_path: Path, change: Callable[[dict], None], lines: list[str]) -> None:
+    """`n_estimators: fifty` ended in a 28-line traceback; class_weight on a regressor failed
+    in train, after three stages had run."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    change(data)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(SystemExit) as stop:
+        load_params(tmp_path)
+    shown = str(stop.value).splitlines()
+    assert shown[0] == f"params.yaml is not valid ({len(lines)} problem(s)):"
+    for line, expected in zip(shown[1:], lines, strict=True):
+        assert line.startswith(f"  - {expected}"), line

@@ -66,6 +66,7 @@ def landed(tmp_path_factory: pytest.TempPathFactory) -> Project:
         params["source"].update(kind="files", path="data/landing")
         params["window"].update(start="2014-01-01", end="2016-01-01")
         params["prepare"]["test_batches"] = 1  # yearly batches: test on the last year
+        params["validate"]["max_batch_days"] = 366  # the newest batch's rows: within its year
         params["schema"]["classes"] = ["repaid", "default"]
         params["ct"]["cooldown_batches"] = 1
 

@@ -194,8 +194,10 @@ def test_another_data_set_by_params_alone(task: str, tmp_path: Path) -> None:
         params["validate"].update(min_rows=100, min_batch_rows=30)
         params["prepare"].update(test_batches=1, reference_rows=300)
         params["monitoring"].update(min_rows=30, min_labelled_rows=30)
-        rf = params["train"]["hyperparams"]["random_forest"]
-        rf.pop("class_weight")  # a classifier's knob: the regressor would refuse it
+        hyperparams = params["train"]["hyperparams"]
+        hyperparams["random_forest"].pop("class_weight")  # a classifier's knob
+        if task == "regression":  # every block is checked against the task's estimators
+            hyperparams.update(linear={"alpha": 1.0}, dummy={"strategy": "mean"})
         params["gate"] = {"min_metrics": {"r2": 0.2} if task == "regression"
                           else {"accuracy": 0.8}, "compare_metric": None, "tolerance": 0.0}
         params["mlflow"].update(experiment=f"other-{task}", registered_model=f"other-{task}")

@@ -65,12 +65,15 @@ class WindowParams(_Strict):
 
 
 class ValidateParams(_Strict):
-    min_rows: int = 100  # in the whole window
+    min_rows: int = Field(100, ge=0)  # in the whole window
     min_batch_rows: int = Field(1, ge=1)  # in each batch
     # Shares of rows allowed to break a rule, in each batch and over the window.
-    max_unknown_category_share: float = 0.01
-    max_out_of_range_share: float = 0.0
-    max_misdated_share: float = 0.0  # rows dated outside their batch (name .. next batch)
+    max_unknown_category_share: float = Field(0.01, ge=0, le=1)
+    max_out_of_range_share: float = Field(0.0, ge=0, le=1)
+    max_misdated_share: float = Field(0.0, ge=0, le=1)  # rows dated outside their batch
+    # The newest batch has no next batch to end it: its rows must be dated before its name
+    # plus this many days. null: source.batch_days.
+    max_batch_days: int | None = Field(None, gt=0)
     # Two batches for one day, or rows a batch repeats from an earlier one: refuse the batch,
     # or drop the repeated rows (and count them in the report).
     repeated_rows: Literal["refuse", "drop"] = "refuse"
@@ -114,7 +117,7 @@ class GateParams(_Strict):
     # No regression against the champion on this metric (its direction comes with it); null:
     # the task's default (roc_auc, f1_macro, rmse).
     compare_metric: str | None = None
-    tolerance: float = 0.0  # the challenger may trail the champion by this much
+    tolerance: float = Field(0.0, ge=0)  # the challenger may trail the champion by this much
     # The same comparison on every slice of the test split: each value of these features
     # (numbers in `slice_bins` quantile bins) with at least `slice_min_rows` rows.
     slices: list[str] = []
@@ -160,7 +163,7 @@ class MonitoringParams(_Strict):
     # size already see the smallest shift worth a retrain; Evidently's cost grows with rows).
     max_rows: int = Field(100_000, gt=0)
     drift_method: str | None = None  # Evidently stat test name; None = its default per column
-    drift_threshold: float | None = None
+    drift_threshold: float | None = Field(None, gt=0)
     drift_share: float = Field(0.3, gt=0, le=1)  # share of drifted features that means drift
     min_labelled_rows: int = Field(200, gt=0)  # for the performance check on new outcomes
     report_dir: str = "reports/monitoring"
@@ -272,6 +275,9 @@ class Params(ServiceConfig):
 
     @model_validator(mode="after")
     def _fits_the_task(self) -> Params:
+        if self.validate_.max_batch_days is None:
+            self.validate_ = self.validate_.model_copy(
+                update={"max_batch_days": self.source.batch_days})
         task = self.task
         if self.gate.compare_metric is None:
             self.gate = self.gate.model_copy(update={"compare_metric": task.default_metric})
@@ -306,7 +312,15 @@ def find_root(start: Path | None = None) -> Path:
 def load_params(root: Path | None = None) -> Params:
     root = find_root(root)
     raw = yaml.safe_load((root / PARAMS_FILE).read_text())
-    return _validated(Params, {**raw, "root": root})
+    params: Params = _validated(Params, {**raw, "root": root})
+    # Checked here, not in train: a value the estimator refuses must stop the first stage.
+    # (Not in load_service_config: a replica trains nothing, and scikit-learn's import
+    # costs 0.6 s.)
+    problems = params.task.hyperparam_problems(params.train.hyperparams)
+    if problems:
+        raise SystemExit(f"{PARAMS_FILE} is not valid ({len(problems)} problem(s)):\n"
+                         + "\n".join(f"  - {line}" for line in problems))
+    return params
 
 
 def load_service_config(root: Path | None = None) -> ServiceConfig:

@@ -14,6 +14,7 @@ and writes no output, so DVC runs nothing downstream and the champion cannot mov
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -171,13 +172,17 @@ def file_checks(batch: BatchFile, schema: Schema, first_of_day: str | None,
 
 def dating_check(rows: pd.DataFrame, typed_time: pd.Series, batch: BatchFile,
                  schema: Schema, rules: ValidateParams) -> Check:
-    """Rows dated before the batch's name or on/after the next batch's first day."""
+    """Rows dated before the batch's name, or on/after the next batch's first day (the
+    newest batch: its name plus validate.max_batch_days)."""
     zone = getattr(typed_time.dt, "tz", None)  # a feed may send "2024-01-01T08:00:00Z"
     start = pd.Timestamp(batch.date, tz=zone)
-    misdated = typed_time.notna() & (typed_time < start)
-    if batch.next_date:
-        misdated |= typed_time.notna() & (typed_time >= pd.Timestamp(batch.next_date, tz=zone))
-    rule = f"dated in [{batch.date}, {batch.next_date or '...'})"
+    end = batch.next_date or (dt.date.fromisoformat(batch.date) + dt.timedelta(
+        days=rules.max_batch_days or 0)).isoformat()
+    misdated = typed_time.notna() & ((typed_time < start)
+                                     | (typed_time >= pd.Timestamp(end, tz=zone)))
+    rule = f"dated in [{batch.date}, {end})"
+    if not batch.next_date:
+        rule += f" (the newest batch: validate.max_batch_days={rules.max_batch_days})"
     return rule_check(schema.time_column, rule, misdated, rules.max_misdated_share,
                       rows[schema.time_column], rows, batch.file)
 

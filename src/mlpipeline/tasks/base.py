@@ -99,23 +99,49 @@ class Task(ABC):
     # --- training -------------------------------------------------------------------------
 
     def estimator(self, family: str, hyperparams: dict[str, Any], seed: int) -> Any:
-        """The family's scikit-learn estimator with params.yaml's hyper-parameters; a key it
-        does not take fails here, naming it and the valid ones."""
+        """The family's scikit-learn estimator with params.yaml's hyper-parameters; a key or
+        value it does not take fails here, naming it and the valid ones."""
+        problems = self.hyperparam_problems({family: hyperparams})
+        if problems:
+            raise ValueError("; ".join(problems))
+        cls = self._estimator_class(family)
+        hyper = dict(hyperparams)
+        if "random_state" in cls().get_params():
+            hyper.setdefault("random_state", seed)
+        return cls(**hyper)
+
+    def hyperparam_problems(self, hyperparams: dict[str, dict[str, Any]]) -> list[str]:
+        """One line per hyper-parameter (train.hyperparams.<family>.<key>) that this task's
+        estimator for the family does not take, naming the valid keys or values, as
+        scikit-learn's own constraints say; a block for a family the task lacks too."""
+        from sklearn.utils._param_validation import InvalidParameterError
+
+        problems = []
+        for family, values in hyperparams.items():
+            if family not in self.estimators:
+                problems.append(f"train.hyperparams.{family}: not a model family of task "
+                                f"{self.name}: use one of {', '.join(self.estimators)}")
+                continue
+            cls = self._estimator_class(family)
+            valid = sorted(cls().get_params())
+            for key, value in (values or {}).items():
+                where = f"train.hyperparams.{family}.{key}"
+                if key not in valid:
+                    problems.append(f"{where}: not a parameter of {cls.__name__} (task "
+                                    f"{self.name}); valid: {', '.join(valid)}")
+                    continue
+                try:  # one key at a time: each problem is named, not only the first
+                    cls(**{key: value})._validate_params()
+                except InvalidParameterError as error:
+                    problems.append(f"{where}: {error}")
+        return problems
+
+    def _estimator_class(self, family: str) -> Any:
         if family not in self.estimators:
             raise ValueError(f"train.model {family!r} is not a model family for task "
                              f"{self.name}: use one of {', '.join(self.estimators)}")
         module, name = self.estimators[family].split(":")
-        cls = getattr(importlib.import_module(module), name)
-        valid = cls().get_params()
-        unknown = sorted(set(hyperparams) - set(valid))
-        if unknown:
-            raise ValueError(f"train.hyperparams.{family}: {', '.join(unknown)} is not a "
-                             f"parameter of {name} (task {self.name}); it takes "
-                             f"{', '.join(sorted(valid))}")
-        hyper = dict(hyperparams)
-        if "random_state" in valid:
-            hyper.setdefault("random_state", seed)
-        return cls(**hyper)
+        return getattr(importlib.import_module(module), name)
 
     @abstractmethod
     def target_summary(self, target: pd.Series) -> dict[str, Any]:
