@@ -26,7 +26,7 @@ import pytest
 from mlpipeline.config import load_params, set_values
 from mlpipeline.prediction_log import read_log
 from monitoring.demo import send, upcoming_traffic, wait_for_version
-from monitoring.drift import run_check
+from monitoring.drift import log_window, run_check
 from serving.launch import free_port, start_service, wait_http_ok
 from tests.conftest import ENV, Project, make_project
 from tests.test_serving import RECORD
@@ -63,6 +63,25 @@ def reload_checks(url: str) -> float:
                and s.labels.get("trigger") == "poll")
 
 
+def damage_the_log(log: Path, name: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    day, *_ = sorted(log.glob("date=*"))
+    part = sorted(day.glob("part-*.parquet"))[-1]
+    table = pq.read_table(part)
+    ages = table["age"].cast(pa.int64(), safe=False)
+    pq.write_table(table.set_column(table.schema.get_field_index("age"), "age", ages), part)
+    (day / f"part-empty-{name}.parquet").write_bytes(b"")
+    (day / f"part-corrupt-{name}.parquet").write_bytes(b"PAR1 half a file")
+    (log / f"date=garbage-{name}").mkdir()
+
+
+def quarantined(log: Path) -> list[str]:
+    return sorted(p.name for p in (log / "quarantine").rglob("*")
+                  if p.is_file() or p.name.startswith("date=garbage"))
+
+
 def served_version(url: str) -> str:
     return httpx.get(f"{url}/model").json()["version"]
 
@@ -91,11 +110,22 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
         while len(read_log(project.root / "logs/predictions")) < sent:
             assert time.monotonic() < deadline, "the prediction log never caught up"
             time.sleep(0.2)
+        # What a log meets: a part from before columns had the contract's type (ages as
+        # int64 beside float64 parts), a 0-byte part (a writer killed on a shared volume), a
+        # corrupt one, a partition that is not a date. The drift check reads every good row.
+        log_dir = project.root / "logs/predictions"
+        damage_the_log(log_dir, "first")
+        assert log_window(load_params(project.root), None, None).size == sent
+        assert quarantined(log_dir) == ["date=garbage-first", "part-corrupt-first.parquet",
+                                        "part-empty-first.parquet"]
+        damage_the_log(log_dir, "second")  # ... and the cycle's compaction sets them aside
         lock_before = project.read("dvc.lock")
         remote = tmp_path / "dvc-remote"  # as the CT workflow's DVC_REMOTE_URL secret
         summary, out = ct(project, "--current", "log", env={"DVC_REMOTE_URL": str(remote)})
         assert summary["status"] == "ok", out
         assert summary["window"]["kind"] == "log" and summary["window"]["rows"] == sent
+        assert "3 unreadable file(s) or partition(s) moved to" in out
+        assert len(quarantined(log_dir)) == 6
         days = list((project.root / "logs/predictions").glob("date=*"))  # the cycle compacted
         assert days and all([f.name for f in d.iterdir()] == ["day-000001.parquet"]
                             for d in days), [list(d.iterdir()) for d in days]

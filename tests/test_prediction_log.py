@@ -199,9 +199,11 @@ def test_unreadable_files_and_partitions_are_quarantined_not_fatal(tmp_path: Pat
                      "date=garbage"]
     # Compaction meets the same files when no reader came first.
     (day / "part-late-empty.parquet").write_bytes(b"")
+    (tmp_path / "date=2026-13-01").mkdir()
     result = compact(tmp_path, types=TYPES)
-    assert result.quarantined == ["quarantine/date=2026-12-01/part-late-empty.parquet"]
-    assert "1 unreadable file(s) moved to" in result.describe(tmp_path, None)
+    assert result.quarantined == ["quarantine/date=2026-13-01",
+                                  "quarantine/date=2026-12-01/part-late-empty.parquet"]
+    assert "2 unreadable file(s) or partition(s) moved to" in result.describe(tmp_path, None)
     assert (result.parts, result.rows) == (16, 301)
     assert sorted(read_log(tmp_path, types=TYPES)["age"]) == sorted(ages)
 

@@ -146,7 +146,9 @@ def test_two_workers_share_the_port_and_each_logs_its_own_files(
         trained_project: Project, tmp_path: Path) -> None:
     """`--workers 2`: two processes answer on one port, each with its model and its own
     prediction-log files, and one /metrics for both; a SIGTERM to the parent drains both
-    logs."""
+    logs. Bodies that once stopped a worker's log for good (a lone surrogate in an id) are
+    refused, and every request after them is logged, each column in one type whatever
+    number type a client sent."""
     import subprocess
     import sys
     from concurrent.futures import ThreadPoolExecutor
@@ -167,11 +169,19 @@ def test_two_workers_share_the_port_and_each_logs_its_own_files(
         while (tmp_path / "workers.log").read_text().count("Application startup complete") < 2:
             assert time.monotonic() < deadline and process.poll() is None, "one worker only"
             time.sleep(0.1)
-        payload = {"dataframe_records": [RECORD]}
+        records = {"dataframe_records": [RECORD]}  # integers where the schema has numbers
+        split = {"dataframe_split": {"columns": [*RECORD, "application_id"], "data": [
+            [float(v) if type(v) is int else v for v in RECORD.values()] + ["a-1"]]}}
+        surrogate = json.dumps(split).replace('"a-1"', '"\\ud800"')
 
-        def send(_: int) -> str:
+        def send(n: int) -> str:
             with httpx.Client(base_url=url, timeout=30) as client:
-                response = client.post("/invocations", json=payload)
+                if n % 10 == 0:
+                    refused = client.post("/invocations", content=surrogate,
+                                          headers={"content-type": "application/json"})
+                    assert refused.status_code == 422, refused.text
+                    assert refused.json()["detail"][0]["field"] == "application_id"
+                response = client.post("/invocations", json=split if n % 2 else records)
                 assert response.status_code == 200, response.text
                 return response.headers["X-Request-Id"]
 
@@ -189,7 +199,7 @@ def test_two_workers_share_the_port_and_each_logs_its_own_files(
         served = [sum(v for (name, labels), v in found.items()
                       if name == "http_requests_total"
                       and dict(labels).get("endpoint") == "/invocations") for found in scrapes]
-        assert served == [400] * 8, served
+        assert served == [440] * 8, served  # 40 refused
         for found in scrapes:
             assert sum(v for (name, _), v in found.items() if name == "predictions_total") == 400
             assert found[("model_loaded", ())] == 1
@@ -208,6 +218,7 @@ def test_two_workers_share_the_port_and_each_logs_its_own_files(
     assert len(pids) == 2, (pids, (tmp_path / "workers.log").read_text()[-2000:])
     logged = [rid for p in parts for rid in pq.read_table(p).column("request_id").to_pylist()]
     assert sorted(logged) == sorted(request_ids)  # every request, once, across both workers
+    assert {str(pq.read_schema(p).field("age").type) for p in parts} == {"double"}
 
 
 def test_a_version_with_another_contract_is_served_by_its_own_contract(

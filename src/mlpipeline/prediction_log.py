@@ -66,22 +66,25 @@ def day_of(folder: Path) -> dt.date:
     return dt.date.fromisoformat(folder.name.removeprefix(DAY_PREFIX))
 
 
-def days(log: Path, since: dt.date | None = None, until: dt.date | None = None) -> list[Path]:
+def days(log: Path, since: dt.date | None = None, until: dt.date | None = None,
+         quarantined: list[str] | None = None) -> list[Path]:
     """The day partitions, oldest first, from `since` to `until` (inclusive) when given.
-    A partition whose name is not a date goes to quarantine."""
+    A partition whose name is not a date goes to quarantine (appended to `quarantined`)."""
     found = []
     for folder in sorted(p for p in log.glob(f"{DAY_PREFIX}*") if p.is_dir()):
         try:
             found.append((day_of(folder), folder))
         except ValueError:
-            quarantine(log, folder, "the partition's name is not a date (date=YYYY-MM-DD)")
+            quarantine(log, folder, "the partition's name is not a date (date=YYYY-MM-DD)",
+                       quarantined)
     return [p for day, p in found if (since is None or day >= since)
             and (until is None or day <= until)]
 
 
-def quarantine(log: Path, path: Path, reason: str) -> str | None:
+def quarantine(log: Path, path: Path, reason: str, noted: list[str] | None = None) -> None:
     """Move a file or partition the log cannot use to `<log>/quarantine/` (under its day's
-    name), say so on stderr; its name there, or None when another process moved it first."""
+    name), say so on stderr and append its name there to `noted` (nothing when another
+    process moved it first)."""
     where = log / QUARANTINE / (path.parent.name if path.parent != log else "")
     where.mkdir(parents=True, exist_ok=True)
     target = where / path.name
@@ -92,11 +95,12 @@ def quarantine(log: Path, path: Path, reason: str) -> str | None:
     try:
         os.rename(path, target)
     except FileNotFoundError:
-        return None
+        return
     name = target.relative_to(log).as_posix()
     print(f"prediction log: moved {path.relative_to(log).as_posix()} to {name}: {reason}",
           file=sys.stderr)
-    return name
+    if noted is not None:
+        noted.append(name)
 
 
 def _conformed(log: Path, files: Iterable[Path], types: Mapping[str, pa.DataType] | None,
@@ -106,26 +110,21 @@ def _conformed(log: Path, files: Iterable[Path], types: Mapping[str, pa.DataType
     columns: the others' type; a column a file lacks: null there). A file that cannot be
     read or conformed goes to quarantine (its name appended to `quarantined`)."""
     usable: list[Path] = []
-    schemas: list[pa.Schema] = []
+    unified = pa.schema([])
     for file in files:
         try:
             schema = pq.read_schema(file)
             _check_contract(schema, types or {})
-            if schemas:
-                schema = pa.unify_schemas([schemas[-1], schema], promote_options="permissive")
+            schema = pa.unify_schemas([unified, schema], promote_options="permissive")
         except FileNotFoundError:
             raise  # a compaction switched files under the reader: it lists again
         except (pa.ArrowException, OSError) as error:
-            name = quarantine(log, file, f"{type(error).__name__}: {error}")
-            if name and quarantined is not None:
-                quarantined.append(name)
+            quarantine(log, file, f"{type(error).__name__}: {error}", quarantined)
             continue
         usable.append(file)
-        schemas.append(schema)
-    if not usable:
-        return [], pa.schema([])
+        unified = schema
     return usable, pa.schema([pa.field(f.name, types[f.name]) if types and f.name in types
-                              else f for f in schemas[-1]])
+                              else f for f in unified])
 
 
 def _check_contract(schema: pa.Schema, types: Mapping[str, pa.DataType]) -> None:
@@ -247,14 +246,14 @@ class Compaction:
     parts: int = 0  # parts merged into them
     rows: int = 0  # rows in those day files
     removed_days: int = 0  # removed by retention
-    quarantined: list[str] = field(default_factory=list)  # files moved to quarantine/
+    quarantined: list[str] = field(default_factory=list)  # moved to quarantine/
 
     def describe(self, log: Path, retention_days: int | None) -> str:
         kept = (f"; {self.removed_days} day(s) older than {retention_days} days removed "
                 "(serving.log_retention_days)" if self.removed_days else "")
         if self.quarantined:
-            kept += (f"; {len(self.quarantined)} unreadable file(s) moved to "
-                     f"{log / QUARANTINE}")
+            kept += (f"; {len(self.quarantined)} unreadable file(s) or partition(s) moved "
+                     f"to {log / QUARANTINE}")
         if not self.parts:
             return f"prediction log: no new part to merge{kept} ({log})"
         return (f"prediction log: {self.parts} parts merged into {self.days} day file(s) "
@@ -270,7 +269,7 @@ def compact(log: Path, retention_days: int | None = None, today: dt.date | None 
         return result
     today = today or dt.datetime.now(dt.UTC).date()
     with _locked(log):
-        for day in days(log):
+        for day in days(log, quarantined=result.quarantined):
             if retention_days is not None and day_of(day) < today - dt.timedelta(
                     days=retention_days):
                 shutil.rmtree(day)
@@ -330,9 +329,7 @@ def _compact_day(day: Path, types: Mapping[str, pa.DataType] | None,
                 writer.write_table(pa.Table.from_batches(pending, schema))
     except _Damaged as damaged:  # its footer read, its pages do not: set it aside, again
         tmp.unlink(missing_ok=True)
-        name = quarantine(day.parent, damaged.source, str(damaged))
-        if name:
-            quarantined.append(name)
+        quarantine(day.parent, damaged.source, str(damaged), quarantined)
         return _compact_day(day, types, quarantined)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
