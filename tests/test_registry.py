@@ -173,7 +173,9 @@ def test_registry_cli_lists_versions_and_prints_lineage(scenario: dict) -> None:
 def test_failure_before_register_leaves_the_champion_unchanged(scenario: dict) -> None:
     project: Project = scenario["project"]
     version_before, proba_before = champion_predictions(project)
-    use_model(project, "random_forest", n_estimators=-1)  # sklearn refuses it in `train`
+    # Each value is valid alone (params.yaml's check passes); together sklearn refuses them
+    # when it fits, in `train`.
+    use_model(project, "random_forest", bootstrap=False, max_samples=0.5)
     result = project.dvc("repro", check=False)
     assert result.returncode != 0
     assert "failed to reproduce 'train'" in result.stderr

@@ -101,9 +101,9 @@ def test_a_hyperparameter_the_estimator_does_not_take_is_named() -> None:
     params = PARAMS["regression"]
     train = params.train.model_copy(update={"hyperparams": {
         "random_forest": {"n_estimators": 5, "class_weight": "balanced"}}})
-    with pytest.raises(SystemExit, match=r"train.hyperparams.random_forest: class_weight is not "
+    with pytest.raises(SystemExit, match=r"train.hyperparams.random_forest.class_weight: not "
                                          r"a parameter of RandomForestRegressor \(task "
-                                         r"regression\); it takes bootstrap, ccp_alpha"):
+                                         r"regression\); valid: bootstrap, ccp_alpha"):
         fit(batches(params, 1, 50), params.model_copy(update={"train": train}))
 
 
