@@ -27,7 +27,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
         self.max_connections = max_connections
-        self._header_timer: asyncio.TimerHandle | None = None
+        # When this connection began waiting for a request's headers (None: not waiting).
+        # A sweep per server closes the late ones: a timer per request cost 2.5 us.
+        self.headers_since: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -35,35 +37,35 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._refuse(503, "Service Unavailable", f"more than {self.max_connections} open "
                          "connections (serving.max_connections): try again")
             return
-        self._start_header_timer()
+        self.headers_since = self.loop.time()
+        if not getattr(self.server_state, "header_sweep", False):
+            self.server_state.header_sweep = True  # type: ignore[attr-defined]
+            self._sweep()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._start_header_timer()  # the next request on a kept-alive connection
+        if self.headers_since is None:  # the next request on a kept-alive connection
+            self.headers_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        self._stop_header_timer()
+        self.headers_since = None
         super().on_headers_complete()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_header_timer()
-        super().connection_lost(exc)
-
-    def _start_header_timer(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
-
-    def _stop_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _headers_late(self) -> None:
-        self._header_timer = None
-        self._refuse(408, "Request Timeout", "the request headers did not arrive within "
-                     f"{self.header_timeout:g} s (serving.header_timeout_seconds)")
+    def _sweep(self) -> None:
+        """Answer 408 on every connection of this server whose headers are late; again in a
+        moment (so a late connection is closed within 1.5 header timeouts at most)."""
+        now = self.loop.time()
+        for connection in list(self.connections):
+            since = getattr(connection, "headers_since", None)
+            if isinstance(connection, GuardedHttpProtocol) and since is not None and (
+                    now - since > self.header_timeout):
+                connection._refuse(408, "Request Timeout", "the request headers did not "
+                                   f"arrive within {self.header_timeout:g} s "
+                                   "(serving.header_timeout_seconds)")
+        self.loop.call_later(self.header_timeout / 2, self._sweep)
 
     def _refuse(self, status: int, reason: str, detail: str) -> None:
+        self.headers_since = None
         if self.transport.is_closing():
             return
         body = json.dumps({"detail": detail}).encode()
