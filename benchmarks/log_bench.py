@@ -25,6 +25,7 @@ import pandas as pd
 
 from benchmarks.real_data_bench import measured
 from mlpipeline.config import load_params
+from mlpipeline.prediction_log import log_types
 from mlpipeline.source import synthetic_batch
 from serving.prediction_log import PredictionLog
 from tests.conftest import make_project
@@ -42,7 +43,9 @@ def write_log(root: Path, rows: int) -> tuple[int, float]:
                for n in schema.feature_names}
     ids = base[schema.id_column].tolist()
     folder = root / params.serving.prediction_log_dir
-    log = PredictionLog(folder, 2400, 3600, "bench")
+    # Queued as fast as the loop runs: a bound of all the rows, so none is dropped.
+    log = PredictionLog(folder, 2400, 3600, "bench", max_queued_records=rows)
+    types = log_types(schema)
     started, sent, request = time.perf_counter(), 0, 0
     while sent < rows:
         size = min(500, rows - sent)
@@ -50,7 +53,7 @@ def write_log(root: Path, rows: int) -> tuple[int, float]:
         chunk = {n: values[low:low + size] for n, values in columns.items()}
         chunk[schema.id_column] = [f"{i}-{request}" for i in ids[low:low + size]]
         log.append(chunk, {"prediction": [0] * size, "probability": [0.3] * size}, "1",
-                   f"request-{request}")
+                   f"request-{request}", types=types)
         sent, request = sent + size, request + 1
     log.close()
     return len(list(folder.glob("date=*/*.parquet"))), time.perf_counter() - started

@@ -298,7 +298,8 @@ def batch_steps(served: Any, body: bytes, median_ms: Any) -> dict[str, float]:
     scores = served.scores(columns)
     answers = served.task.answers(scores)
     log = PredictionLog(Path(tempfile.mkdtemp()), 10**9, 3600)  # never flushes on its own
-    item = (columns, answers.log, "1", "r", dt.datetime.now(dt.UTC), "champion")
+    item = (columns, answers.log, "1", "r", dt.datetime.now(dt.UTC), "champion",
+            served.requests.log_types)  # as PredictionLog.append queues it
     return {
         "parse JSON": median_ms(lambda: scoring.parse_payload(body, "application/json"), 30),
         "validate columns": median_ms(lambda: scoring.column_errors(columns, served.schema),
