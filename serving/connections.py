@@ -38,6 +38,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                          "connections (serving.max_connections): try again")
             return
         self.headers_since = self.loop.time()
+        # The first connection starts the server's sweep (uvicorn's per-server state marks it).
         if not getattr(self.server_state, "header_sweep", False):
             self.server_state.header_sweep = True  # type: ignore[attr-defined]
             self._sweep()
@@ -56,9 +57,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         moment (so a late connection is closed within 1.5 header timeouts at most)."""
         now = self.loop.time()
         for connection in list(self.connections):
-            since = getattr(connection, "headers_since", None)
-            if isinstance(connection, GuardedHttpProtocol) and since is not None and (
-                    now - since > self.header_timeout):
+            if isinstance(connection, GuardedHttpProtocol) and (
+                    connection.headers_since is not None
+                    and now - connection.headers_since > self.header_timeout):
                 connection._refuse(408, "Request Timeout", "the request headers did not "
                                    f"arrive within {self.header_timeout:g} s "
                                    "(serving.header_timeout_seconds)")
