@@ -96,6 +96,10 @@ class PerformanceResult:
     # found none (outcomes_without_prediction).
     joined: dict[str, int] | None = None
     ceilings: list[str] = field(default_factory=list)  # floors of lower-is-better metrics
+    version: str | None = None  # the version these figures are of (the champion's)
+    # Every version the outcomes found an answer of: rows, metrics (with enough rows) and
+    # source; the champion's entry is what `metrics` holds (re-scored when it answered few).
+    by_version: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def shown(self) -> str:
         """Each floored metric with its value and bound, e.g. `rmse 812.3 (<= 900)`."""
@@ -110,6 +114,8 @@ class PerformanceResult:
     @property
     def described(self) -> str:
         rows = f"{self.source}, {self.rows} rows"
+        if self.version is not None and not self.source.startswith("champion v"):
+            rows = f"champion v{self.version}'s {rows}"
         if self.joined:
             rows += (f": {self.joined['on_id']} joined on id, {self.joined['on_features']} on "
                      f"feature values, {self.joined['outcomes_without_prediction']} outcomes "
@@ -119,7 +125,8 @@ class PerformanceResult:
 
 def performance(metrics: dict[str, float], rows: int, floors: dict[str, float],
                 lower_is_better: Collection[str], source: str = "champion re-scored",
-                joined: dict[str, int] | None = None) -> PerformanceResult:
+                joined: dict[str, int] | None = None, version: str | None = None,
+                by_version: dict[str, dict[str, Any]] | None = None) -> PerformanceResult:
     """The metrics that break their floor (for a lower-is-better metric, rise above it)."""
     def holds(name: str, floor: float) -> bool:
         # A missing or NaN metric (one class only in the data) fails too.
@@ -127,7 +134,8 @@ def performance(metrics: dict[str, float], rows: int, floors: dict[str, float],
 
     below = [name for name, floor in floors.items() if not holds(name, floor)]
     return PerformanceResult(rows, metrics, dict(floors), source, below, joined,
-                             sorted(set(lower_is_better) & set(floors)))
+                             sorted(set(lower_is_better) & set(floors)), version,
+                             dict(by_version or {}))
 
 
 def batches_after(batch_dates: list[dt.date], last_trained_end: dt.date | None) -> int | None:

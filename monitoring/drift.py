@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -321,10 +322,10 @@ class Scored:
 
 def performance_check(params: Params, window: Window, registry: Any, info: ChampionInfo
                       ) -> Scored | None:
-    """The champion's real performance on the window's outcomes, when it carries them: what
-    the service answered for those rows, or (no traffic logged) the champion re-scored;
-    the task's metrics against the gate's floors."""
-    schema, task, settings = params.schema, params.task, params.monitoring
+    """The champion's real performance on the window's outcomes, when it carries them: from
+    its own served answers, or (too few of them) the champion re-scored; every other version
+    the outcomes found answers of, as itself (`by_version`)."""
+    schema, task = params.schema, params.task
     if schema.target not in window.frame.columns:
         return None
     labelled = window.frame[window.frame[schema.target].notna()]
@@ -333,20 +334,47 @@ def performance_check(params: Params, window: Window, registry: Any, info: Champ
               "model_version"]
     served = logged_outcomes(read_log(params.path(params.serving.prediction_log_dir),
                                       columns=needed, types=log_types(schema)), labelled, task)
-    if len(served) >= settings.min_labelled_rows:
-        # What production actually answered, whichever version and runtime answered it.
-        actual, scores = served[schema.target], task.scores_from_log(served)
-        source, joined = "served predictions joined with outcomes", join_counts(served,
-                                                                                 len(labelled))
-    elif len(labelled) >= settings.min_labelled_rows:
-        model = registry.load_sklearn(info.version)
-        actual, scores = labelled[schema.target], task.scores(model,
-                                                              labelled[schema.feature_names])
-        source, joined = f"champion v{info.version} re-scored on outcomes", None
+
+    def rescored() -> np.ndarray:
+        return task.scores(registry.load_sklearn(info.version), labelled[schema.feature_names])
+
+    return judged_by_version(served, labelled, info.version, task,
+                             params.monitoring.min_labelled_rows, params.gate.min_metrics,
+                             rescored)
+
+
+SERVED = "served predictions joined with outcomes"
+
+
+def judged_by_version(served: pd.DataFrame, labelled: pd.DataFrame, champion: str,
+                      task: Task, min_rows: int, floors: dict[str, float],
+                      rescored: Callable[[], np.ndarray]) -> Scored | None:
+    """The champion's figures from the answers it gave itself: after a promotion the log
+    holds its predecessor's answers, which must not be credited to it (nor retrain it).
+    With fewer than `min_rows` of its own, it is re-scored on the outcomes (`rescored`) and
+    says so. Each version's served answers are scored as that version's (metrics from
+    `min_rows` rows on)."""
+    target = task.schema.target
+    versions = served["model_version"].astype(str)
+    by_version: dict[str, dict[str, Any]] = {}
+    for version, rows in served.groupby(versions, sort=True):
+        metrics = (task.metrics(rows[target], task.scores_from_log(rows))
+                   if len(rows) >= min_rows else {})
+        by_version[str(version)] = {"rows": len(rows), "metrics": metrics, "source": SERVED}
+    own = served[versions == champion]
+    if len(own) >= min_rows:
+        actual, scores, source = own[target], task.scores_from_log(own), SERVED
+        joined: dict[str, int] | None = join_counts(served, len(labelled))
+    elif len(labelled) >= min_rows:
+        actual, scores = labelled[target], rescored()
+        source, joined = f"champion v{champion} re-scored on outcomes", None
+        by_version[champion] = {"rows": len(labelled), "served_rows": len(own),
+                                "source": source, "metrics": task.metrics(actual, scores)}
     else:
         return None
-    result = decide.performance(task.metrics(actual, scores), len(actual),
-                                params.gate.min_metrics, task.lower_is_better, source, joined)
+    metrics = by_version[champion]["metrics"]
+    result = decide.performance(metrics, len(actual), floors, task.lower_is_better, source,
+                                joined, champion, by_version)
     return Scored(result, actual.reset_index(drop=True), scores)
 
 
@@ -369,9 +397,26 @@ def describe(summary: dict[str, Any]) -> str:
              f"champion v{reference['champion']} ({reference['training_window']}, "
              f"{reference['rows']} rows)"]
     lines += [f"  - {reason}" for reason in verdict["reasons"]]
+    performance = summary["performance"]
+    if performance and performance.get("by_version"):
+        lines.append("  - outcomes by the version that answered: " + "; ".join(
+            version_line(version, entry, performance["floors"])
+            for version, entry in performance["by_version"].items()))
     lines.append(f"drift: decision {verdict['action'].upper()}"
                  + (f"; report {summary['report_html']}" if summary["report_html"] else ""))
     return "\n".join(lines)
+
+
+def version_line(version: str, entry: dict[str, Any], floors: dict[str, float]) -> str:
+    """`v1 3000 rows served: roc_auc 0.6742` (the floored metrics, where there are enough
+    rows), or the champion's re-scored figure with how many answers it served itself."""
+    shown = ", ".join(f"{name} {entry['metrics'][name]:.4f}" for name in floors
+                      if name in entry["metrics"])
+    if "served_rows" in entry:
+        rows = f"{entry['served_rows']} served, re-scored on {entry['rows']} outcomes"
+    else:
+        rows = f"{entry['rows']} rows served"
+    return f"v{version} {rows}" + (f": {shown}" if shown else " (too few for metrics)")
 
 
 def _time(text: str) -> dt.datetime:

@@ -68,17 +68,30 @@ def drift_metrics(summary: dict[str, Any]) -> CollectorRegistry:
                 output_drifted.labels(name).set(float(output["drifted"]))
     performance = summary["performance"]
     if performance is not None:  # the champion on labelled outcomes
+        version = str(performance.get("version") or summary["reference"]["champion"])
         live = Gauge("model_champion_live_metric", "The champion's metric on the outcomes "
-                     "that arrived (the task's: roc_auc, f1_macro, rmse...)", ["metric"],
-                     registry=registry)
+                     "that arrived (the task's: roc_auc, f1_macro, rmse...), from its own "
+                     "answers or re-scored", ["metric", "version"], registry=registry)
         floor = Gauge("model_champion_live_metric_floor", "The gate's floor for that metric "
                       "(a ceiling for a lower-is-better one)", ["metric"], registry=registry)
         for name, value in performance["metrics"].items():
-            live.labels(name).set(value)
+            live.labels(name, version).set(value)
         for name, value in performance["floors"].items():
             floor.labels(name).set(value)
-        gauge("model_champion_live_rows", "Labelled rows the live metrics were computed on",
-              performance["rows"])
+        Gauge("model_champion_live_rows", "Labelled rows the live metrics were computed on",
+              ["version"], registry=registry).labels(version).set(performance["rows"])
+        by_version = performance.get("by_version") or {}
+        if by_version:  # every version whose answers the outcomes found
+            answered = Gauge("model_version_live_rows", "Outcomes joined with the answers of "
+                             "each version that served them", ["version"], registry=registry)
+            metric = Gauge("model_version_live_metric", "Each version's metric on the outcomes "
+                           "of the answers it served (from monitoring.min_labelled_rows on; "
+                           "the champion re-scored when it served fewer)",
+                           ["version", "metric"], registry=registry)
+            for name, entry in by_version.items():
+                answered.labels(name).set(entry.get("served_rows", entry["rows"]))
+                for metric_name, value in entry["metrics"].items():
+                    metric.labels(name, metric_name).set(value)
         joined = performance.get("joined")
         if joined:  # served predictions: how the outcomes found them
             rows = Gauge("model_outcomes_joined_rows", "Outcomes joined with a served "

@@ -26,7 +26,7 @@ import pytest
 from mlpipeline.config import load_params, set_values
 from mlpipeline.prediction_log import read_log
 from monitoring.demo import send, upcoming_traffic, wait_for_version
-from monitoring.drift import log_window, run_check
+from monitoring.drift import describe, log_window, run_check
 from serving.launch import free_port, start_service, wait_http_ok
 from tests.conftest import ENV, Project, make_project
 from tests.test_serving import RECORD
@@ -178,6 +178,18 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
         assert {"params.yaml", "dvc.lock", "reports/gate.json"} <= set(committed.split())
         assert project.git("status", "--porcelain", "params.yaml", "dvc.lock").stdout == ""
 
+        # `make drift` right after the promotion: batch 9's outcomes meet v1's 1,500 answers.
+        # They are v1's: v2 (no answers yet) is re-scored, v1 is reported as itself.
+        check = run_check(load_params(project.root), "batch")
+        performance, v1 = check["performance"], check["performance"]["by_version"]["1"]
+        assert (performance["version"], performance["rows"]) == ("2", 1500)
+        assert performance["source"] == "champion v2 re-scored on outcomes"
+        assert performance["by_version"]["2"]["served_rows"] == 0
+        assert v1["rows"] == 1500 and v1["source"] == "served predictions joined with outcomes"
+        assert v1["metrics"]["roc_auc"] < 0.70
+        assert performance["metrics"]["roc_auc"] != v1["metrics"]["roc_auc"]
+        assert f"v1 1500 rows served: roc_auc {v1['metrics']['roc_auc']:.4f}" in describe(check)
+
         # Batch 10: drift persists, but v2 trained on data up to batch 9: cooldown.
         summary, out = ct(project)
         assert summary["status"] == "ok", out
@@ -234,7 +246,8 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
     assert "fewer than monitoring.min_rows" in check["decision"]["reasons"][0]
 
 
-    # Evidently's workspace: a snapshot for every check of the five cycles and the last one.
+    # Evidently's workspace: a snapshot for every check of the five cycles, the check after
+    # the promotion and the last one.
     from monitoring.history import read_history, tag_value, tag_values
 
     runs = sorted(read_history(load_params(project.root)),
@@ -244,6 +257,7 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
              tag_values(r.tags, "part")) for r in runs] == [
         ("log", None, "v1", "no-retrain", ["drift"]),
         ("batch", "2026-03-09", "v1", "retrain", ["drift", "performance"]),
+        ("batch", "2026-03-09", "v2", "no-retrain", ["drift", "performance"]),
         ("batch", "2026-03-16", "v2", "no-retrain", ["drift", "performance"]),
         ("batch", "2026-03-23", "v2", "retrain", ["drift", "performance"]),
         ("batch", "2026-03-30", "v2", "retrain", ["drift", "performance"]),

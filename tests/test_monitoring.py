@@ -142,6 +142,62 @@ def test_served_predictions_are_joined_with_the_outcomes_that_arrived_later() ->
     assert logged_outcomes(pd.DataFrame(), batch, PARAMS.task).empty
 
 
+def joined_answers(versions: dict[str, tuple[int, bool]]) -> pd.DataFrame:
+    """Outcomes joined with served answers: per version (rows, whether its answers rank the
+    outcomes well)."""
+    rng = np.random.default_rng(0)
+    parts = []
+    for version, (rows, good) in versions.items():
+        target = rng.integers(0, 2, rows)
+        probability = np.where(target == 1, 0.8, 0.2) if good else rng.random(rows)
+        parts.append(pd.DataFrame({"default": target, "probability": probability,
+                                   "model_version": version, "joined_on": "id"}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_a_new_champion_is_not_credited_with_its_predecessor_s_answers() -> None:
+    """After a promotion the log holds v1's answers to the outcomes that arrive: 3,000 of
+    v1 and 6 of v2. Those were v1's: v2 is re-scored on the outcomes and says so, v1 is
+    reported as itself, and v1's poor figure neither names v2 nor retrains it."""
+    from monitoring.drift import judged_by_version, version_line
+
+    task, floors = PARAMS.task, {"roc_auc": 0.70}
+    served = joined_answers({"1": (3000, False), "2": (6, True)})
+    labelled = served[["default"]]
+    calls: list[int] = []
+
+    def rescored() -> np.ndarray:
+        calls.append(1)
+        positive = np.where(labelled["default"].to_numpy() == 1, 0.9, 0.1)
+        return np.column_stack([1 - positive, positive])  # the task's layout: per class
+
+    scored = judged_by_version(served, labelled, "2", task, 200, floors, rescored)
+    assert scored is not None and calls == [1]
+    result = scored.result
+    assert (result.version, result.rows, result.below) == ("2", 3006, [])
+    assert result.source == "champion v2 re-scored on outcomes"
+    assert result.metrics["roc_auc"] == 1.0
+    assert result.by_version["1"]["rows"] == 3000 and result.by_version["1"]["metrics"][
+        "roc_auc"] < 0.6
+    assert {k: result.by_version["2"][k] for k in ("rows", "served_rows", "source")} == {
+        "rows": 3006, "served_rows": 6, "source": "champion v2 re-scored on outcomes"}
+    verdict = decide.decide(current_rows=3006, min_rows=500, drift=None, perf=result,
+                            batches_since_training=5, cooldown_batches=2)
+    assert verdict.action == "no-retrain" and "performance" not in verdict.triggers
+    assert version_line("1", result.by_version["1"], floors).startswith(
+        "v1 3000 rows served: roc_auc 0.")
+    assert version_line("2", result.by_version["2"], floors) == (
+        "v2 6 served, re-scored on 3006 outcomes: roc_auc 1.0000")
+    # With enough answers of its own, the champion is judged on those alone.
+    served = joined_answers({"1": (3000, True), "2": (400, False)})
+    own = judged_by_version(served, served[["default"]], "2", task, 200, floors, rescored)
+    assert own is not None and calls == [1]  # not re-scored
+    assert (own.result.rows, own.result.source, own.result.below) == (
+        400, "served predictions joined with outcomes", ["roc_auc"])
+    assert "champion v2's served predictions joined with outcomes, 400 rows" in (
+        own.result.described)
+
+
 def test_outcomes_join_on_the_id_when_applications_share_every_feature_value() -> None:
     """Pairs of applications with the same features and opposite outcomes: on the id each
     outcome meets its own answer (ROC AUC 1); on the feature values both would meet the
@@ -469,7 +525,11 @@ def check_summary(drifted: int, action: str) -> dict:
     perf = decide.performance({"roc_auc": 0.66, "precision": 0.41, "recall": 0.52}, 1500,
                               {"roc_auc": 0.70, "precision": 0.30}, {"log_loss"}, "served",
                               {"on_id": 1490, "on_features": 10,
-                               "outcomes_without_prediction": 3})
+                               "outcomes_without_prediction": 3}, "3",
+                              {"2": {"rows": 1200, "metrics": {"roc_auc": 0.61},
+                                     "source": "served"},
+                               "3": {"rows": 1500, "metrics": {"roc_auc": 0.66},
+                                     "source": "served"}})
     return {"time": "2026-03-09T10:00:00+00:00", "window": {"kind": "batch", "rows": 1500},
             "reference": {"model": "loan-default", "champion": "3"},
             "drift": drift_result(drifted).as_dict(), "performance": perf.as_dict(),
@@ -493,7 +553,12 @@ def test_drift_check_figures_parse_as_prometheus_text_named_by_its_conventions(
     assert samples[("model_drift_decision", (("action", "no-retrain"),))] == 0.0
     assert samples[("model_drift_feature_score", (("feature", "f0"), ("method", "ks")))] == 0.9
     assert samples[("model_champion_version", (("model", "loan-default"),))] == 3.0
-    assert samples[("model_champion_live_metric", (("metric", "roc_auc"),))] == 0.66
+    assert samples[("model_champion_live_metric", (("metric", "roc_auc"), ("version", "3")))
+                   ] == 0.66
+    assert samples[("model_champion_live_rows", (("version", "3"),))] == 1500
+    assert samples[("model_version_live_rows", (("version", "2"),))] == 1200
+    assert samples[("model_version_live_metric", (("metric", "roc_auc"), ("version", "2")))
+                   ] == 0.61
     assert samples[("model_champion_live_metric_floor", (("metric", "roc_auc"),))] == 0.70
     assert samples[("model_outcomes_joined_rows", (("join", "id"),))] == 1490
     assert samples[("model_outcomes_joined_rows", (("join", "features"),))] == 10
