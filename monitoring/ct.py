@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
 def console_line(summary: dict[str, Any], folder: Path) -> str:
     """The cycle's last line: what it did, the reason that decided it, the champion."""
     decision = summary["decision"]
-    reason = decision["reasons"][0] if decision["reasons"] else ""
+    reason = decision.get("decided_by") or (decision["reasons"] or [""])[0]
     waiting = summary["awaiting_approval"]
     return (f"ct: {decision['action']}" + (f" ({reason})" if reason else "")
             + f"; champion v{summary['champion_before']} -> v{summary['champion_after']}"

@@ -164,6 +164,7 @@ class Verdict:
     action: str  # retrain | no-retrain
     reasons: list[str]
     triggers: list[str]  # what asked for a retrain: drift, performance, force
+    decided_by: str = ""  # the reason that decided the action (the CT line shows it)
 
     @property
     def retrain(self) -> bool:
@@ -184,8 +185,9 @@ def decide(*, current_rows: int, min_rows: int, drift: DriftResult | None,
         reason = (f"current window has {current_rows} rows, fewer than "
                   f"monitoring.min_rows={min_rows}: too few for a verdict")
         if force:
-            return Verdict(RETRAIN, [reason, "forced: retrain regardless"], ["force"])
-        return Verdict(NO_RETRAIN, [reason], [])
+            forced = "forced: retrain regardless"
+            return Verdict(RETRAIN, [reason, forced], ["force"], forced)
+        return Verdict(NO_RETRAIN, [reason], [], reason)
     if drift is not None:
         figures = f"{len(drift.drifted)} of {len(drift.features)} features drifted " \
                   f"({drift.share:.0%}, threshold {drift.drift_share:.0%})"
@@ -210,21 +212,24 @@ def decide(*, current_rows: int, min_rows: int, drift: DriftResult | None,
         else:
             reasons.append(f"performance holds ({perf.described}): {shown}")
     if force:
-        return Verdict(RETRAIN, [*reasons, "forced: retrain regardless of drift and cooldown"],
-                       [*triggers, "force"])
+        forced = "forced: retrain regardless of drift and cooldown"
+        return Verdict(RETRAIN, [*reasons, forced], [*triggers, "force"], forced)
     if not triggers:
-        return Verdict(NO_RETRAIN, reasons, [])
+        return Verdict(NO_RETRAIN, reasons, [], reasons[0] if reasons else "")
     if batches_since_training is not None and batches_since_training < cooldown_batches:
-        return Verdict(NO_RETRAIN, [*reasons, f"cooldown: the last training run ended "
-                                    f"{batches_since_training} batch(es) ago, "
-                                    f"ct.cooldown_batches={cooldown_batches}"], triggers)
-    return Verdict(RETRAIN, reasons, triggers)
+        cooldown = (f"cooldown: the last training run ended {batches_since_training} "
+                    f"batch(es) ago, ct.cooldown_batches={cooldown_batches}")
+        return Verdict(NO_RETRAIN, [*reasons, cooldown], triggers, cooldown)
+    # What asked for the retrain: the drift or performance reason (not a "no drift" line).
+    asked = next(r for r in reasons if r.startswith(("drift:", "performance below")))
+    return Verdict(RETRAIN, reasons, triggers, asked)
 
 
 def nothing_landed(trained_to: dt.date | None) -> Verdict:
     """The verdict when no batch arrived after the champion's training data."""
-    return Verdict(NO_RETRAIN, [f"no batch landed after the champion's training data (its "
-                                f"window ends {trained_to})"], [])
+    reason = (f"no batch landed after the champion's training data (its window ends "
+              f"{trained_to})")
+    return Verdict(NO_RETRAIN, [reason], [], reason)
 
 
 def same_data_reason(new_data_version: str, champion_data_version: str | None) -> str | None:
@@ -238,7 +243,7 @@ def same_data_reason(new_data_version: str, champion_data_version: str | None) -
 def held_back(verdict: Verdict, same_data: str) -> Verdict:
     """A retrain verdict withdrawn by the same-data guard (its triggers kept for the record);
     the guard's reason first: it decided."""
-    return Verdict(NO_RETRAIN, [same_data, *verdict.reasons], verdict.triggers)
+    return Verdict(NO_RETRAIN, [same_data, *verdict.reasons], verdict.triggers, same_data)
 
 
 PROMOTE, KEEP, REJECT = "promote", "keep", "reject"

@@ -465,6 +465,18 @@ def test_the_cycle_s_last_line_names_the_reason_that_decided_it() -> None:
     same = decide.held_back(drift, "the training split is the champion's own data")
     line = ct.console_line({**base, "decision": same.as_dict()}, Path("reports/ct"))
     assert "no-retrain (the training split is the champion's own data)" in line
+    # The cooldown decided, not the drift it held back; a retrain names what asked for it.
+    held = decide.decide(current_rows=1500, min_rows=500, drift=drift_result(6), perf=None,
+                         batches_since_training=1, cooldown_batches=2)
+    line = ct.console_line({**base, "decision": held.as_dict()}, Path("reports/ct"))
+    assert line.startswith("ct: no-retrain (cooldown: the last training run ended 1 batch(es) "
+                           "ago, ct.cooldown_batches=2); champion v1")
+    perf = decide.performance({"roc_auc": 0.6}, 1500, {"roc_auc": 0.7}, set(), "served")
+    asked = decide.decide(current_rows=1500, min_rows=500, drift=drift_result(1), perf=perf,
+                          batches_since_training=5, cooldown_batches=2)
+    line = ct.console_line({**base, "decision": asked.as_dict()}, Path("reports/ct"))
+    assert line.startswith("ct: retrain (performance below floor (served, 1500 rows): "
+                           "roc_auc 0.6000 (floor 0.7)); champion v1"), line
 
 
 def test_a_second_cycle_waits_for_the_first(project: Project) -> None:
