@@ -289,9 +289,9 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         if isinstance(raw, dict):  # columns (dataframe_split): checked a column at a time
             columns, detail = raw, scoring.column_errors(raw, model.schema)
             detail = listed(detail, len(detail), settings.max_errors)
-            id_column = model.schema.id_column
-            if id_column in columns and not detail:  # as text, as the log keeps ids
-                columns[id_column] = [valid_id(value) for value in columns[id_column]]
+            for name in model.schema.logged_columns:  # as text, as the log keeps them
+                if name in columns and not detail:
+                    columns[name] = [valid_id(value) for value in columns[name]]
         else:
             try:
                 columns = model.requests.columns(model.requests.records.validate_python(raw))

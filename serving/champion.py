@@ -216,7 +216,10 @@ class Champion:
             "loaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "contract": {"task": task.name, "features": schema.feature_names,
                          "target": schema.target, "classes": schema.classes,
-                         "threshold": contract.threshold, "decision": task.decision},
+                         # a cut on the positive probability: only a binary model has one
+                         **({"threshold": contract.threshold} if task.name == "binary"
+                            else {}),
+                         "decision": task.decision},
         }
         loaded = LoadedModel(self.name, str(version.version), version.run_id or "", model,
                              request_contract(contract, self.max_records), onnx_session,

@@ -81,19 +81,23 @@ def storable_text(value: str) -> bool:
     return True
 
 
-def _id_field(name: str) -> tuple[Any, Any]:
+def _logged_field(name: str, schema: Schema) -> tuple[Any, Any]:
+    """The id or the time column: optional, any short text or an integer, logged as text."""
     kind = Annotated[Any, PlainValidator(valid_id), WithJsonSchema({"anyOf": [
         {"type": "string", "minLength": 1, "maxLength": ID_MAX_LENGTH}, {"type": "integer"},
         {"type": "null"}]})]
-    return kind, Field(None, description=f"optional: the record's {name}, logged with the "
-                       "prediction so the outcome can be joined with it later; never a "
-                       "feature", examples=["20260105-00001"])
+    if name == schema.id_column:
+        return kind, Field(None, description=f"optional: the record's {name}, logged with "
+                           "the prediction so the outcome can be joined with it later; never "
+                           "a feature", examples=["20260105-00001"])
+    return kind, Field(None, description=f"optional: the record's {name} (the schema's time "
+                       "column, as a batch row carries it), logged with the prediction; "
+                       "never a feature", examples=["2026-01-05 08:12:00"])
 
 
 def record_model(schema: Schema) -> type[BaseModel]:
     fields = {spec.name: _field(spec) for spec in schema.features}
-    if schema.id_column is not None:
-        fields[schema.id_column] = _id_field(schema.id_column)
+    fields.update({name: _logged_field(name, schema) for name in schema.logged_columns})
     example = {spec.name: spec.example_value() for spec in schema.features}
     config = ConfigDict(strict=True, extra="forbid",
                         json_schema_extra={"examples": [cast(JsonDict, example)]})
@@ -136,14 +140,10 @@ class RequestContract:
         return self.contract.schema
 
     def columns(self, records: list[Any]) -> dict[str, list[Any]]:
-        """Validated records as lists by feature name, the model's input, and the ids (text,
-        None where a record has none) when the contract names an id column."""
-        columns = {name: [r.__dict__[name] for r in records]
-                   for name in self.schema.feature_names}
-        if self.schema.id_column is not None:  # already text (valid_id)
-            columns[self.schema.id_column] = [r.__dict__[self.schema.id_column]
-                                              for r in records]
-        return columns
+        """Validated records as lists by feature name, the model's input, and the id and
+        time columns (text, None where a record has none), which are only logged."""
+        return {name: [r.__dict__[name] for r in records]  # id and time: text (valid_id)
+                for name in (*self.schema.feature_names, *self.schema.logged_columns)}
 
     def record_json_schema(self) -> dict[str, Any]:
         return self.record.model_json_schema()

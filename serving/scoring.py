@@ -10,6 +10,7 @@ client, `mlflow.deployments`, `pyfunc.spark_udf`...) send these shapes.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 from typing import Any
@@ -106,10 +107,12 @@ def payload_json_schema(record: dict[str, Any], max_records: int) -> dict[str, A
                                        "minItems": len(names), "maxItems": len(names)}},
             "index": {"type": "array"}}}
 
-    # The features, or the features and the optional id column (when the contract has one).
+    # The features, then any of the optional columns (the id, the time) in the record's order.
     required = [name for name in fields if name in record.get("required", [])]
-    split = (split_of(required) if len(required) == len(fields)
-             else {"oneOf": [split_of(required), split_of(list(fields))]})
+    optional = [name for name in fields if name not in required]
+    variants = [split_of([*required, *chosen]) for n in range(len(optional) + 1)
+                for chosen in itertools.combinations(optional, n)]
+    split = variants[0] if len(variants) == 1 else {"oneOf": variants}
     return {"oneOf": [shape("dataframe_split", split), shape("dataframe_records", records),
                       shape("instances", records), shape("inputs", records)]}
 
@@ -148,11 +151,12 @@ def column_errors(columns: dict[str, list[Any]], schema: Schema) -> list[dict[st
     The same rules and error types as the record model of `/predict` (strict numbers,
     finite and in range, known categories, nulls only where the schema allows them, no
     unknown fields), with the record index and field of each error."""
-    known = {*schema.feature_names, *schema.optional_columns}
+    known = {*schema.feature_names, *schema.logged_columns}
     errors = [_error(None, name, "extra_forbidden", "Extra inputs are not permitted")
               for name in columns if name not in known]
-    if schema.id_column in columns:
-        errors += _id_errors(columns[schema.id_column], schema.id_column)
+    for name in schema.logged_columns:  # the id and the time: short text or an integer
+        if name in columns:
+            errors += _id_errors(columns[name], name)
     for spec in schema.features:
         if spec.name not in columns:
             errors.append(_error(None, spec.name, "missing", "Field required"))

@@ -222,6 +222,35 @@ def test_a_value_the_log_could_not_store_is_a_422_and_later_traffic_is_logged(
     assert log["application_id"].tolist() == ["app-1"]
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_replayed_row_with_its_time_column_is_answered_and_the_time_logged(
+        trained_project: Project, tmp_path: Path, shape: str) -> None:
+    """A batch row replayed as a request still carries the time column: it was a 422
+    ("application_date: Extra inputs are not permitted") while the id was taken. Both are
+    logged as text and never scored; any other extra column is still refused."""
+    params = service_params(trained_project, tmp_path)
+    time_column = params.schema.time_column
+    with TestClient(create_app(params, start_poller=False)) as c:
+        answers = []
+        for literal in ('"2026-01-05 08:12:00"', "1767600720000"):  # text; pandas' epoch ms
+            path, body = shaped(shape, literal, time_column)
+            response = c.post(path, content=body,
+                              headers={"content-type": "application/json"})
+            assert response.status_code == 200, response.text
+            answers.append(response.json())
+        assert answers[0] == answers[1] or shape == "predict"  # the time changes no answer
+        path, body = shaped(shape, '"a note"', "notes")
+        refused = c.post(path, content=body, headers={"content-type": "application/json"})
+        assert refused.status_code == 422
+        assert [(e["field"], e["type"]) for e in refused.json()["detail"]] == [
+            ("notes", "extra_forbidden")]
+        record = c.get("/openapi.json").json()["components"]["schemas"]["Record"]
+        assert time_column in record["properties"] and time_column not in record["required"]
+    log = read_log(Path(params.serving.prediction_log_dir))
+    assert log[time_column].tolist() == ["2026-01-05 08:12:00", "1767600720000"]
+    assert log["probability"].nunique() == 1
+
+
 def test_ready_says_when_the_log_writer_stopped(client: TestClient) -> None:
     assert client.post("/predict", json=RECORD).status_code == 200
     ready = client.get("/ready")

@@ -217,6 +217,8 @@ def test_another_data_set_by_params_alone(task: str, tmp_path: Path) -> None:
         assert metrics["accuracy"] > 0.8 and metrics["rows"] == 44
 
     with TestClient(create_app(params, start_poller=False)) as client:
+        contract = client.get("/model").json()["contract"]
+        assert "threshold" not in contract and contract["task"] == task  # binary only
         record = json.loads(data[features].iloc[[0]].to_json(orient="records"))[0]
         [answer] = client.post("/predict", json=record).json()["predictions"]
         if task == "regression":

@@ -56,10 +56,10 @@ QUARANTINE = "quarantine"  # <log>/quarantine/: what could not be read, kept for
 
 
 def log_types(schema: Schema) -> dict[str, pa.DataType]:
-    """The Arrow type of each feature and of the id column in the log, by the contract."""
+    """The Arrow type of each feature, and of the id and time columns, in the log."""
     types = {spec.name: pa.float64() if spec.type == "numeric" else pa.string()
              for spec in schema.features}
-    return {**types, **dict.fromkeys(schema.optional_columns, pa.string())}
+    return {**types, **dict.fromkeys(schema.logged_columns, pa.string())}
 
 
 def day_of(folder: Path) -> dt.date:

@@ -160,6 +160,12 @@ class Schema(BaseModel):
         return [self.id_column] if self.id_column is not None else []
 
     @property
+    def logged_columns(self) -> list[str]:
+        """What a request may carry beside the features, logged as text and never scored:
+        the id and the time column (a replayed batch row still has both)."""
+        return [*self.optional_columns, self.time_column]
+
+    @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
 
