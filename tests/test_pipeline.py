@@ -238,6 +238,7 @@ def test_a_model_that_breaks_a_directional_rule_is_not_promoted(trained_project:
 
 def test_manual_mode_holds_a_passing_challenger_until_a_person_approves_it(
         trained_project: Project, tmp_path: Path) -> None:
+    from mlpipeline.card import GAP
     from mlpipeline.config import load_params
     from mlpipeline.registry import CHALLENGER, CHAMPION, Registry
 
@@ -269,10 +270,11 @@ def test_manual_mode_holds_a_passing_challenger_until_a_person_approves_it(
     card = registry.client.get_model_version(registry.name, waiting).description
     assert card.startswith(f"# loan-default v{waiting}\n")
     for part in ("## Purpose", "credit team's approval queue", "## Data", "## Test metrics",
-                 f"| roc_auc | {gate['challenger_metrics']['roc_auc']:.4f} |",
-                 "**PASSED, awaiting approval**", "### Behaviour",
-                 "| directional credit_score | decreasing (credit_score +50) |",
-                 f"| MLflow run | {gate['run_id']} |"):
+                 f"| roc_auc{GAP} | `{gate['challenger_metrics']['roc_auc']:.4f}`{GAP} |",
+                 "**PASSED, awaiting approval**",
+                 "### Slices\n\nNot checked (gate.slices is empty).", "### Behaviour",
+                 f"| directional credit_score{GAP} | `decreasing (credit_score +50)`{GAP} |",
+                 f"| MLflow run{GAP} | `{gate['run_id']}`{GAP} |"):
         assert part in card, part
     assert p.run("make", "-n", "-f", str(REPO / "Makefile"), "card", f"V={waiting}").stdout \
         .count(f"mlpipeline.registry card {waiting}") == 1
@@ -293,8 +295,8 @@ def test_manual_mode_holds_a_passing_challenger_until_a_person_approves_it(
         "approved", "risk-officer", "read the card", waiting)
     # The registered model's description (the MLflow UI's model page) is the readable table.
     description = registry.client.get_registered_model(registry.name).description
-    assert f"| v{champion} → v{waiting} | approved | risk-officer | read the card |" \
-        in description
+    assert (f"| `v{champion} → v{waiting}`{GAP} | `approved`{GAP} | `risk-officer`{GAP} | "
+            f"`read the card`{GAP} |") in description
     assert "**Approved** by risk-officer" in registry.card(waiting)
     again = p.run(sys.executable, "-m", "mlpipeline.registry", "approve", waiting,
                   check=False)

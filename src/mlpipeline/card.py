@@ -10,15 +10,27 @@ from typing import Any
 
 from mlpipeline.config import Params
 
+# MLflow's UI draws Markdown tables without cell padding: two numbers side by side read as
+# one ("0.77130.7000"). Each cell ends in two no-break spaces, which neither Markdown nor
+# the browser trims, and each value is a code span: columns apart in any renderer (seen in
+# Chromium on MLflow 3.17's version page).
+GAP = "\u00a0\u00a0"
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table: headers and the first column as text, the values as code spans,
+    each followed by the gap."""
     def cell(value: Any) -> str:
         if isinstance(value, float):
             value = f"{value:.4f}"
-        return "-" if value is None or value == "" else str(value).replace("|", "/")
+        text = ("-" if value is None or value == "" else
+                str(value).replace("|", "/").replace("\n", " "))
+        return "`" + text.replace("`", "'") + "`" + GAP
 
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)]
+    return ["| " + " | ".join(f"{name}{GAP}" for name in header) + " |",
+            "|" + "---|" * len(header),
+            *("| " + " | ".join([f"{row[0]}{GAP}", *(cell(v) for v in row[1:])]) + " |"
+              for row in rows)]
 
 
 def model_card(params: Params, report: dict[str, Any], run: dict[str, Any],
@@ -39,7 +51,7 @@ def model_card(params: Params, report: dict[str, Any], run: dict[str, Any],
              f"Owner: {params.card.owner}." if params.card.owner else "",
              f"Model: {train_info.get('model')} ({task.name}). Answer: {task.decision}.", "",
              "## Data", "",
-             *_table(["", "value"], [
+             *markdown_table(["", "value"], [
                  ["training window", run.get("training_window")],
                  ["training rows", train_info.get("train_rows")],
                  ["test rows", int(report["challenger_metrics"].get("rows") or 0)],
@@ -50,29 +62,31 @@ def model_card(params: Params, report: dict[str, Any], run: dict[str, Any],
              "scored again on the same rows.", ""]
     champion = (before or {}).get("metrics_on_current_test") or {}
     metrics = {k: v for k, v in report["challenger_metrics"].items() if k != "rows"}
-    lines += [*_table(["metric", "this version", "champion"],
+    lines += [*markdown_table(["metric", "this version", "champion"],
                       [[k, v, champion.get(k)] for k, v in metrics.items()]), ""]
     lines += ["## Gate", "", f"**{verdict}**: {report['reason']}", "",
-              *_table(["check", "value", "threshold", "result"],
+              *markdown_table(["check", "value", "threshold", "result"],
                       [[c["name"], c["value"], c["threshold"],
                         "pass" if c["passed"] else "FAIL"] for c in report["checks"]]), ""]
     if report.get("slices"):
         lines += [f"### Slices ({params.gate.compare_metric}, tolerance "
                   f"{params.gate.slice_tolerance})", "",
-                  *_table(["slice", "rows", "this version", "champion", "result"],
+                  *markdown_table(["slice", "rows", "this version", "champion", "result"],
                           [[s["slice"], s["rows"], s["challenger"], s["champion"],
                             {True: "pass", False: "FAIL"}.get(s["passed"], s["note"])]
                            for s in report["slices"]]), ""]
+    else:  # say so: a reviewer must not read a missing section as slices that passed
+        lines += ["### Slices", "", "Not checked (gate.slices is empty).", ""]
     if report.get("behaviour"):
         lines += ["### Behaviour", "",
-                  *_table(["check", "expectation", "rows moved", "broke it", "result"],
+                  *markdown_table(["check", "expectation", "rows moved", "broke it", "result"],
                           [[b["check"] + " " + b["feature"], b["expectation"], b["rows"],
                             f"{b['share']:.1%}", "pass" if b["passed"] else "FAIL"]
                            for b in report["behaviour"]]), ""]
     lines += ["## Shadow evidence", "",
               "None yet: this version has not answered live requests beside the champion.", "",
               "## Lineage", "",
-              *_table(["", "value"], [
+              *markdown_table(["", "value"], [
                   ["git commit", f"{run.get('git_commit')}"
                    + (" (uncommitted changes)" if run.get("git_dirty") == "true" else "")],
                   ["MLflow run", run.get("run_id")],
@@ -99,7 +113,7 @@ def with_shadow_evidence(card: str, evidence: dict[str, Any]) -> str:
     labelled = evidence.get("labelled")
     if labelled:
         lines += [f"On the {labelled['rows']} of them whose outcomes arrived:", "",
-                  *_table(["metric", "this version", "champion"],
+                  *markdown_table(["metric", "this version", "champion"],
                           [[k, v, labelled["champion"].get(k)]
                            for k, v in labelled["shadow"].items() if k != "rows"]), ""]
     else:

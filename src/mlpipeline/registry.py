@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mlpipeline import tracking
+from mlpipeline.card import markdown_table, with_shadow_evidence
 from mlpipeline.config import Params, load_params
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
@@ -93,18 +94,18 @@ def actor() -> str:
 def history_markdown(entries: list[Promotion]) -> str:
     """The promotion history as a Markdown table, newest first: what the MLflow UI shows as
     the registered model's description."""
-    lines = ["Champion changes and approval decisions, newest first (the `promotion.*` tags "
-             "hold the same as JSON).", "",
-             "| time (UTC) | champion | decision | by | note |", "|---|---|---|---|---|"]
+    rows = []
     for p in reversed(entries):
         change = (f"v{p.to_version} rejected (champion stays v{p.from_version})"
                   if p.status == REJECTED else
                   f"v{p.from_version} → v{p.to_version}" if p.from_version else
                   f"none → v{p.to_version}")
-        note = p.note.replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {p.time.replace('T', ' ').replace('+00:00', '')} | {change} | "
-                     f"{p.reason} | {p.by or '-'} | {note or '-'} |")
-    return "\n".join(lines) + "\n"
+        rows.append([p.time.replace("T", " ").replace("+00:00", ""), change, p.reason, p.by,
+                     p.note])
+    return "\n".join(["Champion changes and approval decisions, newest first (the "
+                      "`promotion.*` tags hold the same as JSON).", "",
+                      *markdown_table(["time (UTC)", "champion", "decision", "by", "note"],
+                                      rows)]) + "\n"
 
 
 def settle(pending: Promotion, champion: str | None) -> str:
@@ -262,8 +263,6 @@ class Registry:
 
     def record_shadow_evidence(self, version: str, evidence: dict[str, Any]) -> None:
         """The shadow's live evidence into the version's model card."""
-        from mlpipeline.card import with_shadow_evidence
-
         self.client.update_model_version(
             self.name, version, description=with_shadow_evidence(self.card(version), evidence))
 
