@@ -149,7 +149,7 @@ NOON = dt.datetime(2026, 12, 2, 12, tzinfo=UTC)
 
 def test_log_types_follow_the_contract() -> None:
     assert log_types(SCHEMA) == {"age": pa.float64(), "region": pa.string(),
-                                 "application_id": pa.string()}
+                                 "application_id": pa.string(), "at": pa.string()}
 
 
 def test_int_then_float_parts_read_and_compact_as_the_contract_types(tmp_path: Path) -> None:
