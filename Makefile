@@ -87,7 +87,7 @@ demo: setup
 	@echo "  history:    make dashboard$(T) (Evidently UI: every check of the demo, over time)"
 	@echo "  MLflow UI:  make ui$(T), then:"
 	@$(IN_PROJECT) python -m mlpipeline.registry urls --base http://127.0.0.1:$(UI_PORT)
-	@echo "  the demo moved the source clock and window: git diff params.yaml dvc.lock"
+	@echo "  the demo moved the source clock and window: git diff HEAD params.yaml dvc.lock"
 
 test: setup
 	$(RUN) pytest

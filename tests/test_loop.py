@@ -274,3 +274,12 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
     checked = prom.read_samples(project.root / "reports/monitoring" / prom.DRIFT_FILE)
     assert checked['model_drift_window_rows{window="log"}'] == 0
     assert "model_drift_detected" not in checked  # no verdict on zero rows
+
+    # The README's advice after the demo's cycles: see what they moved (dvc.lock is staged by
+    # core.autostage, hence HEAD), then go back to the committed state.
+    moved = project.git("diff", "--name-only", "HEAD", "--", "params.yaml", "dvc.lock").stdout
+    assert set(moved.split()) == {"params.yaml", "dvc.lock"}
+    project.git("checkout", "HEAD", "--", "params.yaml", "dvc.lock", "reports")
+    project.dvc("checkout")
+    assert project.git("status", "--porcelain", "params.yaml", "dvc.lock").stdout == ""
+    assert json.loads(project.dvc("status", "--json").stdout) == {}
