@@ -63,26 +63,26 @@ def model_card(params: Params, report: dict[str, Any], run: dict[str, Any],
     champion = (before or {}).get("metrics_on_current_test") or {}
     metrics = {k: v for k, v in report["challenger_metrics"].items() if k != "rows"}
     lines += [*markdown_table(["metric", "this version", "champion"],
-                      [[k, v, champion.get(k)] for k, v in metrics.items()]), ""]
+                              [[k, v, champion.get(k)] for k, v in metrics.items()]), ""]
     lines += ["## Gate", "", f"**{verdict}**: {report['reason']}", "",
               *markdown_table(["check", "value", "threshold", "result"],
-                      [[c["name"], c["value"], c["threshold"],
-                        "pass" if c["passed"] else "FAIL"] for c in report["checks"]]), ""]
+                              [[c["name"], c["value"], c["threshold"],
+                                "pass" if c["passed"] else "FAIL"] for c in report["checks"]]), ""]
     if report.get("slices"):
         lines += [f"### Slices ({params.gate.compare_metric}, tolerance "
                   f"{params.gate.slice_tolerance})", "",
                   *markdown_table(["slice", "rows", "this version", "champion", "result"],
-                          [[s["slice"], s["rows"], s["challenger"], s["champion"],
-                            {True: "pass", False: "FAIL"}.get(s["passed"], s["note"])]
-                           for s in report["slices"]]), ""]
+                                  [[s["slice"], s["rows"], s["challenger"], s["champion"],
+                                    {True: "pass", False: "FAIL"}.get(s["passed"], s["note"])]
+                                   for s in report["slices"]]), ""]
     else:  # say so: a reviewer must not read a missing section as slices that passed
         lines += ["### Slices", "", "Not checked (gate.slices is empty).", ""]
     if report.get("behaviour"):
         lines += ["### Behaviour", "",
                   *markdown_table(["check", "expectation", "rows moved", "broke it", "result"],
-                          [[b["check"] + " " + b["feature"], b["expectation"], b["rows"],
-                            f"{b['share']:.1%}", "pass" if b["passed"] else "FAIL"]
-                           for b in report["behaviour"]]), ""]
+                                  [[b["check"] + " " + b["feature"], b["expectation"], b["rows"],
+                                    f"{b['share']:.1%}", "pass" if b["passed"] else "FAIL"]
+                                   for b in report["behaviour"]]), ""]
     lines += ["## Shadow evidence", "",
               "None yet: this version has not answered live requests beside the champion.", "",
               "## Lineage", "",
@@ -114,8 +114,8 @@ def with_shadow_evidence(card: str, evidence: dict[str, Any]) -> str:
     if labelled:
         lines += [f"On the {labelled['rows']} of them whose outcomes arrived:", "",
                   *markdown_table(["metric", "this version", "champion"],
-                          [[k, v, labelled["champion"].get(k)]
-                           for k, v in labelled["shadow"].items() if k != "rows"]), ""]
+                                  [[k, v, labelled["champion"].get(k)]
+                                   for k, v in labelled["shadow"].items() if k != "rows"]), ""]
     else:
         lines += ["No outcomes joined yet.", ""]
     section = "\n".join(lines)
