@@ -76,3 +76,18 @@ def test_the_image_is_locked_slim_and_non_root() -> None:
     assert user and user[-1].split(":")[0] not in ("0", "root")
     assert "/usr/local/bin/uv" not in final and "apt-get" not in final  # no build tools
     assert "--port\", \"8000\"" in final and "EXPOSE 8000" in final
+
+
+def test_the_ct_secrets_are_listed_alike_in_the_readme_ct_yml_s_header_and_its_steps() -> None:
+    """The README listed the CT secrets twice, and neither list nor ct.yml's header named
+    DVC_REMOTE_ENDPOINT_URL, which the workflow reads."""
+    def names(text: str) -> set[str]:
+        return set(re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", text))
+
+    workflow = (REPO / ".github/workflows/ct.yml").read_text()
+    read = set(re.findall(r"\$\{\{ secrets\.([A-Z0-9_]+) \}\}", workflow))
+    header = workflow.split("\nname:")[0].split("Secrets of the")[1]
+    readme = (REPO / "README.md").read_text()
+    assert readme.count("- **`ct.yml` secrets**") == 1
+    listed = readme.split("- **`ct.yml` secrets**")[1].split("\n- ")[0].split("\n\n")[0]
+    assert read == names(header) == names(listed), (read, names(header), names(listed))
