@@ -181,6 +181,7 @@ def decide(*, current_rows: int, min_rows: int, drift: DriftResult | None,
     the same-data guard runs later, once the new training split exists."""
     triggers: list[str] = []
     reasons: list[str] = []
+    asked: list[str] = []  # the reasons of the triggers: what asks for a retrain
     if current_rows < min_rows:
         reason = (f"current window has {current_rows} rows, fewer than "
                   f"monitoring.min_rows={min_rows}: too few for a verdict")
@@ -196,7 +197,8 @@ def decide(*, current_rows: int, min_rows: int, drift: DriftResult | None,
                         f"{drift.current_rows} rows (monitoring.max_rows)")
         if drift.detected:
             triggers.append("drift")
-            reasons.append(f"drift: {figures}: {', '.join(drift.drifted)}")
+            asked.append(f"drift: {figures}: {', '.join(drift.drifted)}")
+            reasons.append(asked[-1])
         else:
             reasons.append(f"no drift: {figures}")
     if drift is not None:
@@ -208,7 +210,8 @@ def decide(*, current_rows: int, min_rows: int, drift: DriftResult | None,
         shown = perf.shown()
         if perf.below:
             triggers.append("performance")
-            reasons.append(f"performance below floor ({perf.described}): {shown}")
+            asked.append(f"performance below floor ({perf.described}): {shown}")
+            reasons.append(asked[-1])
         else:
             reasons.append(f"performance holds ({perf.described}): {shown}")
     if force:
@@ -220,9 +223,7 @@ def decide(*, current_rows: int, min_rows: int, drift: DriftResult | None,
         cooldown = (f"cooldown: the last training run ended {batches_since_training} "
                     f"batch(es) ago, ct.cooldown_batches={cooldown_batches}")
         return Verdict(NO_RETRAIN, [*reasons, cooldown], triggers, cooldown)
-    # What asked for the retrain: the drift or performance reason (not a "no drift" line).
-    asked = next(r for r in reasons if r.startswith(("drift:", "performance below")))
-    return Verdict(RETRAIN, reasons, triggers, asked)
+    return Verdict(RETRAIN, reasons, triggers, asked[0])
 
 
 def nothing_landed(trained_to: dt.date | None) -> Verdict:

@@ -65,7 +65,7 @@ class PredictionLog:
         """Hand one request's features (lists by name) and answers (the task's log columns:
         `prediction` and, e.g., `probability`) to the writer; costs a queue put on the
         request path. `role`: champion (what was served) or shadow (promotion.mode shadow).
-        `types`: the Arrow type of each feature and id column, from the model's contract
+        `types`: the Arrow type of each feature, the id and the time, from the contract
         (`log_types`), so a column's type never depends on what a client sent."""
         records = len(answers["prediction"])
         with self._lock:

@@ -133,7 +133,7 @@ class RequestContract:
     records: TypeAdapter[Any]  # a list of records already parsed (MLflow's scoring payloads)
 
     task: Task
-    log_types: dict[str, Any]  # each feature's and the id's Arrow type in the prediction log
+    log_types: dict[str, Any]  # the Arrow type of each feature, the id and the time, logged
 
     @property
     def schema(self) -> Schema:

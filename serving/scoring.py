@@ -156,7 +156,7 @@ def column_errors(columns: dict[str, list[Any]], schema: Schema) -> list[dict[st
               for name in columns if name not in known]
     for name in schema.logged_columns:  # the id and the time: short text or an integer
         if name in columns:
-            errors += _id_errors(columns[name], name)
+            errors += _logged_value_errors(columns[name], name)
     for spec in schema.features:
         if spec.name not in columns:
             errors.append(_error(None, spec.name, "missing", "Field required"))
@@ -214,7 +214,7 @@ def _fits_a_float(value: int) -> bool:
     return True
 
 
-def _id_errors(values: list[Any], name: str) -> list[dict[str, Any]]:
+def _logged_value_errors(values: list[Any], name: str) -> list[dict[str, Any]]:
     errors = []
     for i, value in enumerate(values):
         try:
