@@ -49,7 +49,7 @@ help:
 	@echo "make lineage V=3            where version 3 came from"
 	@echo "make card V=3               version 3's model card: data, metrics, slices, behaviour, verdict"
 	@echo "make rollback [TO=3]        champion back to 'previous' (or to version 3)"
-	@echo "make shadow-report          promotion.mode shadow: the challenger beside the champion on live requests"
+	@echo "make shadow-report          the challenger in shadow beside the champion on live requests, and what comes next"
 	@echo "make approve V=3 [NOTE=..]  promotion.mode manual: version 3 (the waiting challenger) serves"
 	@echo "make reject V=3 [NOTE=..]   promotion.mode manual: version 3 never serves"
 	@echo "make stack / stack-down      PostgreSQL + S3 + MLflow server + 2 replicas, as processes"
@@ -152,7 +152,7 @@ drift: setup
 
 # The prediction log: each day's parts merged into one file, days past
 # serving.log_retention_days removed (every CT cycle does it too).
-# promotion.mode shadow: the challenger's answers beside the champion's on live requests
+# the registry's shadow challenger: its answers beside the champion's, the next CT verdict
 shadow-report: setup
 	$(IN_PROJECT) python -m monitoring.shadow
 

@@ -5,8 +5,8 @@ Both servers get the same requests on the same path: POST /invocations with MLfl
 requests/s, p50 and p99 latency; the in-process one-record `predict_proba` time as the
 floor; and batch throughput (records/s) for 1,000-record requests against in-process
 predict on the same rows. Prints a table with the ratios and issue 15's targets. Then the
-same service with a shadow (promotion.mode shadow: the champion registered again as the
-challenger awaiting approval, in a copy of the embedded store, so the project's registry is
+same service with a shadow (the champion registered again as the challenger awaiting
+approval, tagged `shadow: true`, in a copy of the embedded store, so the project's registry is
 untouched): its p99 at concurrency 16 beside the one without (target: at most 1.5x).
 Load comes from wrk (Debian package `wrk`) when installed,
 otherwise from a Python load generator (slower: it shares the two cores with the servers).
@@ -240,7 +240,7 @@ def main() -> None:
         shadowed = results["this service, with a shadow"]
         ratio = shadowed["c16"]["p99"] / ours["c16"]["p99"]
         counts = shadowed["shadow"]
-        print(f"\nwith a shadow (promotion.mode shadow), concurrency 16: p99 "
+        print(f"\nwith a shadow (the registry's `shadow: true`), concurrency 16: p99 "
               f"{shadowed['c16']['p99']:.2f} ms vs {ours['c16']['p99']:.2f} ms without: "
               f"{ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'MISSED'}); "
               f"{shadowed['c16']['rps']:.0f} vs {ours['c16']['rps']:.0f} requests/s; the "
@@ -267,23 +267,22 @@ def main() -> None:
 
 
 def shadow_store(params: Any, folder: Path) -> str | None:
-    """A copy of the embedded store in `folder` whose challenger, awaiting approval, is the
-    champion registered again, and a params.yaml in shadow mode; None on another store."""
+    """A copy of the embedded store in `folder` whose challenger, awaiting approval and
+    tagged `shadow: true`, is the champion registered again; None on another store."""
     from mlflow import MlflowClient
 
-    from mlpipeline.config import PARAMS_FILE, set_values
+    from mlpipeline.config import PARAMS_FILE
 
     uri = params.tracking_uri()
     if not uri.startswith("sqlite:///"):
         return None
     shutil.copy2(uri[len("sqlite:///"):], folder / "mlflow.db")
     copy = f"sqlite:///{folder / 'mlflow.db'}"
-    (folder / PARAMS_FILE).write_text(set_values(
-        params.path(PARAMS_FILE).read_text(), {"promotion.mode": "shadow"}))
+    shutil.copy2(params.path(PARAMS_FILE), folder / PARAMS_FILE)  # the registry's tag decides
     client, name = MlflowClient(copy), params.mlflow.registered_model
     champion = client.get_model_version_by_alias(name, "champion")
     twin = client.create_model_version(name, champion.source, champion.run_id,
-                                       tags={"approval": "awaiting"},
+                                       tags={"approval": "awaiting", "shadow": "true"},
                                        model_id=getattr(champion, "model_id", None))
     client.set_registered_model_alias(name, "challenger", twin.version)
     return copy

@@ -9,7 +9,7 @@ Steps, each named in the output and in the summary:
 2. drift check  the prediction log compacted (one file per day, the retention applied), then
                 monitoring.drift: the new data against the champion's training reference,
                 the champion's real performance on the new outcomes, the guards
-   shadow       promotion.mode shadow only: the challenger answering in shadow is promoted
+   shadow       when the registry has a challenger in shadow (`shadow: true`): it is promoted
                 when its answers, joined with the outcomes, hold against the champion's on
                 at least promotion.shadow_min_rows labelled requests (gate.compare_metric,
                 gate.tolerance), rejected when worse there, else kept (monitoring.shadow)
@@ -225,33 +225,26 @@ def check_drift(cycle: Cycle, batch: NewBatch, current: str | None,
 
 
 def judge_shadow(cycle: Cycle) -> None:
-    """promotion.mode shadow: the challenger waiting in shadow is promoted on enough labelled
-    live evidence, rejected when worse there, else kept; its card gets the evidence."""
-    from mlpipeline.registry import AWAITING, CHALLENGER
-    from monitoring.shadow import describe, shadow_report
+    """The waiting challenger the registry has in shadow is promoted on enough labelled live
+    evidence (all of it since the shadow began), rejected when worse there, else kept; its
+    card gets the evidence."""
+    from monitoring.shadow import current_shadow, describe, shadow_report
 
-    waiting = cycle.registry.version_by_alias(CHALLENGER)
-    if waiting is None or waiting.tags.get("approval") != AWAITING:
+    waiting = current_shadow(cycle.registry)
+    if waiting is None:
         return
     version = str(waiting.version)
     cycle.enter("shadow", f"shadow: v{version}'s answers beside the champion's")
-    evidence = shadow_report(cycle.params)
-    print(describe(evidence))
-    gate = cycle.params.gate
-    if evidence["shadow_version"] != version:
-        verdict = decide.ShadowVerdict(decide.KEEP, version, f"v{version} kept in shadow: "
-                                       "none of its answers logged yet")
-    else:
-        metric = str(gate.compare_metric)
-        verdict = decide.shadow_verdict(
-            evidence, min_rows=cycle.params.promotion.shadow_min_rows, metric=metric,
-            tolerance=gate.tolerance, lower_is_better=metric in cycle.params.task.lower_is_better)
-        cycle.registry.record_shadow_evidence(version, evidence)
+    report = shadow_report(cycle.params, cycle.registry)
+    print(describe(report))
+    verdict = decide.ShadowVerdict(**report["verdict"])
+    if report["shadow_version"] == version:
+        cycle.registry.record_shadow_evidence(version, report)
     if verdict.action == decide.PROMOTE:
         cycle.registry.approve(version, verdict.reason, reason="shadow evidence")
     elif verdict.action == decide.REJECT:
         cycle.registry.reject(version, verdict.reason)
-    cycle.summary["shadow"] = {"evidence": evidence, **verdict.as_dict()}
+    cycle.summary["shadow"] = {"evidence": report, **verdict.as_dict()}
     print(f"ct: {verdict.reason}")
 
 
@@ -302,8 +295,7 @@ def run_cycle(root: Path, *, force: bool = False, current: str | None = None,
         batch = new_batch(cycle)
         summary["new_batch"] = batch.as_dict()
         verdict, check = check_drift(cycle, batch, current, since, force)
-        if cycle.params.promotion.mode == "shadow":
-            judge_shadow(cycle)
+        judge_shadow(cycle)  # the registry says whether a challenger is in shadow
         if verdict.retrain and move_window(cycle, batch, verdict,
                                            check["champion_data_version"]):
             retrain(cycle)

@@ -252,7 +252,7 @@ PROMOTE, KEEP, REJECT = "promote", "keep", "reject"
 
 @dataclass(frozen=True)
 class ShadowVerdict:
-    """What a CT cycle does with the challenger answering in shadow (promotion.mode shadow)."""
+    """What a CT cycle does with the challenger answering in shadow (registry tag `shadow`)."""
 
     action: str  # promote | keep (wait for more evidence) | reject
     version: str

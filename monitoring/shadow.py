@@ -1,17 +1,21 @@
-"""The shadow report (`make shadow-report`): how the challenger answering in shadow
-(promotion.mode shadow) compares with the champion on the same live requests.
+"""The shadow report (`make shadow-report`): how the challenger answering in shadow (the
+waiting version the registry tags `shadow: true`) compares with the champion on the same
+live requests, and what the next CT cycle will do with it.
 
 Each shadow answer is paired with the champion's answer to the same record (same request id,
 same position in the request). From the pairs: agreement (classification: the share of equal
 labels and the correlation of the scores; regression: the mean absolute difference of the
-predictions). Where outcomes have arrived (the newest batch, joined by id as the drift check
-joins them), both models' real metrics on the same requests. `pair_answers` and
-`shadow_evidence` are plain functions; reading the log and the batch happens in `main`.
+predictions). Where outcomes have arrived (every batch landed after the version's training
+window, joined by id as the drift check joins them), both models' real metrics on the same
+requests: all the evidence since the shadow began, not one batch's. `pair_answers`,
+`shadow_evidence` and `decide.shadow_verdict` are plain functions; reading the registry, the
+log and the batches happens in `shadow_report`.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from typing import Any
@@ -19,23 +23,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlpipeline.config import Params, load_params
+from mlpipeline.config import RAW_DIR, Params, load_params
 from mlpipeline.prediction_log import SHADOW, log_types, read_log
+from mlpipeline.schema import coerce
+from mlpipeline.source import dated_batches, read_batch
 from mlpipeline.tasks import Task
-from monitoring.drift import batch_window, logged_outcomes
+from monitoring import decide
+from monitoring.drift import logged_outcomes
 
 REPORT = "shadow.json"  # in monitoring.report_dir
 
 
-def pair_answers(log: pd.DataFrame, task: Task) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def pair_answers(log: pd.DataFrame, task: Task, version: str | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(champion rows, their shadow's rows, champion requests without a shadow answer), the
-    two tables aligned row for row, for the newest shadow version in the log."""
+    two tables aligned row for row, for shadow `version` (default: the newest in the log)."""
     if log.empty or "role" not in log.columns or not (log["role"] == SHADOW).any():
         return pd.DataFrame(), pd.DataFrame(), 0
     log = log.assign(_at=log.groupby(["request_id", "role"], dropna=False).cumcount())
     shadowed = log[log["role"] == SHADOW]
-    version = shadowed.sort_values("served_at")["model_version"].iloc[-1]
-    shadowed = shadowed[shadowed["model_version"] == version]
+    if version is None:
+        version = shadowed.sort_values("served_at")["model_version"].iloc[-1]
+    shadowed = shadowed[shadowed["model_version"].astype(str) == str(version)]
+    if shadowed.empty:
+        return pd.DataFrame(), pd.DataFrame(), 0
     served = log[log["role"] != SHADOW]
     # Its time in shadow: from the first request it answered too (answered just after).
     first = served.loc[served["request_id"].isin(shadowed["request_id"]), "served_at"].min()
@@ -84,17 +95,30 @@ def shadow_evidence(champion: pd.DataFrame, shadow: pd.DataFrame, missing: int, 
     return result
 
 
-def describe(evidence: dict[str, Any]) -> str:
-    if not evidence["shadow_version"]:
-        return ("shadow: no shadow answers in the prediction log (promotion.mode shadow, and "
-                "a challenger awaiting approval, make the replicas answer in shadow)")
-    lines = [f"shadow: v{evidence['shadow_version']} beside champion "
-             f"v{evidence['champion_version']} on {evidence['requests']} requests "
-             f"({evidence['rows']} rows); {evidence['requests_without_shadow_answer']} "
-             "requests without a shadow answer",
-             "  agreement: " + ", ".join(f"{k} {v:.4f}" for k, v in
-                                         evidence["agreement"].items())]
-    labelled = evidence["labelled"]
+def describe(report: dict[str, Any]) -> str:
+    """What `make shadow-report` prints: the current shadow, its evidence, what the next CT
+    cycle will decide and what a person can do."""
+    current, state = report.get("current"), report.get("state")
+    if not report["shadow_version"]:
+        if current:
+            return (f"shadow: v{current} waits in shadow; none of its answers are logged yet "
+                    "(replicas start within one poll period)\n"
+                    f"  next CT cycle: {report['verdict']['action']}: "
+                    f"{report['verdict']['reason']}")
+        return ("shadow: no challenger is in shadow (the registry has no waiting challenger "
+                "tagged `shadow: true`; under promotion.mode shadow, `register` tags the one "
+                "the gate passes) and no shadow answers are logged")
+    lines = []
+    if not current:
+        lines.append(f"shadow: no challenger is in shadow now; the newest shadow answers in "
+                     f"the log are v{report['shadow_version']}'s, {state or 'decided'}")
+    lines += [f"shadow: v{report['shadow_version']} beside champion "
+              f"v{report['champion_version']} on {report['requests']} requests "
+              f"({report['rows']} rows); {report['requests_without_shadow_answer']} "
+              "requests without a shadow answer",
+              "  agreement: " + ", ".join(f"{k} {v:.4f}" for k, v in
+                                          report["agreement"].items())]
+    labelled = report["labelled"]
     if labelled:
         metric = labelled["compare_metric"]
         lines.append(f"  on {labelled['rows']} labelled rows: {metric} champion "
@@ -102,28 +126,75 @@ def describe(evidence: dict[str, Any]) -> str:
                      f"{labelled['shadow'][metric]:.4f}")
     else:
         lines.append("  no outcomes joined yet: agreement only")
+    if current:
+        verdict = report["verdict"]
+        lines += [f"  next CT cycle: {verdict['action']}: {verdict['reason']}",
+                  f"  or decide now: make approve V={current} NOTE=\"...\", or make reject "
+                  f"V={current} NOTE=\"...\""]
     return "\n".join(lines)
 
 
-def shadow_report(params: Params) -> dict[str, Any]:
+def current_shadow(registry: Any) -> Any | None:
+    """The registry's shadow: the waiting challenger tagged `shadow: true` (None: none)."""
+    from mlpipeline.registry import AWAITING, CHALLENGER, SHADOW_TAG
+
+    waiting = registry.version_by_alias(CHALLENGER)
+    if (waiting is None or waiting.tags.get("approval") != AWAITING
+            or waiting.tags.get(SHADOW_TAG) != "true"):
+        return None
+    return waiting
+
+
+def outcomes_after(params: Params, after: dt.date | None) -> pd.DataFrame | None:
+    """The labelled rows of every landed batch dated after `after` (all when None): the
+    outcomes of requests a shadow answered, whichever batch brought them."""
+    raw = params.path(RAW_DIR)
+    target = params.schema.target
+    frames = []
+    for day, file in dated_batches(raw) if raw.is_dir() else []:
+        if after is None or day > after:
+            frame = coerce(read_batch(file), params.schema)
+            if target in frame.columns:
+                frames.append(frame[frame[target].notna()])
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def shadow_report(params: Params, registry: Any) -> dict[str, Any]:
+    """The evidence on the registry's shadow (else on the log's newest one, named as no
+    longer current) and, for a current shadow, the verdict the next CT cycle will reach."""
+    from mlpipeline.registry import window_end
+
     task = params.task
+    waiting = current_shadow(registry)
+    current = str(waiting.version) if waiting is not None else None
     log = read_log(params.path(params.serving.prediction_log_dir), shadow=True,
                    types=log_types(params.schema))
-    champion, shadow, missing = pair_answers(log, task)
-    try:
-        labelled: pd.DataFrame | None = batch_window(params).frame
-    except SystemExit:  # no batch with outcomes yet
-        labelled = None
-    if labelled is not None and params.schema.target in labelled.columns:
-        labelled = labelled[labelled[params.schema.target].notna()]
-    else:
-        labelled = None
-    evidence = shadow_evidence(champion, shadow, missing, task, labelled,
-                               str(params.gate.compare_metric))
+    champion, shadow, missing = pair_answers(log, task, current)
+    version = current or (str(shadow["model_version"].iloc[0]) if len(shadow) else None)
+    described = (waiting if waiting is not None or version is None
+                 else registry.client.get_model_version(registry.name, version))
+    evidence = shadow_evidence(champion, shadow, missing, task,
+                               outcomes_after(params, window_end(described)) if version
+                               else None, str(params.gate.compare_metric))
+    report: dict[str, Any] = {**evidence, "current": current, "state": None, "verdict": None}
+    if current is None and described is not None:
+        tags = described.tags
+        report["state"] = (f"superseded by v{tags['superseded_by']}" if tags.get("superseded_by")
+                           else tags.get("approval"))
+    if current is not None:
+        gate = params.gate
+        metric = str(gate.compare_metric)
+        verdict = (decide.shadow_verdict(
+            evidence, min_rows=params.promotion.shadow_min_rows, metric=metric,
+            tolerance=gate.tolerance, lower_is_better=metric in task.lower_is_better)
+            if evidence["shadow_version"] == current else
+            decide.ShadowVerdict(decide.KEEP, current,
+                                 f"v{current} kept in shadow: none of its answers logged yet"))
+        report["verdict"] = verdict.as_dict()
     folder = params.path(params.monitoring.report_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / REPORT).write_text(json.dumps(evidence, indent=2) + "\n")
-    return evidence
+    (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,8 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                                      description="The shadow model beside the champion.")
     parser.parse_args(argv)
     params = load_params()
-    evidence = shadow_report(params)
-    print(describe(evidence))
+    from mlpipeline.registry import Registry  # mlflow: paid by this command only
+
+    registry = Registry(params)
+    report = shadow_report(params, registry)
+    if report["current"] and report["shadow_version"]:  # the evidence into its model card
+        registry.record_shadow_evidence(report["current"], report)
+    print(describe(report))
     print(f"shadow: -> {params.monitoring.report_dir}/{REPORT}")
     return 0
 

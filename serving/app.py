@@ -207,7 +207,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
         request_id = next_request_id()
         request.app.state.prediction_log.append(columns, answers.log, model.version, request_id,
                                                 types=model.requests.log_types)
-        request.app.state.shadow.submit(columns, request_id)  # promotion.mode shadow
+        request.app.state.shadow.submit(columns, request_id)  # when the registry has a shadow
         model.task.count(metrics, answers.predictions, model.version)
         return Scored(model.name, model.version, answers, request_id)
 

@@ -86,9 +86,8 @@ class Champion:
         self.failing_since: dt.datetime | None = None  # first failed check of the current run
         self._logged_failure_at = 0.0
         self._lock = threading.Lock()  # one reload at a time (poller and /admin/reload)
-        # promotion.mode shadow: the challenger awaiting a decision, scored beside the
-        # champion on every request (serving.app's ShadowScorer), and since when.
-        self.shadow_mode = params.promotion.mode == "shadow"
+        # The challenger awaiting a decision that the registry tags `shadow: true`, scored
+        # beside the champion on every request (serving.shadow), and since when.
         self.shadow: LoadedModel | None = None
         self.shadow_since: str | None = None
 
@@ -100,12 +99,11 @@ class Champion:
                 if self.failing_since else None}
     def check(self) -> str:
         """Look where `champion` points; load and swap if it moved. Returns what happened:
-        'loaded', 'unchanged', 'no-champion' or 'error' (the current model stays). In shadow
-        mode, the challenger awaiting a decision is looked up the same way after it."""
+        'loaded', 'unchanged', 'no-champion' or 'error' (the current model stays). Then the
+        shadow is looked up the same way: the registry, not this replica's params, decides."""
         with self._lock:
             outcome = self._check_champion()
-            if self.shadow_mode:
-                self._check_shadow()
+            self._check_shadow()
             return outcome
 
     def _check_champion(self) -> str:
@@ -136,17 +134,21 @@ class Champion:
         return "loaded"
 
     def _check_shadow(self) -> None:
-        """The shadow: the `challenger` while it awaits a person's decision (tag approval:
-        awaiting) and is not the champion; none otherwise. A failure keeps what was there."""
+        """The shadow: the `challenger` while it awaits a decision (tag approval: awaiting),
+        is tagged `shadow: true` and is not the champion; none otherwise. A failure keeps
+        what was there."""
+        from mlpipeline.registry import AWAITING, CHALLENGER, SHADOW_TAG
+
         try:
             try:
-                version = self.client.get_model_version_by_alias(self.name, "challenger")
+                version = self.client.get_model_version_by_alias(self.name, CHALLENGER)
             except self._mlflow.exceptions.MlflowException as error:
                 if not _is_missing(error):
                     raise
                 version = None
             champion = self.current.version if self.current else None
-            if (version is None or version.tags.get("approval") != "awaiting"
+            if (version is None or version.tags.get("approval") != AWAITING
+                    or version.tags.get(SHADOW_TAG) != "true"
                     or str(version.version) == champion):
                 if self.shadow is not None:
                     log.info("shadow v%s stopped", self.shadow.version)

@@ -64,7 +64,7 @@ class PredictionLog:
                types: Mapping[str, pa.DataType] | None = None) -> None:
         """Hand one request's features (lists by name) and answers (the task's log columns:
         `prediction` and, e.g., `probability`) to the writer; costs a queue put on the
-        request path. `role`: champion (what was served) or shadow (promotion.mode shadow).
+        request path. `role`: champion (what was served) or shadow (serving.shadow).
         `types`: the Arrow type of each feature, the id and the time, from the contract
         (`log_types`), so a column's type never depends on what a client sent."""
         records = len(answers["prediction"])

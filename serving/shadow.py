@@ -1,8 +1,11 @@
-"""Shadow scoring (promotion.mode shadow): every request the champion answers is scored
-again by the challenger awaiting a decision, on a thread of its own, and logged under the
-same request id with role `shadow`. The request only puts a reference on a bounded queue,
-so the answer never waits on the shadow; when the shadow falls behind by more than the
-queue holds, requests are counted as dropped rather than queued without end.
+"""Shadow scoring: while the registry tags the challenger awaiting a decision `shadow: true`
+(register does under promotion.mode shadow), every request the champion answers is scored
+again by it, on a thread of its own, and logged under the same request id with role
+`shadow`. The counters are the current shadow version's: a new shadow starts from zero.
+
+The request only puts a reference on a bounded queue, so the answer never waits on the
+shadow; when the shadow falls behind by more than the queue holds, requests are counted as
+dropped rather than queued without end.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class ShadowScorer:
                  max_pending: int) -> None:
         self.champion = champion
         self.prediction_log = prediction_log
+        self.counted_version: str | None = None  # whose requests the counters hold
         self.scored = self.dropped = self.failed = 0  # requests, this worker's
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
@@ -35,6 +39,7 @@ class ShadowScorer:
         shadow = self.champion.shadow
         if shadow is None:
             return
+        self._count_for(shadow.version)
         try:
             self._queue.put_nowait((shadow, columns, request_id))
         except queue.Full:
@@ -45,10 +50,16 @@ class ShadowScorer:
         shadow = self.champion.shadow
         if shadow is None:
             return None
+        self._count_for(shadow.version)
         return {"version": shadow.version, "since": self.champion.shadow_since,
                 "run_id": shadow.run_id, "runtime": shadow.runtime,
                 "requests": {"scored": self.scored, "dropped": self.dropped,
                              "failed": self.failed, "pending": self._queue.qsize()}}
+
+    def _count_for(self, version: str) -> None:
+        if version != self.counted_version:  # another shadow: its own counters, from zero
+            self.counted_version = version
+            self.scored = self.dropped = self.failed = 0
 
     def close(self) -> None:
         """Score what is queued, then stop (a clean shutdown logs every shadow answer)."""
@@ -65,9 +76,11 @@ class ShadowScorer:
                 answers = shadow.task.answers(shadow.scores(columns))
                 self.prediction_log.append(columns, answers.log, shadow.version, request_id,
                                            role=SHADOW, types=shadow.requests.log_types)
-                self.scored += 1
+                if shadow.version == self.counted_version:  # not a predecessor's late answer
+                    self.scored += 1
             except Exception as error:  # e.g. a contract the champion's columns do not meet
-                self.failed += 1
+                if shadow.version == self.counted_version:
+                    self.failed += 1
                 if self.failed == 1 or self.failed % 1000 == 0:
                     log.warning("shadow v%s could not score a request (%d so far): %s: %s",
                                 shadow.version, self.failed, type(error).__name__, error)

@@ -298,6 +298,10 @@ def test_manual_mode_holds_a_passing_challenger_until_a_person_approves_it(
     assert (f"| `v{champion} → v{waiting}`{GAP} | `approved`{GAP} | `risk-officer`{GAP} | "
             f"`read the card`{GAP} |") in description
     assert "**Approved** by risk-officer" in registry.card(waiting)
+    assert "awaiting" not in registry.card(waiting)  # the decision replaced the waiting lines
+    assert "**PASSED, then approved**" in registry.card(waiting)
+    gate_reason = registry.client.get_model_version(registry.name, waiting).tags["gate_reason"]
+    assert gate_reason.startswith("passed the gate:") and "held for a decision" in gate_reason
     again = p.run(sys.executable, "-m", "mlpipeline.registry", "approve", waiting,
                   check=False)
     assert again.returncode != 0 and "is not awaiting approval (approved)" in again.stderr
@@ -319,6 +323,27 @@ def test_manual_mode_holds_a_passing_challenger_until_a_person_approves_it(
     late = p.run(sys.executable, "-m", "mlpipeline.registry", "approve", turned_down,
                  check=False)
     assert late.returncode != 0 and "is not awaiting approval (rejected)" in late.stderr
+
+    # Two waiting challengers in a row: the older loses `challenger` and its waiting state,
+    # and the history names its successor.
+    held = []
+    for trees in (80, 90):
+        p.set_params(lambda params, trees=trees: params["train"]["hyperparams"][
+            "random_forest"].update(n_estimators=trees))
+        p.dvc("repro")
+        held.append(json.loads(p.read("reports/gate.json"))["version"])
+    older, newer = held
+    assert str(registry.version_by_alias(CHALLENGER).version) == newer
+    tags = registry.client.get_model_version(registry.name, older).tags
+    assert (tags["approval"], tags["superseded_by"]) == ("superseded", newer)
+    last = registry.decisions()[-1]
+    assert (last.status, last.to_version, last.note) == ("superseded", older,
+                                                         f"superseded by v{newer}")
+    assert "**Superseded** by" in registry.card(older) and "awaiting" not in registry.card(older)
+    listed = p.run(sys.executable, "-m", "mlpipeline.registry", "history").stdout
+    assert f"v{older} superseded, champion stays v{waiting}  superseded" in listed
+    late = p.run(sys.executable, "-m", "mlpipeline.registry", "approve", older, check=False)
+    assert late.returncode != 0 and "is not awaiting approval (superseded)" in late.stderr
     unknown = p.run(sys.executable, "-m", "mlpipeline.registry", "card", "99", check=False)
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
     assert "(`make models` lists the versions)" in unknown.stderr

@@ -761,23 +761,37 @@ def test_a_version_logged_without_a_contract_is_served_by_params_schema_or_refus
 
 def test_a_shadow_scores_every_request_off_the_request_path_and_both_answers_are_logged(
         trained_project: Project, tmp_path: Path) -> None:
-    """promotion.mode shadow: the challenger awaiting a decision answers each request too,
-    on its own thread; held there, it delays no answer, and once free it logs every one."""
+    """A service started under promotion.mode auto shadows the challenger the registry tags
+    `shadow: true` within one poll: it answers each request too, on its own thread; held
+    there, it delays no answer, and once free it logs every one. A newer shadow supersedes
+    it with counters from zero; a decision stops the shadow, with no restart."""
     from mlpipeline.registry import Registry
 
     project = Project(tmp_path / "copy")
     shutil.copytree(trained_project.root, project.root, symlinks=True)
-    params = service_params(project, tmp_path, log_flush_seconds=60)
-    params = params.model_copy(update={"promotion": params.promotion.model_copy(
-        update={"mode": "shadow"})})
+    params = service_params(project, tmp_path, log_flush_seconds=60, poll_seconds=0.2)
+    assert params.promotion.mode == "auto"  # the replica's params do not decide
     registry = Registry(params)
-    waiting = registry.register(json.loads(project.read("reports/run.json")))
-    registry.tag_version(waiting, {"approval": "awaiting"})  # what register does in shadow
+    run = json.loads(project.read("reports/run.json"))
     champion = champion_version(params)
     held = threading.Event()
-    with TestClient(create_app(params, start_poller=False)) as c:
-        shadow = c.get("/model").json()["shadow"]
-        assert shadow["version"] == waiting and shadow["since"]
+
+    def shadow_state(c: TestClient, version: str | None) -> dict[str, Any] | None:
+        """/model's shadow once it is `version` (None: no shadow), polled to a deadline."""
+        deadline = time.monotonic() + 30
+        while True:
+            state = c.get("/model").json()["shadow"]
+            if (state or {}).get("version") == version:
+                return state
+            assert time.monotonic() < deadline, f"shadow {state} is not v{version} after 30 s"
+            time.sleep(0.05)
+
+    with TestClient(create_app(params)) as c:
+        assert c.get("/model").json()["shadow"] is None
+        waiting = registry.register(run)
+        registry.hold(waiting, shadow=True, replaced=None)  # what register does in shadow
+        shadow = shadow_state(c, waiting)  # the running service follows the registry
+        assert shadow is not None and shadow["since"]
         model = c.app.state.champion.shadow  # type: ignore[attr-defined]
         scores = model.scores
         object.__setattr__(model, "scores", lambda columns: (held.wait(), scores(columns))[1])
@@ -790,6 +804,19 @@ def test_a_shadow_scores_every_request_off_the_request_path_and_both_answers_are
         requests = c.get("/model").json()["shadow"]["requests"]
         assert requests["scored"] == 0 and requests["pending"] in (2, 3)
         held.set()
+        deadline = time.monotonic() + 30
+        while c.get("/model").json()["shadow"]["requests"]["scored"] < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        newer = registry.register(run)
+        registry.hold(newer, shadow=True,
+                      replaced=registry.client.get_model_version(registry.name, waiting))
+        state = shadow_state(c, newer)
+        assert state is not None and state["requests"] == {
+            "scored": 0, "dropped": 0, "failed": 0, "pending": 0}  # its own, from zero
+        registry.reject(newer, "decided")
+        assert shadow_state(c, None) is None  # decided: the shadow stops
     log_dir = Path(params.serving.prediction_log_dir)
     served = read_log(log_dir)  # what monitoring reads: the champion's answers only
     assert sorted(served["request_id"]) == sorted(ids)

@@ -33,6 +33,17 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
               for row in rows)]
 
 
+AWAITING_LINE = "**PASSED, awaiting approval**"  # the registry rewrites it on the decision
+AWAITING_PREFIX = "Awaiting a decision"  # the paragraph the decision removes
+
+
+def awaiting_paragraph(mode: str, version: str) -> str:
+    return (f"{AWAITING_PREFIX} (promotion.mode {mode}): "
+            + ("it answers every request in shadow beside the champion; `make shadow-report`, "
+               "then " if mode == "shadow" else "")
+            + f"`make approve V={version}` or `make reject V={version}`.")
+
+
 def model_card(params: Params, report: dict[str, Any], run: dict[str, Any],
                train_info: dict[str, Any]) -> str:
     """Markdown for one registered version: purpose, data, metrics, slices, behaviour, the
@@ -40,8 +51,8 @@ def model_card(params: Params, report: dict[str, Any], run: dict[str, Any],
     `run` reports/run.json's, `train_info` models/train_info.json's."""
     schema, task = params.schema, params.task
     version = report["version"]
-    verdict = ("PASSED, awaiting approval" if report.get("awaiting_approval") else
-               "PASSED" if report["promoted"] else "REJECTED")
+    verdict = (AWAITING_LINE if report.get("awaiting_approval") else
+               "**PASSED**" if report["promoted"] else "**REJECTED**")
     labels = f" ({', '.join(map(str, schema.classes))})" if schema.classes else ""
     before = report.get("champion_before")
     compared = f"v{before['version']}" if before else "(none yet)"
@@ -64,7 +75,9 @@ def model_card(params: Params, report: dict[str, Any], run: dict[str, Any],
     metrics = {k: v for k, v in report["challenger_metrics"].items() if k != "rows"}
     lines += [*markdown_table(["metric", "this version", "champion"],
                               [[k, v, champion.get(k)] for k, v in metrics.items()]), ""]
-    lines += ["## Gate", "", f"**{verdict}**: {report['reason']}", "",
+    lines += ["## Gate", "", f"{verdict}: {report.get('gate_reason', report['reason'])}", "",
+              *([awaiting_paragraph(params.promotion.mode, version), ""]
+                if report.get("awaiting_approval") else []),
               *markdown_table(["check", "value", "threshold", "result"],
                               [[c["name"], c["value"], c["threshold"],
                                 "pass" if c["passed"] else "FAIL"] for c in report["checks"]]), ""]

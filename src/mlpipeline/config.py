@@ -201,7 +201,8 @@ class ServingParams(_Strict):
     # Records waiting for the log's writer; past this a request's records are dropped and
     # counted (prediction_log_records_failed{reason="queue_full"}), and /ready says so.
     log_queue_records: int = Field(100_000, gt=0)
-    # promotion.mode shadow: requests waiting for the shadow model; more are dropped, counted
+    # A shadow (a waiting challenger the registry tags `shadow: true`): requests waiting for
+    # it; more are dropped and counted
     shadow_queue_requests: int = Field(10_000, gt=0)
     admin_token_env: str = "SERVING_ADMIN_TOKEN"  # env var holding the /admin bearer token
     # env var holding the HMAC secret MLflow signs registry webhooks with (unset: webhooks off)
@@ -230,7 +231,6 @@ class ServiceConfig(_Strict):
 
     mlflow: MlflowParams = MlflowParams()
     serving: ServingParams = ServingParams()
-    promotion: PromotionParams = PromotionParams()  # shadow: replicas load the challenger
     root: Path = Path(".")  # folder of params.yaml; relative paths resolve against it
 
     def path(self, relative: str | Path) -> Path:
@@ -260,6 +260,7 @@ class Params(ServiceConfig):
     train: TrainParams
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
+    promotion: PromotionParams = PromotionParams()
     card: CardParams = CardParams()
     monitoring: MonitoringParams = MonitoringParams()
     ct: CtParams = CtParams()

@@ -161,7 +161,7 @@ def _day_files_held(day: Path) -> tuple[list[Path], set[str]]:
     return [], set()
 
 
-SHADOW = "shadow"  # the `role` of a row a shadow model answered (promotion.mode shadow)
+SHADOW = "shadow"  # the `role` of a row a shadow model answered (registry tag `shadow: true`)
 
 
 def read_log(log: Path, since: dt.datetime | None = None, until: dt.datetime | None = None,

@@ -84,12 +84,14 @@ def main() -> None:
 
     from mlpipeline.registry import (  # mlflow: paid only by MLflow stages
         AWAITING,
+        CHALLENGER,
         CHAMPION,
         Registry,
     )
 
     registry = Registry(params)
     champion = registry.version_by_alias(CHAMPION)
+    earlier_challenger = registry.version_by_alias(CHALLENGER)
     version = registry.register(run)
 
     champion_metrics, champion_error, champion_model = None, "", None
@@ -113,19 +115,29 @@ def main() -> None:
                      slices=slices, behaviour=behaviour)
 
     # promotion.mode manual or shadow: a passing challenger waits for a person (make approve
-    # or reject); in shadow mode the replicas meanwhile score every request with it too.
+    # or reject), superseding any challenger still waiting; in shadow mode the replicas
+    # meanwhile score every request with it too (the registry's `shadow` tag tells them).
     mode = params.promotion.mode
     awaiting = verdict.promote and mode != "auto"
-    reason = verdict.reason
+    gate_reason = reason = verdict.reason
     if awaiting:
+        gate_reason = (reason.replace("promoted:", "passed the gate:", 1)
+                       + f"; held for a decision (promotion.mode {mode})")
         reason = (reason.replace("promoted:", "passed the gate:", 1) + "; awaiting approval "
                   f"(promotion.mode {mode}): "
                   + ("answers every request in shadow beside the champion; make "
                      "shadow-report, then " if mode == "shadow" else "")
                   + f"make approve V={version} or make reject V={version}")
     registry.tag_version(version, {"gate": "passed" if verdict.promote else "rejected",
-                                   "gate_reason": verdict.reason,
-                                   **({"approval": AWAITING} if awaiting else {})})
+                                   "gate_reason": gate_reason})
+    waiting_before = (earlier_challenger if earlier_challenger is not None
+                      and earlier_challenger.tags.get("approval") == AWAITING else None)
+    if awaiting:
+        registry.hold(version, shadow=mode == "shadow", replaced=waiting_before)
+    elif verdict.promote and waiting_before is not None:  # promoted past it: moot
+        registry.supersede(str(waiting_before.version), by=version)
+    elif waiting_before is not None:  # a failed retrain leaves the pending decision as it was
+        registry.set_challenger(str(waiting_before.version))
     if verdict.promote and not awaiting:
         registry.set_champion(version, "gate pass", note=verdict.reason)
     now = registry.version_by_alias(CHAMPION)
@@ -136,6 +148,7 @@ def main() -> None:
         "promoted": verdict.promote and not awaiting,
         "awaiting_approval": awaiting,
         "reason": reason,
+        "gate_reason": gate_reason,
         "checks": verdict.as_dict()["checks"],
         "challenger_metrics": challenger_metrics,
         "champion_before": None if champion is None else {
@@ -152,10 +165,15 @@ def main() -> None:
     registry.record_gate(
         run["run_id"], report,
         tags={"gate": "passed" if verdict.promote else "rejected",
-              "gate_reason": verdict.reason, "registered_version": version})
+              "gate_reason": gate_reason, "registered_version": version})
 
-    print(f"register: {registry.name} v{version} (alias challenger), gate "
+    alias = ("alias challenger" if verdict.promote or waiting_before is None else
+             f"challenger stays v{waiting_before.version}, still awaiting a decision")
+    print(f"register: {registry.name} v{version} ({alias}), gate "
           f"{'PASSED' if verdict.promote else 'REJECTED'}")
+    if waiting_before is not None and verdict.promote:
+        print(f"register: v{waiting_before.version}, which awaited a decision, is superseded "
+              f"by v{version}")
     print(format_table(verdict))
     if slices:
         compared = [s for s in slices if s.passed is not None]

@@ -5,7 +5,8 @@ Aliases: `champion` is what production serves, `challenger` the newest registere
 `previous` the champion before the last change. MLflow keeps no history of where an alias
 pointed, so every champion change is also written as an append-only registered-model tag
 `promotion.NNNNNN` = {"time", "from", "to", "reason", "note", "status", "by"}; a challenger
-rejected by a person (`make reject`) is written there too, with status `rejected`. The
+rejected by a person (`make reject`) is written there too, with status `rejected`, and one
+that a newer waiting challenger replaced with status `superseded`. The
 registered model's description shows that history as a table (the MLflow UI's model page).
 
 A promotion is atomic for readers of the history, whatever crashes: under a lock, the entry
@@ -46,13 +47,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mlpipeline import tracking
-from mlpipeline.card import markdown_table, with_shadow_evidence
+from mlpipeline.card import AWAITING_LINE, AWAITING_PREFIX, markdown_table, with_shadow_evidence
 from mlpipeline.config import Params, load_params
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 HISTORY_PREFIX = "promotion."
 PENDING, DONE, ABORTED, REJECTED = "pending", "done", "aborted", "rejected"
-AWAITING = "awaiting"  # a version's `approval` tag under promotion.mode manual
+SUPERSEDED = "superseded"  # a waiting challenger replaced by a newer one (status and approval)
+AWAITING = "awaiting"  # a version's `approval` tag under promotion.mode manual or shadow
+# A waiting version tagged `shadow: true` answers every request beside the champion on every
+# replica that polls the registry (serving.champion): the registry decides, not a replica's
+# own params.yaml. `register` sets it under promotion.mode shadow; a person may set it too.
+SHADOW_TAG = "shadow"
 LOCK_SUFFIX = ".promotion-lock"
 LINEAGE_TAGS = ["run_id", "git_commit", "git_dirty", "data_version", "raw_data_version",
                 "training_window", "params_hash", "model_md5", "gate", "gate_reason"]
@@ -63,10 +69,11 @@ class Promotion:
     time: str  # ISO 8601, UTC
     from_version: str | None
     to_version: str
-    reason: str  # gate pass | rollback | manual | approved | rejected
+    reason: str  # gate pass | rollback | manual | approved | rejected | superseded
     note: str = ""
     # pending while the aliases move; done; aborted (never took effect); rejected (a person
-    # turned the challenger `to` down: the champion did not move)
+    # turned the challenger `to` down: the champion did not move); superseded (a newer waiting
+    # challenger, named in `note`, replaced `to`: the champion did not move)
     status: str = DONE
     previous_before: str | None = None  # where `previous` pointed, to put it back on abort
     by: str = ""  # who: the GitHub actor in Actions, else the user running the command
@@ -96,8 +103,8 @@ def history_markdown(entries: list[Promotion]) -> str:
     the registered model's description."""
     rows = []
     for p in reversed(entries):
-        change = (f"v{p.to_version} rejected (champion stays v{p.from_version})"
-                  if p.status == REJECTED else
+        change = (f"v{p.to_version} {p.status} (champion stays v{p.from_version})"
+                  if p.status in (REJECTED, SUPERSEDED) else
                   f"v{p.from_version} → v{p.to_version}" if p.from_version else
                   f"none → v{p.to_version}")
         rows.append([p.time.replace("T", " ").replace("+00:00", ""), change, p.reason, p.by,
@@ -164,6 +171,9 @@ class Registry:
         self.client.set_registered_model_alias(self.name, CHALLENGER, version.version)
         return str(version.version)
 
+    def set_challenger(self, version: str) -> None:
+        self.client.set_registered_model_alias(self.name, CHALLENGER, version)
+
     def tag_version(self, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, version, key, value)
@@ -176,9 +186,10 @@ class Registry:
         return [p for _, p in self._entries() if p.status == DONE]
 
     def decisions(self) -> list[Promotion]:
-        """Champion changes and rejected challengers, oldest first: the readable history."""
+        """Champion changes and rejected or superseded challengers, oldest first: the readable
+        history."""
         self.history()  # settles a pending entry first
-        return [p for _, p in self._entries() if p.status in (DONE, REJECTED)]
+        return [p for _, p in self._entries() if p.status in (DONE, REJECTED, SUPERSEDED)]
 
     def _publish_history(self) -> None:
         self.client.update_registered_model(self.name,
@@ -277,13 +288,43 @@ class Registry:
         return card or f"v{version} has no model card: it was registered before cards were."
 
     def _card_decision(self, version: str, event: Promotion) -> None:
+        """The decision into the card: the gate line no longer says "awaiting", and a
+        Decision section says who decided what, when."""
         decision = ("Rejected" if event.status == REJECTED else
+                    "Superseded" if event.status == SUPERSEDED else
                     "Promoted on shadow evidence" if event.reason == "shadow evidence" else
                     "Approved")
+        card = self.card(version).replace(AWAITING_LINE, f"**PASSED, then {decision.lower()}**")
+        card = "\n".join(line for line in card.splitlines()
+                         if not line.startswith(AWAITING_PREFIX))
         line = (f"\n## Decision\n\n**{decision}** by {event.by} at {event.time}"
                 + (f": {event.note}" if event.note else "") + "\n")
         self.client.update_model_version(self.name, version,
-                                         description=self.card(version).rstrip() + "\n" + line)
+                                         description=card.rstrip() + "\n" + line)
+
+    def hold(self, version: str, *, shadow: bool, replaced: Any | None) -> None:
+        """The gate passed `version` under promotion.mode manual or shadow: it waits for a
+        decision (in shadow, answering every request beside the champion). `replaced`, the
+        challenger before it, if it was still waiting, is superseded: one decision pending."""
+        self.tag_version(version, {"approval": AWAITING,
+                                   **({SHADOW_TAG: "true"} if shadow else {})})
+        if replaced is not None and replaced.tags.get("approval") == AWAITING:
+            self.supersede(str(replaced.version), by=version)
+
+    def supersede(self, version: str, by: str) -> Promotion:
+        """The waiting `version` is replaced by the newer challenger `by`: tagged `approval:
+        superseded`, never to be served; the history names its successor."""
+        with self.promotion_lock():
+            self._settle_pending()
+            champion = self.version_by_alias(CHAMPION)
+            event = Promotion(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                              str(champion.version) if champion else None, version, SUPERSEDED,
+                              f"superseded by v{by}", SUPERSEDED, by=actor())
+            self.client.set_registered_model_tag(self.name, self._next_key(), event.as_tag())
+            self.tag_version(version, {"approval": SUPERSEDED, "superseded_by": by})
+        self._publish_history()
+        self._card_decision(version, event)
+        return event
 
     def reject(self, version: str, note: str = "") -> Promotion:
         """A person turns the waiting challenger down: it loses `challenger`, keeps its tags,
@@ -449,13 +490,14 @@ def _time(millis: int) -> str:
 
 
 def _print_history(history: list[Promotion]) -> None:
-    print("promotion history (champion changes and rejected challengers, oldest first):")
+    print("promotion history (champion changes, rejected and superseded challengers, oldest "
+          "first):")
     if not history:
         print("  (none)")
     for p in history:
         source = f"v{p.from_version}" if p.from_version else "-"
-        change = (f"v{p.to_version} rejected, champion stays {source}" if p.status == REJECTED
-                  else f"{source} -> v{p.to_version}")
+        change = (f"v{p.to_version} {p.status}, champion stays {source}"
+                  if p.status in (REJECTED, SUPERSEDED) else f"{source} -> v{p.to_version}")
         print(f"  {p.time}  {change}  {p.reason}" + (f" by {p.by}" if p.by else "")
               + (f"  ({p.note})" if p.note else ""))
 
