@@ -98,7 +98,7 @@ def feature_groups(params: Params) -> list[tuple[str, list[str]]]:
     """The features by type, each type split into near-even groups of at most PALETTE_COLOURS:
     (title, names). Types apart, as their drift tests score on different scales."""
     groups = []
-    for kind in ("numeric", "categorical"):
+    for kind in ("numeric", "boolean", "categorical"):
         names = [f.name for f in params.schema.features if f.type == kind]
         count = -(-len(names) // PALETTE_COLOURS)  # ceiling division
         for index in range(count):

@@ -2,9 +2,9 @@
 
 No feature list is written here: a version trained with another feature brings its own
 contract, and the API takes the new field from the moment that version is served.
-Validation is strict: a number must be a JSON number (not "42"), a category one of the
-schema's, a value inside the schema's range; nullable only where the schema allows nulls;
-unknown fields are refused.
+Validation is strict: a number must be a JSON number (not "42"), a boolean true or false
+(not 1 or "true"), a category one of the schema's, a value inside the schema's range;
+nullable only where the schema allows nulls; unknown fields are refused.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def _field(spec: FeatureSpec) -> tuple[Any, Any]:
         + ("; null allowed" if spec.max_null_share > 0 else ""))
     if spec.type == "numeric":
         kind: Any = Annotated[float, Field(ge=spec.min, le=spec.max, allow_inf_nan=False)]
+    elif spec.type == "boolean":
+        kind = bool  # strict: JSON true or false, not 1 or "true"
     else:
         kind = Literal[tuple(spec.categories or [])]
     if spec.max_null_share > 0:

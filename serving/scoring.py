@@ -162,6 +162,8 @@ def column_errors(columns: dict[str, list[Any]], schema: Schema) -> list[dict[st
             errors.append(_error(None, spec.name, "missing", "Field required"))
         elif spec.type == "numeric":
             errors += _numeric_errors(columns[spec.name], spec)
+        elif spec.type == "boolean":
+            errors += _boolean_errors(columns[spec.name], spec)
         else:
             errors += _category_errors(columns[spec.name], spec)
     return errors
@@ -204,6 +206,15 @@ def _numeric_errors(values: list[Any], spec: FeatureSpec) -> list[dict[str, Any]
                           f"Input should be less than or equal to {spec.max:g}")
                    for i in np.flatnonzero(present & np.isfinite(array) & (array > spec.max))]
     return sorted(errors, key=lambda e: e["record"])
+
+
+def _boolean_errors(values: list[Any], spec: FeatureSpec) -> list[dict[str, Any]]:
+    allowed = {bool, type(None)} if spec.max_null_share > 0 else {bool}
+    if set(map(type, values)) <= allowed:
+        return []
+    return [_error(i, spec.name, "bool_type", _null_message(spec, v)
+                   + "Input should be a valid boolean")
+            for i, v in enumerate(values) if type(v) not in allowed]
 
 
 def _fits_a_float(value: int) -> bool:

@@ -34,12 +34,16 @@ CLASSES = {0: "repaid", 1: "default"}
 
 
 def yearly_batch(year: int, covariate: float = 0.0) -> pd.DataFrame:
-    """1500 loan applications spread over one year, labelled repaid/default."""
+    """1500 loan applications spread over one year, labelled repaid/default, with a boolean
+    `is_customer`: True/False as pandas writes it, 1/0 in 2014's file (another tool's)."""
     frame = make_batch(year, seed=11, start_date=dt.date(2026, 1, 5), batch_days=7, rows=1500,
                        covariate=covariate)
-    seconds = np.sort(np.random.default_rng(year).integers(0, 365 * 86_400, len(frame)))
+    rng = np.random.default_rng(year)
+    seconds = np.sort(rng.integers(0, 365 * 86_400, len(frame)))
     frame["application_date"] = pd.Timestamp(f"{year}-01-01") + pd.to_timedelta(seconds, "s")
     frame["default"] = frame["default"].map(CLASSES)
+    customer = rng.random(len(frame)) < 0.4
+    frame["is_customer"] = customer.astype(int) if year == 2014 else customer
     return frame
 
 
@@ -68,6 +72,7 @@ def landed(tmp_path_factory: pytest.TempPathFactory) -> Project:
         params["prepare"]["test_batches"] = 1  # yearly batches: test on the last year
         params["validate"]["max_batch_days"] = 366  # the newest batch's rows: within its year
         params["schema"]["classes"] = ["repaid", "default"]
+        params["schema"]["features"].append({"name": "is_customer", "type": "boolean"})
         params["ct"]["cooldown_batches"] = 1
 
     project.set_params(files_source)
@@ -109,10 +114,27 @@ def test_a_landed_batch_shows_in_dvc_status_and_is_trained_on(landed: Project) -
 
     from serving.app import create_app
 
+    # The boolean: 1/0 and True/False in the files, 1.0/0.0 to the model, `true` from
+    # pandas' JSON to the service, a boolean in the log; 1 or "true" in a request is a 422.
+    train = pd.read_parquet(p.root / "data/prepared/train.parquet")
+    assert set(train["is_customer"]) == {0.0, 1.0}
     record = yearly_batch(2016).iloc[0][load_params(p.root).schema.feature_names]
+    record["is_customer"] = True
+    sent = json.loads(record.to_json())  # what pandas sends
+    assert '"is_customer":true' in record.to_json() and sent["is_customer"] is True
     with TestClient(create_app(load_params(p.root), start_poller=False)) as client:
-        answer = client.post("/predict", json=json.loads(record.to_json())).json()
+        answer = client.post("/predict", json=sent).json()
+        for wrong in (1, "true"):
+            refused = client.post("/predict", json={**sent, "is_customer": wrong})
+            assert refused.status_code == 422
+            assert refused.json()["detail"][0]["loc"] == ["body", "is_customer"]
+        split = {"dataframe_split": {"columns": list(sent), "data": [list(sent.values())]}}
+        assert client.post("/invocations", json=split).status_code == 200
     assert answer["predictions"][0]["label"] in {"repaid", "default"}
+    from mlpipeline.prediction_log import read_log
+
+    logged = read_log(p.root / "logs/predictions")
+    assert logged["is_customer"].dtype == bool and logged["is_customer"].all()
 
     # A corrected batch is a change too; DVC's run cache cannot hand back the old copy.
     corrected = yearly_batch(2016)

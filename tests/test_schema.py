@@ -114,3 +114,24 @@ def test_the_id_column_is_a_column_of_its_own() -> None:
     typed = coerce(pd.DataFrame({**{c: ["1"] for c in SCHEMA.columns},
                                  "application_id": [1042]}), SCHEMA)
     assert typed["application_id"].tolist() == ["1042"]  # ids are text, as the log keeps them
+
+
+def test_a_boolean_feature_takes_what_files_hold_and_names_anything_else() -> None:
+    """True/False in any case and 1/0 become 1.0/0.0 for the model; "maybe" is a type error
+    naming the column, the count and the row; a range or categories on a boolean is refused."""
+    schema = Schema.model_validate({"target": "y", "time_column": "t", "features": [
+        {"name": "is_customer", "type": "boolean"}]})
+    assert schema.numeric == ["is_customer"] and schema.boolean == ["is_customer"]
+    values = ["True", "false", "TRUE", "1", "0", 1, 0, True, False, "maybe"]
+    raw = pd.DataFrame({"t": ["2026-01-05"] * len(values), "y": [0, 1] * 5,
+                        "is_customer": values})
+    typed = coerce(raw, schema)
+    assert typed["is_customer"].tolist()[:9] == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    failed = [c for c in check_frame(raw, schema, min_rows=1, max_unknown_category_share=0,
+                                     max_out_of_range_share=0) if not c.passed]
+    assert [(c.column, c.rule, c.failed_rows) for c in failed] == [
+        ("is_customer", "type boolean", 1)]
+    assert "'maybe' at row 9" in failed[0].message  # the frame's index
+    with pytest.raises(ValueError, match="boolean feature 'b' cannot have `categories`, `min`"):
+        Schema.model_validate({"target": "y", "time_column": "t", "features": [
+            {"name": "b", "type": "boolean", "max": 1}]})

@@ -57,8 +57,8 @@ QUARANTINE = "quarantine"  # <log>/quarantine/: what could not be read, kept for
 
 def log_types(schema: Schema) -> dict[str, pa.DataType]:
     """The Arrow type of each feature, and of the id and time columns, in the log."""
-    types = {spec.name: pa.float64() if spec.type == "numeric" else pa.string()
-             for spec in schema.features}
+    arrow = {"numeric": pa.float64(), "boolean": pa.bool_(), "categorical": pa.string()}
+    types = {spec.name: arrow[spec.type] for spec in schema.features}
     return {**types, **dict.fromkeys(schema.logged_columns, pa.string())}
 
 

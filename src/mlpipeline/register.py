@@ -50,7 +50,8 @@ def slice_comparison(params: Params, test: pd.DataFrame, challenger: Any,
         scores = task.scores(model, test[schema.feature_names])
         return lambda mask: task.metrics(actual[mask], np.asarray(scores)[mask])[metric]
 
-    labels = slice_labels(test, gate.slices, set(schema.numeric), gate.slice_bins)
+    binned = set(schema.numeric) - set(schema.boolean)  # a boolean slices by its two values
+    labels = slice_labels(test, gate.slices, binned, gate.slice_bins)
     return compare_slices(labels, scorer(challenger),
                           scorer(champion) if champion is not None else None,
                           lower_is_better=metric in task.lower_is_better,

@@ -25,21 +25,25 @@ class FeatureSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    type: Literal["numeric", "categorical"]
+    # boolean: true/false in JSON; true/false (any case), 1/0 in batch files; the model
+    # sees 1.0/0.0 (it is one of `Schema.numeric`), the log keeps a boolean
+    type: Literal["numeric", "categorical", "boolean"]
     min: float | None = None
     max: float | None = None
     categories: list[str] | None = None
     max_null_share: float = Field(0.0, ge=0, le=1)
     description: str = ""
-    example: float | str | None = None  # a typical value, shown in the API's examples
+    example: bool | float | str | None = None  # a typical value, shown in the API's examples
     # The domain's rule for a number, checked by the gate on every challenger: moving it up
     # one `step` (null: its standard deviation on the test rows) must move the score this way.
     expect: Literal["increasing", "decreasing"] | None = None
     step: float | None = Field(None, gt=0)
 
-    def example_value(self) -> float | str:
+    def example_value(self) -> bool | float | str:
         if self.example is not None:
             return self.example
+        if self.type == "boolean":
+            return True
         if self.type == "categorical":
             return (self.categories or [""])[0]
         return self.min if self.min is not None else (self.max if self.max is not None else 0.0)
@@ -50,9 +54,13 @@ class FeatureSpec(BaseModel):
             raise ValueError(f"categorical feature {self.name!r} needs `categories`")
         if self.type == "numeric" and self.categories:
             raise ValueError(f"numeric feature {self.name!r} cannot have `categories`")
-        if self.type == "categorical" and (self.expect or self.step):
-            raise ValueError(f"categorical feature {self.name!r} cannot have `expect` or "
+        if self.type != "numeric" and (self.expect or self.step):
+            raise ValueError(f"{self.type} feature {self.name!r} cannot have `expect` or "
                              "`step`: a direction needs a number")
+        if self.type == "boolean" and (self.categories or self.min is not None
+                                       or self.max is not None):
+            raise ValueError(f"boolean feature {self.name!r} cannot have `categories`, "
+                             "`min` or `max`: its values are true and false")
         return self
 
 
@@ -171,7 +179,12 @@ class Schema(BaseModel):
 
     @property
     def numeric(self) -> list[str]:
-        return [f.name for f in self.features if f.type == "numeric"]
+        """The model's numeric inputs: numbers, and booleans as 1.0/0.0."""
+        return [f.name for f in self.features if f.type in ("numeric", "boolean")]
+
+    @property
+    def boolean(self) -> list[str]:
+        return [f.name for f in self.features if f.type == "boolean"]
 
     @property
     def categorical(self) -> list[str]:
@@ -260,7 +273,8 @@ def rule_check(column: str, rule: str, bad: pd.Series, threshold: float, values:
 
 
 def coerce(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
-    """Typed copy of the schema's columns: numbers as float, categories as str, time as datetime.
+    """Typed copy of the schema's columns: numbers as float, booleans as 1.0/0.0, categories
+    as str, time as datetime.
 
     Values that do not parse become missing; `check_frame` counts them as type errors.
     """
@@ -269,6 +283,8 @@ def coerce(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     for spec in schema.features:
         if spec.type == "numeric":
             out[spec.name] = pd.to_numeric(frame[spec.name], errors="coerce").astype("float64")
+        elif spec.type == "boolean":
+            out[spec.name] = boolean_values(frame[spec.name])
         else:
             col = frame[spec.name]
             out[spec.name] = col.where(col.isna(), col.astype(str)).astype(object)
@@ -276,6 +292,17 @@ def coerce(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     if schema.id_column is not None and schema.id_column in frame.columns:
         out[schema.id_column] = row_ids(frame[schema.id_column])
     return out
+
+
+# What a batch file may hold for a boolean (any case): pandas writes True/False, other tools
+# true/false or 1/0.
+BOOLEAN_TEXT = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
+
+
+def boolean_values(values: pd.Series) -> pd.Series:
+    """Booleans as the model sees them, 1.0/0.0; anything else is missing (a type error)."""
+    text = values.where(values.isna(), values.astype(str).str.strip().str.lower())
+    return text.map(BOOLEAN_TEXT).astype("float64")
 
 
 def row_ids(values: pd.Series) -> pd.Series:
@@ -331,13 +358,13 @@ def check_frame(
         return rule_check(column, rule, bad, threshold, frame[column], frame, batch)
 
     typed = coerce(frame, schema) if typed is None else typed
-    numeric_columns = [schema.time_column, *schema.numeric]
+    kinds = {schema.time_column: "timestamp",
+             **{f.name: f.type for f in schema.features if f.type != "categorical"}}
     if not schema.string_labels:  # numeric classes, or a numeric target
-        numeric_columns.insert(1, schema.target)
-    for name in numeric_columns:
+        kinds = {schema.time_column: "timestamp", schema.target: "numeric", **kinds}
+    for name, kind in kinds.items():
         # A value that was there but did not parse is a type error, not a null.
         unparsable = frame[name].notna() & typed[name].isna()
-        kind = "timestamp" if name == schema.time_column else "numeric"
         checks.append(check(name, f"type {kind}", unparsable, 0.0))
 
     for name in (schema.time_column, schema.target):
@@ -358,7 +385,7 @@ def check_frame(
             out = value.notna() & ((value < lo) | (value > hi))
             rule = f"range [{spec.min}, {spec.max}]"
             checks.append(check(spec.name, rule, out, max_out_of_range_share))
-        else:
+        elif spec.type == "categorical":
             unknown = value.notna() & ~value.isin(spec.categories or [])
             checks.append(check(spec.name, "allowed categories", unknown,
                                 max_unknown_category_share))

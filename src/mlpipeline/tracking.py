@@ -153,7 +153,7 @@ def signature(schema: Schema, example: pd.DataFrame, predictions: Any) -> Any:
     from mlflow.types import Schema as ColumnSchema
 
     inputs = ColumnSchema([
-        ColSpec("double" if spec.type == "numeric" else "string", spec.name,
+        ColSpec({"numeric": "double", "boolean": "boolean"}.get(spec.type, "string"), spec.name,
                 required=spec.max_null_share == 0) for spec in schema.features])
     return ModelSignature(inputs, infer_signature(example, predictions).outputs)
 
@@ -260,7 +260,9 @@ def log_training_run(
         mlflow.set_tags({k: v for k, v in onnx_figures.items() if isinstance(v, str)})
         mlflow.log_metrics({k: v for k, v in onnx_figures.items() if not isinstance(v, str)})
         # Numbers as doubles, as the schema declares them (an integer column cannot hold null).
-        example = features.head(5).astype({name: "float64" for name in schema.numeric})
+        example = features.dropna(subset=schema.boolean).head(5).astype(
+            {name: "float64" for name in schema.numeric})
+        example = example.astype({name: bool for name in schema.boolean})  # as the signature
         contract = ModelContract(schema=schema, threshold=params.evaluate.threshold,
                                  value_buckets=task.value_buckets(train[schema.target]))
         with tempfile.TemporaryDirectory() as tmp:
