@@ -1,7 +1,8 @@
 """Every drift check's figures, kept over time in a local Evidently workspace, and the
 dashboard over them.
 
-`python -m monitoring.history ui` (`make dashboard`) opens Evidently's own UI on 127.0.0.1;
+`python -m monitoring.history ui` (`make dashboard`) opens Evidently's own UI on 127.0.0.1
+and keeps it live: a check made while it runs shows on the next page load;
 `python -m monitoring.history list` prints the checks it holds.
 
 Each check (by hand, in a CT cycle, on a batch or on the prediction log) adds one snapshot
@@ -29,6 +30,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,7 @@ THRESHOLD = "evidently:metric_v2:MeanValue"
 # at most six features, so none shares its colour with another.
 PALETTE_COLOURS = 6
 CHECK_TAG = "check:"  # the tag every snapshot of one check shares: check:<ISO time>
+SNAPSHOTS_DIR = "snapshots"  # Evidently's folder of a project's snapshots in a workspace
 
 
 def check_tags(summary: dict[str, Any]) -> list[str]:
@@ -307,8 +312,43 @@ def main(argv: list[str] | None = None) -> None:
     print(f"history: the dashboard on http://127.0.0.1:{port}/projects/{project.id} "
           f"(Evidently UI, workspace {folder}); Ctrl-C stops", flush=True)
     evidently = Path(sys.executable).with_name("evidently")
-    sys.exit(subprocess.call([str(evidently), "ui", "--workspace", str(folder),
-                              "--host", "127.0.0.1", "--port", str(port)]))
+    server = subprocess.Popen([str(evidently), "ui", "--workspace", str(folder),
+                               "--host", "127.0.0.1", "--port", str(port)])
+    threading.Thread(target=follow_checks, args=(folder, f"http://127.0.0.1:{port}", server),
+                     daemon=True).start()
+    try:
+        sys.exit(server.wait())
+    except KeyboardInterrupt:
+        server.terminate()
+        sys.exit(server.wait())
+
+
+def snapshot_counts(folder: Path) -> dict[str, int]:
+    """Snapshot files per project folder of the workspace (hidden half-written ones aside)."""
+    counts = {}
+    for snapshots in folder.glob(f"*/{SNAPSHOTS_DIR}"):
+        counts[snapshots.parent.name] = sum(
+            1 for f in snapshots.iterdir() if f.suffix == ".json" and not f.name.startswith("."))
+    return counts
+
+
+def follow_checks(folder: Path, ui_url: str, ui: subprocess.Popen,
+                  every_seconds: float = 1.0) -> None:
+    """Keep a running UI up to date: a check made meanwhile (another process, a CT cycle)
+    is a new file Evidently's own folder watcher misses (it reads a rename by its source
+    name, and our snapshots are renamed into place whole), so its project is reloaded
+    through the UI's API whenever its count of snapshots changes."""
+    seen = snapshot_counts(folder)
+    while ui.poll() is None:
+        time.sleep(every_seconds)
+        now = snapshot_counts(folder)
+        for project_id in (p for p, n in now.items() if seen.get(p) != n):
+            try:
+                urllib.request.urlopen(f"{ui_url}/api/projects/{project_id}/reload",
+                                       timeout=30).close()
+            except OSError:  # not up yet, or stopping: the next round tries again
+                continue
+            seen[project_id] = now[project_id]
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ import datetime as dt
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -682,23 +685,39 @@ def test_the_shadow_report_pairs_every_answer_and_scores_both_models_on_the_outc
 
 
 @pytest.mark.slow  # Evidently's UI takes ~20 s to start
-def test_make_dashboard_prints_the_project_dashboard_address_and_serves_it(
-        project: Project) -> None:
+def test_make_dashboard_prints_the_project_dashboard_address_and_shows_later_checks(
+        trained_project: Project, tmp_path: Path) -> None:
+    """The dashboard is live: a `make drift` while it runs is one more snapshot in the UI's
+    own API, with no restart."""
     from monitoring.history import open_project
     from serving.launch import free_port, wait_http_ok
 
+    project = Project(tmp_path / "copy")
+    shutil.copytree(trained_project.root, project.root, symlinks=True)
     _, evidently_project = open_project(load_params(project.root))
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "monitoring.history", "ui", "--port",
                            str(port)], cwd=project.root, env=ENV, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                           start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api/projects/{evidently_project.id}/snapshots"
+
+    def snapshots() -> int:
+        with urllib.request.urlopen(api, timeout=10) as answer:
+            return len(json.loads(answer.read()))
+
     try:
         assert ui.stdout is not None
         line = ui.stdout.readline()
         url = f"http://127.0.0.1:{port}/projects/{evidently_project.id}"
         assert f"history: the dashboard on {url} " in line
         wait_http_ok(url, ui, timeout=60)  # Evidently's UI answers on that address
+        before = snapshots()
+        project.run(sys.executable, "-m", "monitoring.drift")  # what `make drift` runs
+        deadline = time.monotonic() + 30
+        while (now := snapshots()) == before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert now == before + 1, f"the running UI lists {now} snapshots, {before} before"
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
