@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,8 @@ from mlpipeline.schema import PREDICTION_COLUMN
 SHARE_DRIFTED = "evidently:metric_v2:DriftedColumnsCount"
 VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
 ROW_COUNT = "evidently:metric_v2:RowCount"
-# Evidently's dashboards draw metrics only: each check also records the thresholds as the mean
-# of a one-row table, so a panel draws them as flat lines.
+# Evidently's dashboards draw metrics only: each check also records the thresholds, and the
+# champion's margin to each floor, as the mean of a one-row table, so a panel draws them.
 THRESHOLD = "evidently:metric_v2:MeanValue"
 # The UI draws a panel's lines in a palette of six colours, then starts again: a panel holds
 # at most six features, so none shares its colour with another.
@@ -89,6 +90,17 @@ def thresholds(params: Params) -> dict[str, float]:
                if name in drawn}}
 
 
+def headroom(performance: dict[str, Any] | None, drawn: Collection[str]) -> dict[str, float]:
+    """How far the champion's figure is on the good side of each floor (a ceiling, for a
+    lower-is-better metric), by the column that records it: below zero, it broke it."""
+    if not performance:
+        return {}
+    ceilings = set(performance.get("ceilings") or [])
+    return {f"headroom_{name}": (floor - value if name in ceilings else value - floor)
+            for name, floor in performance["floors"].items()
+            if name in drawn and (value := performance["metrics"].get(name)) is not None}
+
+
 def thresholds_snapshot(values: dict[str, float]) -> Any:
     """One check's record of the thresholds: the mean of each one-row column."""
     import pandas as pd
@@ -126,8 +138,14 @@ def dashboard_panels(params: Params) -> list[Any]:
 
     task = params.task
     share = params.monitoring.drift_share
-    floors = [line(f"{name} floor", column) for column, _ in thresholds(params).items()
-              if (name := column.removeprefix("floor_")) != column]
+    # Floors are not lines among the metrics' lines (alike in the UI, which draws every line
+    # the same way, and one at the axis's edge cannot be seen): each is the zero of a bar.
+    def margin(name: str) -> str:
+        side = "under its ceiling" if name in task.lower_is_better else "over its floor"
+        return f"{name} {side}"
+
+    headrooms = [line(margin(name), f"headroom_{name}")
+                 for name in params.gate.min_metrics if name in task.evidently_metric_ids]
     outputs = {"prediction": PREDICTION_COLUMN, "target": params.schema.target}
     features = [line_plot_panel(title, size="half", values=[
         PanelMetric(legend=name, metric=VALUE_DRIFT, metric_labels={"column": name})
@@ -149,11 +167,14 @@ def dashboard_panels(params: Params) -> list[Any]:
             for name, column in outputs.items()],
             description="the served predictions against the champion's own on its reference; "
                         "the outcomes against its training target"),
-        line_plot_panel("Champion's real performance on labelled batches", values=[
-            *(PanelMetric(legend=name, metric=metric)
-              for name, metric in task.evidently_metric_ids.items()), *floors],
-            description="a metric under its floor (gate.min_metrics) fails the check's tests "
-                        "(Tests tab)"),
+        line_plot_panel("Champion's real performance on labelled batches", size="half",
+                        values=[PanelMetric(legend=name, metric=metric)
+                                for name, metric in task.evidently_metric_ids.items()],
+                        description="on the outcomes that arrived, joined with its answers"),
+        bar_plot_panel("Margin to the gate's floors", size="half", values=headrooms,
+                       description="the metric minus its floor (gate.min_metrics; the "
+                                   "ceiling minus it, for a lower-is-better one): a bar below "
+                                   "zero broke it, failing the check's tests (Tests tab)"),
     ]
 
 
@@ -174,7 +195,9 @@ def record(params: Params, summary: dict[str, Any], parts: dict[str, Any]) -> st
     from evidently.core.report import Snapshot
 
     workspace, project = open_project(params)
-    lines = thresholds_snapshot(thresholds(params)).to_snapshot_model()
+    drawn = params.task.evidently_metric_ids
+    lines = thresholds_snapshot({**thresholds(params), **headroom(summary.get("performance"),
+                                                                  drawn)}).to_snapshot_model()
     lines.widgets = []  # drawn on the dashboard; no finding of the check's report
     model = merged_models([*(snapshot.to_snapshot_model() for snapshot in parts.values()),
                            lines])

@@ -103,7 +103,8 @@ class Champion:
         shadow is looked up the same way: the registry, not this replica's params, decides."""
         with self._lock:
             outcome = self._check_champion()
-            self._check_shadow()
+            if outcome != "error":  # an unreachable registry is said once, by the champion's
+                self._check_shadow()
             return outcome
 
     def _check_champion(self) -> str:

@@ -265,9 +265,12 @@ def test_each_check_adds_its_tagged_snapshot_to_the_evidently_history(tmp_path: 
     scores = np.column_stack([1 - probability, probability])
     performance = params.task.evidently_performance(pd.Series(actual), scores,
                                                     params.gate.min_metrics)
-    history.record(params, history_summary("2026-11-30T10:00:00+00:00", "batch", 1500,
-                                           "retrain", batch="2026-03-09"),
-                   {"drift": drift_snapshot, "performance": performance})
+    ours = classification_metrics(actual, probability, params.evaluate.threshold)
+    checked = {**history_summary("2026-11-30T10:00:00+00:00", "batch", 1500, "retrain",
+                                 batch="2026-03-09"),
+               "performance": {"metrics": ours, "floors": dict(params.gate.min_metrics),
+                               "ceilings": []}}  # as monitoring.drift's summary holds it
+    history.record(params, checked, {"drift": drift_snapshot, "performance": performance})
     for hour, rows, until in ((11, 10, "2026-03-16T00:00:00+00:00"),
                               (12, 0, "2026-03-23T00:00:00+00:00")):
         window = drift.Window("log", "log", current.head(rows), until=until)
@@ -289,7 +292,6 @@ def test_each_check_adds_its_tagged_snapshot_to_the_evidently_history(tmp_path: 
         return {m["metric_name"].split("(")[0]: m["value"]
                 for m in Snapshot.load_model(run).dict()["metrics"]}
 
-    ours = classification_metrics(actual, probability, params.evaluate.threshold)
     figures = values(runs[0])
     assert figures["RocAuc"] == pytest.approx(ours["roc_auc"], abs=1e-6)
     assert figures["Precision"] == pytest.approx(ours["precision"], abs=1e-6)
@@ -299,8 +301,11 @@ def test_each_check_adds_its_tagged_snapshot_to_the_evidently_history(tmp_path: 
         return {m["config"]["column"]: m["value"] for m in Snapshot.load_model(run).dict()[
             "metrics"] if m["config"]["type"] == history.THRESHOLD}
 
-    assert [lines(run) for run in runs] == [
-        {"drift_share": 0.3, "floor_roc_auc": 0.7, "floor_precision": 0.3}] * 3
+    recorded = {"drift_share": 0.3, "floor_roc_auc": 0.7, "floor_precision": 0.3}
+    # With outcomes, the champion's margin to each floor too: the zero of a bar is the floor.
+    margins = {"headroom_roc_auc": pytest.approx(ours["roc_auc"] - 0.7, abs=1e-9),
+               "headroom_precision": pytest.approx(ours["precision"] - 0.3, abs=1e-9)}
+    assert [lines(run) for run in runs] == [{**recorded, **margins}, recorded, recorded]
     assert values(runs[1])["RowCount"] == 10 and values(runs[2])["RowCount"] == 0
     tests = Snapshot.load_model(runs[0]).dict()["tests"]
     floors = sorted(t["name"] for t in tests if "Greater or Equal" in t["name"])
@@ -313,17 +318,22 @@ def test_each_check_adds_its_tagged_snapshot_to_the_evidently_history(tmp_path: 
         "Share of drifted features", "Rows per window",
         "Drift score: numeric features (1 of 2)", "Drift score: numeric features (2 of 2)",
         "Drift score: categorical features", "Prediction and target drift",
-        "Champion's real performance on labelled batches"]
+        "Champion's real performance on labelled batches", "Margin to the gate's floors"]
     # No two lines of a panel share a colour: the UI's palette has six.
     assert all(len(lines) <= history.PALETTE_COLOURS for lines in panels.values())
     features = [v.metric_labels["column"] for title, lines in panels.items()
                 if title.startswith("Drift score") for v in lines]
     assert sorted(features) == sorted(params.schema.feature_names)
-    # The retrain share and the floors are lines, and the check holds each one's value.
+    # The retrain share is a line; the floors are the zero of bars (not lines among the
+    # metrics' lines); the check holds each one's value.
     drawn = {v.legend: v.metric_labels["column"] for lines in panels.values() for v in lines
              if v.metric == history.THRESHOLD}
-    assert drawn == {"retrain at 0.3": "drift_share", "roc_auc floor": "floor_roc_auc",
-                     "precision floor": "floor_precision"}
+    assert drawn == {"retrain at 0.3": "drift_share",
+                     "roc_auc over its floor": "headroom_roc_auc",
+                     "precision over its floor": "headroom_precision"}
+    kinds = {p.title: p.plot_params["plot_type"] for p in project.dashboard.model().panels}
+    assert kinds["Margin to the gate's floors"] == "bar"
+    assert kinds["Champion's real performance on labelled batches"] == "line"
     assert set(drawn.values()) <= set(lines(runs[0]))
 
     # A dashboard made by an earlier version (other panels) gets today's when opened.
