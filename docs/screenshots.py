@@ -156,6 +156,9 @@ def main() -> None:
             Shot("mlflow-runs.png", runs, "registered_version", 1700, 360, CLOSE_PANELS),
             Shot("mlflow-model.png", model, "Champion changes", 1300, 760, CLOSE_PANELS),
             Shot("dashboard.png", dashboard, "Share of drifted features", 1300, 1400),
+            # The champion's performance and its margin to the gate's floors, further down.
+            Shot("dashboard-performance.png", dashboard, "Margin to the gate's floors", 1300,
+                 620, "window.scrollTo(0, document.body.scrollHeight)"),
             Shot("docs.png", "http://127.0.0.1:8000/docs", "/predict", 1100, 720),
         ]
         for shot in shots:

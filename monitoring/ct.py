@@ -82,9 +82,28 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
+# DVC's advice, repeated after every stage or every repro: a cycle (and the demo's run of
+# cycles) says each once. Under core.autostage the lock file is staged, and a cycle pushes
+# the data itself when a remote is configured.
+DVC_HINTS = ("Updating lock file", "Use `dvc push`")
+_said_hints: set[str] = set()
+
+
 def run_dvc(root: Path, *args: str) -> int:
-    """DVC with its output shown; the exit code. Tests may hand run_cycle another runner."""
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=_env()).returncode
+    """DVC with its output shown (each of its hints once per process); the exit code. Tests
+    may hand run_cycle another runner."""
+    process = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=root, env=_env(),
+                               stdout=subprocess.PIPE, text=True, bufsize=1)
+    assert process.stdout is not None
+    for line in process.stdout:
+        hint = next((h for h in DVC_HINTS if line.startswith(h)), None)
+        if hint in _said_hints:
+            continue
+        if hint:
+            _said_hints.add(hint)
+        sys.stdout.write(line)
+        sys.stdout.flush()
+    return process.wait()
 
 
 DvcRunner = Callable[..., int]

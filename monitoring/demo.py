@@ -6,7 +6,9 @@ outcomes, checks drift and retrains when told to. It stops after the first retra
 `--max-cycles`) and shows the running service answering with the new champion.
 
 Each cycle moves the source clock and, on a retrain, the window in params.yaml, as CT does;
-`git diff params.yaml dvc.lock` shows it and `git checkout params.yaml dvc.lock` undoes it.
+`git diff HEAD params.yaml dvc.lock` shows it, and `git checkout HEAD -- params.yaml dvc.lock
+reports` then `dvc checkout` undoes it (the README's advice, which works under
+core.autostage).
 """
 
 from __future__ import annotations

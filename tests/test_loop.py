@@ -151,6 +151,8 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
                           "--summary-to", str(step_summary))
         assert summary["status"] == "ok", out
         assert summary["drift"]["detected"] is True, summary["drift"]
+        # validate, then the whole pipeline: DVC's hints are said once, not per stage.
+        assert out.count("Updating lock file") == 1 and out.count("Use `dvc push`") <= 1, out
         assert {"annual_income", "credit_score", "debt_to_income"} <= set(
             summary["drift"]["drifted"])
         assert "performance" in summary["decision"]["triggers"]  # v1's served answers, scored
