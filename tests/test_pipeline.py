@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -398,3 +399,29 @@ def test_dvc_plots_draw_offline_for_one_revision_and_a_diff_of_two(trained_proje
     p.dvc("plots", "diff", "HEAD~1", "HEAD", "-o", "diffed")
     diffed = page("diffed")
     assert '"rev": "HEAD~1"' in diffed and '"rev": "HEAD"' in diffed
+
+
+def test_every_command_the_readme_suggests_runs(trained_project: Project,
+                                                tmp_path: Path) -> None:
+    """The README's bash blocks, run as printed (in a copy of a trained project): each DVC
+    command succeeds; each make target exists and names its command (`make -n`: the servers
+    they start are run by their own tests)."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    commands = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    commands = [c for c in commands if c]
+    assert {"make demo", "make test"} <= set(commands)
+    project = Project(tmp_path / "copy")
+    shutil.copytree(trained_project.root, project.root, symlinks=True)
+    uv_dvc = ".tools/bin/uv run dvc "
+    dvc = [c.removeprefix(uv_dvc).split() for c in commands if c.startswith(uv_dvc)]
+    assert len(dvc) >= 7, commands
+    for args in dvc:
+        project.dvc(*args)  # fails the test with DVC's output
+    assert (project.root / "dvc_plots/index.html").is_file()  # what `dvc plots show` says
+    for command in (c for c in commands if c.startswith("make ")):
+        dry = subprocess.run(["make", "-n", *command.split()[1:]], cwd=REPO,
+                             capture_output=True, text=True, env=ENV)
+        assert dry.returncode == 0 and dry.stdout.strip(), (command, dry.stderr)
