@@ -75,8 +75,7 @@ SHOWN_RUN := $(if $(TASK),cd $(PROJECT) && ../../$(UV) run,$(UV) run)
 
 demo: setup
 	$(if $(TASK),$(RUN) python -m mlpipeline.preset $(TASK) $(PROJECT))
-	$(IN_PROJECT) dvc repro
-	$(IN_PROJECT) python -m monitoring.demo
+	$(IN_PROJECT) python -m monitoring.demo --repro
 	@echo
 	@echo "Done. Where to look$(if $(TASK), (files under $(PROJECT)/; every make target takes$(T))):"
 	@echo "  metrics:    $(SHOWN_RUN) dvc metrics show     (reports/metrics.json)"

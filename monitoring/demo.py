@@ -70,8 +70,13 @@ def wait_for_version(url: str, version: str, timeout: float) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m monitoring.demo")
     parser.add_argument("--max-cycles", type=int, default=3)
+    parser.add_argument("--repro", action="store_true",
+                        help="run `dvc repro` first (make demo does), in this process so that "
+                             "DVC's hints are said once for the whole demo")
     args = parser.parse_args(argv)
     root = find_root()
+    if args.repro and ct.run_dvc(root, "repro") != 0:
+        raise SystemExit("demo: `dvc repro` failed (its output above names the stage)")
     params = load_params(root)
     port = free_port()
     url = f"http://127.0.0.1:{port}"

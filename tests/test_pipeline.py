@@ -345,6 +345,17 @@ def test_manual_mode_holds_a_passing_challenger_until_a_person_approves_it(
     assert f"v{older} superseded, champion stays v{waiting}  superseded" in listed
     late = p.run(sys.executable, "-m", "mlpipeline.registry", "approve", older, check=False)
     assert late.returncode != 0 and "is not awaiting approval (superseded)" in late.stderr
+
+    # A retrain the gate rejects leaves the pending decision as it was.
+    def unreachable(params: dict[str, Any]) -> None:
+        params["gate"]["min_metrics"]["roc_auc"] = 0.99
+        params["train"]["hyperparams"]["random_forest"]["n_estimators"] = 100
+
+    p.set_params(unreachable)
+    out = p.dvc("repro").stdout
+    assert f"challenger stays v{newer}, still awaiting a decision" in out
+    assert str(registry.version_by_alias(CHALLENGER).version) == newer
+    assert registry.client.get_model_version(registry.name, newer).tags["approval"] == "awaiting"
     unknown = p.run(sys.executable, "-m", "mlpipeline.registry", "card", "99", check=False)
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
     assert "(`make models` lists the versions)" in unknown.stderr

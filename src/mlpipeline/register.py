@@ -1,7 +1,9 @@
 """Stage `register`: register the new model, gate it against the floors and the champion, and
 promote it when it passes.
 
-Every trained model becomes a new version with alias `challenger`. The champion is scored
+Every trained model becomes a new version with alias `challenger` (while an earlier
+challenger awaits a person's decision, only once the gate passes the new one, which then
+supersedes it: one decision is pending at a time). The champion is scored
 again on the current test split, so the comparison is like for like. A rejected model is a
 normal outcome: the stage succeeds, the champion stays exactly as it was, and
 reports/gate.json says why.
@@ -92,8 +94,11 @@ def main() -> None:
 
     registry = Registry(params)
     champion = registry.version_by_alias(CHAMPION)
-    earlier_challenger = registry.version_by_alias(CHALLENGER)
-    version = registry.register(run)
+    earlier = registry.version_by_alias(CHALLENGER)
+    # A challenger still awaiting a decision keeps the alias unless this one passes the gate.
+    waiting_before = earlier if earlier is not None and (
+        earlier.tags.get("approval") == AWAITING) else None
+    version = registry.register(run, challenger=waiting_before is None)
 
     champion_metrics, champion_error, champion_model = None, "", None
     if champion is not None:
@@ -131,14 +136,11 @@ def main() -> None:
                   + f"make approve V={version} or make reject V={version}")
     registry.tag_version(version, {"gate": "passed" if verdict.promote else "rejected",
                                    "gate_reason": gate_reason})
-    waiting_before = (earlier_challenger if earlier_challenger is not None
-                      and earlier_challenger.tags.get("approval") == AWAITING else None)
     if awaiting:
         registry.hold(version, shadow=mode == "shadow", replaced=waiting_before)
     elif verdict.promote and waiting_before is not None:  # promoted past it: moot
+        registry.set_challenger(version)
         registry.supersede(str(waiting_before.version), by=version)
-    elif waiting_before is not None:  # a failed retrain leaves the pending decision as it was
-        registry.set_challenger(str(waiting_before.version))
     if verdict.promote and not awaiting:
         registry.set_champion(version, "gate pass", note=verdict.reason)
     now = registry.version_by_alias(CHAMPION)

@@ -151,8 +151,10 @@ class Registry:
         except tracking.mlflow.exceptions.MlflowException:
             return None  # no such alias yet, or no such model yet
 
-    def register(self, run: dict[str, str]) -> str:
-        """A new version from a logged model, tagged with its lineage, alias `challenger`."""
+    def register(self, run: dict[str, str], *, challenger: bool = True) -> str:
+        """A new version from a logged model, tagged with its lineage, alias `challenger`
+        (unless `challenger` is False: a waiting challenger keeps it until the gate passes
+        the new one)."""
         try:
             self.client.get_registered_model(self.name)
         except tracking.mlflow.exceptions.MlflowException:
@@ -168,7 +170,8 @@ class Registry:
             version = tracking.mlflow.register_model(
                 run["model_uri"], self.name,
                 tags={key: run[key] for key in LINEAGE_TAGS if key in run})
-        self.client.set_registered_model_alias(self.name, CHALLENGER, version.version)
+        if challenger:
+            self.set_challenger(str(version.version))
         return str(version.version)
 
     def set_challenger(self, version: str) -> None:
@@ -308,6 +311,7 @@ class Registry:
         challenger before it, if it was still waiting, is superseded: one decision pending."""
         self.tag_version(version, {"approval": AWAITING,
                                    **({SHADOW_TAG: "true"} if shadow else {})})
+        self.set_challenger(version)
         if replaced is not None and replaced.tags.get("approval") == AWAITING:
             self.supersede(str(replaced.version), by=version)
 
