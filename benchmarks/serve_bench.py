@@ -5,6 +5,9 @@ Both servers get the same requests on the same path: POST /invocations with MLfl
 requests/s, p50 and p99 latency; the in-process one-record `predict_proba` time as the
 floor; and batch throughput (records/s) for 1,000-record requests against in-process
 predict on the same rows. Prints a table with the ratios and issue 15's targets. Then the
+floor (issue 35): the service beside benchmarks/floor_app.py (the same body parsed, the same
+ONNX twin called, nothing else) and a bare parse-and-return POST, interleaved over three
+rounds, with the service's share of each and issue 35's targets. Then the
 same service with a shadow (the champion registered again as the challenger awaiting
 approval, tagged `shadow: true`, in a copy of the embedded store, so the project's registry is
 untouched): its p99 at concurrency 16 beside the one without (target: at most 1.5x).
@@ -249,6 +252,8 @@ def main() -> None:
     else:
         print("\nwith a shadow: not measured (the store is not the embedded SQLite file)")
     shutil.rmtree(shadow_root, ignore_errors=True)
+    floor_targets = floor_comparison(load, single, args.seconds, env, params.root,
+                                     served.onnx_session is not None)
     print("\ntargets (issue 15):")
     for text, value, target, met in [
         ("c=16 p99 / mlflow's", ours["c16"]["p99"] / theirs["c16"]["p99"], "<= 0.10",
@@ -264,6 +269,79 @@ def main() -> None:
          ">= 1.6", workers["rps"] / ours["c16"]["rps"] >= 1.6),
     ]:
         print(f"  {text}: {value:.2f} (target {target}) {'met' if met else 'MISSED'}")
+    if floor_targets:
+        print("targets (issue 35, the median of the interleaved rounds; their range in [ ]):")
+        for line in floor_targets:
+            print(f"  {line}")
+
+
+FLOOR_ROUNDS = 3
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    """A figure over rounds: its median and [min-max]."""
+    return (f"{statistics.median(values):.{digits}f} "
+            f"[{min(values):.{digits}f}-{max(values):.{digits}f}]")
+
+
+def floor_comparison(load: Any, body: str, seconds: int, env: dict[str, str], root: Path,
+                     has_twin: bool) -> list[str]:
+    """The service against the floor app (benchmarks/floor_app.py) and a bare parse-and-
+    return POST, one worker each, concurrency 16, in FLOOR_ROUNDS interleaved rounds; prints
+    the table and returns the target lines (met or MISSED)."""
+    if not has_twin:
+        print("\nfloor app: not measured (the champion has no ONNX twin)")
+        return []
+    service_port, floor_port = free_port(), free_port()
+    service = subprocess.Popen([sys.executable, "-m", "serving", "--port", str(service_port)],
+                               cwd=root, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    floor = subprocess.Popen([sys.executable, str(Path(__file__).with_name("floor_app.py")),
+                              "--port", str(floor_port)], cwd=root, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    targets = {"this service": f"http://127.0.0.1:{service_port}/invocations",
+               "floor app (parse, ONNX, label)": f"http://127.0.0.1:{floor_port}/invocations",
+               "bare POST (parse, constant)": f"http://127.0.0.1:{floor_port}/parse"}
+    rounds: dict[str, list[dict[str, float]]] = {label: [] for label in targets}
+    try:
+        wait_http_ok(f"http://127.0.0.1:{service_port}/ready", service)
+        wait_http_ok(f"http://127.0.0.1:{floor_port}/ping", floor)
+        for url in targets.values():
+            load(url, body, 16, 2)  # warm-up
+        before = os.getloadavg()
+        for _ in range(FLOOR_ROUNDS):  # A/B/C, A/B/C, ...: drifts of the machine hit all
+            for label, url in targets.items():
+                rounds[label].append(load(url, body, 16, seconds))
+        after = os.getloadavg()
+    finally:
+        for process in (service, floor):
+            process.terminate()
+            process.wait(timeout=30)
+    ours, floor_runs, bare = rounds.values()
+    share = [o["rps"] / f["rps"] for o, f in zip(ours, floor_runs, strict=True)]
+    of_bare = [o["rps"] / b["rps"] for o, b in zip(ours, bare, strict=True)]
+    p99 = [o["p99"] / f["p99"] for o, f in zip(ours, floor_runs, strict=True)]
+    print(f"\nthe floor: one worker each, concurrency 16, {FLOOR_ROUNDS} interleaved rounds of "
+          f"{seconds} s (load average {before[0]:.2f} before, {after[0]:.2f} after); median "
+          "[range]")
+    print("| server | requests/s | p50 ms | p99 ms |")
+    print("|---|---|---|---|")
+    for label, runs in rounds.items():
+        print(f"| {label} | " + " | ".join(spread([r[k] for r in runs], 0 if k == "rps" else 2)
+                                            for k in ("rps", "p50", "p99")) + " |")
+    print(f"the service's share of the floor: {spread(share)}; of the bare POST: "
+          f"{spread(of_bare)}; its p99 / the floor's: {spread(p99)}")
+
+    def verdict(values: list[float], target: float, higher: bool) -> str:
+        value = statistics.median(values)
+        met = value >= target if higher else value <= target
+        gap = "" if met else f", short by {abs(value - target) / target:.0%}"
+        return f"{'met' if met else 'MISSED'}{gap}"
+
+    return [f"c=16 requests/s / the floor app's: {spread(share)} (target >= 0.80) "
+            f"{verdict(share, 0.80, True)}",
+            f"c=16 p99 / the floor app's: {spread(p99)} (target <= 1.50) "
+            f"{verdict(p99, 1.50, False)}"]
 
 
 def shadow_store(params: Any, folder: Path) -> str | None:
