@@ -1,0 +1,272 @@
+"""Scoring: POST /predict (one record or a batch, by the served version's contract) and
+POST /invocations (MLflow's scoring protocol). The hot path, top to bottom: read the body;
+small bodies for an ONNX model are scored on the event loop, larger ones on a worker
+thread; parse and check the records against the contract; score; turn scores into the
+task's answers; hand them to the prediction log (and the shadow); count them; answer.
+"""
+
+import itertools
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from mlpipeline.tasks import Answers, PredictMethodError
+from serving import scoring
+from serving.champion import LoadedModel
+from serving.schemas import PredictResponse, RequestContract, valid_id
+from serving.state import json_response
+
+router = APIRouter()
+
+# What /predict and /invocations both answer besides 200 (each adds its own 400 and 415).
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    408: {"description": "the body did not arrive within serving.read_timeout_seconds"},
+    413: {"description": "a body over serving.max_body_bytes"},
+    422: {"description": "a record breaks the schema (`detail` names the record index and "
+                         "the field: a number beyond a float or not finite, a value out of "
+                         "range...), or the batch is empty or over serving.max_records"},
+    503: {"description": "no champion model is loaded"},
+}
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One request's answers, as logged."""
+
+    model: str
+    version: str
+    answers: Answers
+    request_id: str
+
+
+def _validation_errors(found: Sequence[Any], limit: int) -> list[dict[str, Any]]:
+    """Pydantic's errors on a body, with the record index and field spelled out for the
+    caller (loc starts at "body", without the one-record-or-batch tag); the first `limit`."""
+    errors = []
+    for error in found[:limit]:
+        loc = ["body", *(p for p in error["loc"] if p not in ("single", "batch"))]
+        record = next((p for p in loc[1:] if isinstance(p, int)), None)
+        field = next((p for p in reversed(loc) if isinstance(p, str) and p != "body"), None)
+        message = error["msg"]
+        if error.get("input", ...) is None and error["type"] != "missing" and field:
+            message = f"null is not allowed for {field!r}: {message}"
+        errors.append({"loc": loc, "record": record, "field": field, "msg": message,
+                       "type": error["type"]})
+    return listed(errors, len(found), limit)
+
+
+def listed(errors: list[dict[str, Any]], total: int, limit: int) -> list[dict[str, Any]]:
+    """At most `limit` of a body's `total` problems, and one more entry counting the rest: a
+    body of 100,000 unknown keys would otherwise get an answer eight times its size."""
+    if total <= limit:
+        return errors
+    return [*errors[:limit], {"loc": ["body"], "record": None, "field": None,
+                              "type": "too_many_errors",
+                              "msg": f"{total - limit} more problem(s) not listed: an answer "
+                                     f"lists the first {limit} (serving.max_errors)"}]
+
+
+def batch_problem(count: int, max_records: int) -> Response | None:
+    # Too many records breaks the documented `maxItems`: a 422 like any schema
+    # violation (413 is for bodies over serving.max_body_bytes).
+    if count > max_records:
+        message, kind = (f"{count} records in one request; the limit is "
+                         f"{max_records} (serving.max_records)", "too_long")
+    elif not count:
+        message, kind = "the batch is empty", "too_short"
+    else:
+        return None
+    return json_response({"detail": [{"loc": ["body"], "record": None, "field": None,
+                              "msg": message, "type": kind}]}, 422)
+
+def served_model(request: Request) -> LoadedModel | Response:
+    """The champion this request is checked against and scored by, start to end (a swap
+    in between changes neither its contract nor its model)."""
+    model = request.app.state.champion.current
+    if model is None:
+        return json_response({"detail": "no model to serve: "
+                                f"{request.app.state.champion.not_ready_reason}"}, 503)
+    return model
+
+def scored_inline(request: Request, body: bytes) -> bool:
+    """A small body for an ONNX model is scored on the event loop: a few records cost
+    less (~0.1 ms) than the hop to a worker thread and back."""
+    model = request.app.state.champion.current
+    return (len(body) <= request.app.state.params.serving.inline_body_bytes
+            and model is not None and model.onnx_session is not None)
+
+def record(request: Request, model: LoadedModel, columns: dict[str, list[Any]],
+           scores: np.ndarray) -> Scored:
+    """Turn scores into the task's answers; log them and count them."""
+    answers = model.task.answers(scores)
+    request_id = next_request_id()
+    request.app.state.prediction_log.append(columns, answers.log, model.version, request_id,
+                                            types=model.requests.log_types)
+    request.app.state.shadow.submit(columns, request_id)  # when the registry has a shadow
+    model.task.count(request.app.state.metrics, answers.predictions, model.version)
+    return Scored(model.name, model.version, answers, request_id)
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses={**BODY_ERRORS, 400: {"description": "the body is not UTF-8 text (JSON "
+                                                 "nested past 200 levels: 422)"},
+               415: {"description": "the body is not application/json"}},
+    summary="Predict one record or a batch",
+    description="One record (a JSON object) or a batch (an array of records), as the "
+                "served version's contract describes them (see `Record`).",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/PredictBody"}}}}},
+)
+async def predict(request: Request) -> Response:
+    body = await request.body()
+    if scored_inline(request, body):
+        return predict_body(request, body)
+    return await run_in_threadpool(predict_body, request, body)
+
+def predict_body(request: Request, body: bytes) -> Response:
+    settings = request.app.state.params.serving
+    model = served_model(request)
+    if isinstance(model, Response):
+        return model
+    try:
+        parsed = model.requests.body.validate_json(body)
+    except ValidationError as error:
+        return body_errors(error, body, model.requests, settings.max_errors)
+    records: list[Any] = parsed if isinstance(parsed, list) else [parsed]
+    problem = batch_problem(len(records), settings.max_records)
+    if problem:
+        return problem
+    columns = model.requests.columns(records)
+    scored = record(request, model, columns, model.scores(columns))
+    return json_response({
+        "model": {"name": scored.model, "version": scored.version},
+        "request_id": scored.request_id,
+        "predictions": scored.answers.records(),
+    })
+
+@router.post(
+    "/invocations",
+    summary="MLflow's scoring protocol (as `mlflow models serve`)",
+    description="JSON with one of `dataframe_split`, `dataframe_records`, `instances`, "
+                "`inputs` (and optional `params`, e.g. `{\"predict_method\": "
+                "\"predict_proba\"}`), or `text/csv` with a header row. Answers "
+                "`{\"predictions\": [...]}`; the model version and request id are in "
+                "the `X-Model-Version` and `X-Request-Id` headers.",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ScoringPayload"}}}}},
+    responses={**BODY_ERRORS,
+               400: {"description": "not a scoring-protocol payload: not UTF-8, nested "
+                                    "past about 1,000 levels, or a parameter other than "
+                                    "predict_method"},
+               415: {"description": "neither application/json nor text/csv"}},
+)
+async def invocations(request: Request) -> Response:
+    body = await request.body()
+    content_type = request.headers.get("content-type", "application/json")
+    content_type = content_type.split(";")[0].strip().lower()
+    if scored_inline(request, body):
+        return invoke(request, body, content_type)
+    return await run_in_threadpool(invoke, request, body, content_type)
+
+def invoke(request: Request, body: bytes, content_type: str) -> Response:
+    settings = request.app.state.params.serving
+    try:
+        raw, extra = scoring.parse_payload(body, content_type)
+        method = scoring.predict_method(extra)
+    except scoring.PayloadError as error:
+        return json_response({"error_code": "BAD_REQUEST", "message": str(error)}, 400)
+    count = len(raw) if isinstance(raw, list) else len(next(iter(raw.values()), []))
+    problem = batch_problem(count, settings.max_records)
+    if problem:
+        return problem
+    model = served_model(request)
+    if isinstance(model, Response):
+        return model
+    if isinstance(raw, dict):  # columns (dataframe_split): checked a column at a time
+        columns, detail = raw, scoring.column_errors(raw, model.schema)
+        detail = listed(detail, len(detail), settings.max_errors)
+        for name in model.schema.logged_columns:  # as text, as the log keeps them
+            if name in columns and not detail:
+                columns[name] = [valid_id(value) for value in columns[name]]
+    else:
+        try:
+            columns = model.requests.columns(model.requests.records.validate_python(raw))
+            detail = []
+        except ValidationError as error:
+            detail = _validation_errors(error.errors(), settings.max_errors)
+    if detail:
+        return json_response({"error_code": "BAD_REQUEST", "message": detail[0]["msg"],
+                      "detail": detail}, 422)
+    scores = model.scores(columns)
+    if method == "predict_proba":  # one row per record, a column per class (model order)
+        try:
+            predictions: list[Any] = model.task.proba_rows(scores, model.model)
+        except PredictMethodError as error:
+            return json_response({"error_code": "BAD_REQUEST", "message": str(error)}, 400)
+    scored = record(request, model, columns, scores)
+    if method == "predict":
+        predictions = scored.answers.predictions
+    return Response(json.dumps({"predictions": predictions}), media_type="application/json",
+                    headers={"X-Model-Version": scored.version,
+                             "X-Request-Id": scored.request_id})
+
+
+def body_errors(error: ValidationError, body: bytes, requests: RequestContract,
+                max_errors: int) -> Response:
+    """/predict's answer to a body its contract refuses: 400 if it is not UTF-8 text, else 422
+    naming the record and field (or, for broken JSON, the character position)."""
+    found = error.errors()
+    if found and found[0]["type"] == "json_invalid" and "recursion limit" in found[0]["msg"]:
+        # pydantic's parser stops at about 200 levels (a record needs 2); the standard
+        # parser below would recurse until the interpreter's own limit: a 500.
+        return json_response({"detail": [{"loc": ["body"], "record": None, "field": None,
+                                  "type": "json_invalid",
+                                  "msg": "the body nests JSON arrays and objects too deeply: "
+                                         "a record needs 2 levels, the parser stops at "
+                                         f"{PREDICT_MAX_DEPTH}"}]}, 422)
+    if found and found[0]["type"] == "json_invalid":
+        try:
+            parsed = json.loads(body)  # the standard parser names the position as a character
+        except UnicodeDecodeError:
+            return json_response({"detail": "the body could not be read as JSON: it must be UTF-8 "
+                                    "text"}, 400)
+        except json.JSONDecodeError as decode_error:
+            position, reason = decode_error.pos, decode_error.msg
+            return json_response({"detail": [{"loc": ["body"], "record": None, "field": None,
+                                      "position": position, "type": "json_invalid",
+                                      "msg": f"the body is not valid JSON: {reason} at "
+                                             f"character {position}"}]}, 422)
+        except ValueError:  # the only other: an integer past Python's 4,300 digits
+            return json_response({"detail": [{"loc": ["body"], "record": None, "field": None,
+                                      "type": "json_invalid", "msg": scoring.TOO_LONG}]}, 422)
+        # JSON the standard parser reads and pydantic's does not: a lone surrogate ("\ud800"),
+        # which no UTF-8 writer (the log, Parquet) takes. Checked as parsed, the record model
+        # names the field that carries it.
+        try:
+            requests.body.validate_python(parsed)
+        except ValidationError as named:
+            found = named.errors()
+    return json_response({"detail": _validation_errors(found, max_errors)}, 422)
+
+
+# pydantic's JSON parser (jiter) refuses deeper bodies: /predict's documented nesting limit.
+PREDICT_MAX_DEPTH = 200
+
+
+# Request ids: this process's random prefix and a counter, 32 hex digits like a UUID's but
+# without a system call per request (uuid4 reads os.urandom each time).
+_REQUEST_ID_PREFIX = secrets.token_hex(10)
+_request_numbers = itertools.count()
+
+
+def next_request_id() -> str:
+    return f"{_REQUEST_ID_PREFIX}{next(_request_numbers):012x}"
