@@ -167,6 +167,9 @@ class MetricsAndLimits:
         self.max_body_bytes = max_body_bytes
         self.read_timeout_seconds = read_timeout_seconds
         self.content_types = content_types or {}
+        # The labelled children, looked up once per (endpoint, method, status): `labels()`
+        # takes a lock and builds its key on every call.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -185,8 +188,7 @@ class MetricsAndLimits:
             await send(message)
 
         try:
-            headers = dict(scope["headers"])
-            problem = self._header_problem(path, method, headers)
+            problem = self._header_problem(path, method, scope["headers"])
             if problem:
                 await _answer(send_counting, *problem)
                 return
@@ -202,16 +204,30 @@ class MetricsAndLimits:
         except _ClientGone:
             status = 499  # nginx's "client closed request": nobody to answer
         finally:
-            self.metrics.requests.labels(endpoint, method, str(status)).inc()
-            self.metrics.latency.labels(endpoint, method).observe(time.perf_counter() - started)
+            self._count(endpoint, method, status, time.perf_counter() - started)
 
-    def _header_problem(self, path: str, method: str, headers: dict[bytes, bytes]
+    def _count(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        key = (endpoint, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.metrics.requests.labels(endpoint, method, str(status)),
+                self.metrics.latency.labels(endpoint, method))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _header_problem(self, path: str, method: str, headers: list[tuple[bytes, bytes]]
                         ) -> tuple[int, str] | None:
-        length = headers.get(b"content-length")
+        length = given_type = None
+        for name, value in headers:  # the two it needs, without a dict of all of them
+            if name == b"content-length":
+                length = value
+            elif name == b"content-type":
+                given_type = value
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return 413, self._too_large(int(length))
         accepted = self.content_types.get(path)
-        given = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip()
+        given = (given_type or b"").decode("latin-1").split(";")[0].strip()
         if accepted and method == "POST" and given and given.lower() not in accepted:
             return 415, (f"Content-Type {given!r} is not accepted on {path}: send "
                          + " or ".join(accepted))

@@ -10,6 +10,7 @@ nullable only where the schema allows nulls; unknown fields are refused.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, cast
 
@@ -86,7 +87,10 @@ def storable_text(value: str) -> bool:
 def _logged_field(name: str, schema: Schema) -> tuple[Any, Any]:
     """The id or the time column: optional, any short text or an integer, logged as text."""
     kind = Annotated[Any, PlainValidator(valid_id), WithJsonSchema({"anyOf": [
-        {"type": "string", "minLength": 1, "maxLength": ID_MAX_LENGTH}, {"type": "integer"},
+        {"type": "string", "minLength": 1, "maxLength": ID_MAX_LENGTH},
+        # at most ID_MAX_LENGTH characters as text, the sign included
+        {"type": "integer", "minimum": -(10 ** (ID_MAX_LENGTH - 1) - 1),
+         "maximum": 10 ** ID_MAX_LENGTH - 1},
         {"type": "null"}]})]
     if name == schema.id_column:
         return kind, Field(None, description=f"optional: the record's {name}, logged with "
@@ -136,6 +140,8 @@ class RequestContract:
 
     task: Task
     log_types: dict[str, Any]  # the Arrow type of each feature, the id and the time, logged
+    # columns -> True when they meet the contract (serving.scoring.column_checker)
+    columns_valid: Callable[[dict[str, list[Any]]], bool]
 
     @property
     def schema(self) -> Schema:
@@ -160,10 +166,12 @@ def request_contract(contract: ModelContract, max_records: int) -> RequestContra
 def _request_contract(contract_json: str, max_records: int) -> RequestContract:
     contract = ModelContract.model_validate_json(contract_json)
     record = record_model(contract.schema)
+    from serving.scoring import column_checker  # it imports this module
+
     return RequestContract(contract, record, TypeAdapter(request_body(record, max_records)),
                            TypeAdapter(list[record]),  # type: ignore[valid-type]
                            task_for(contract.schema, contract.threshold),
-                           log_types(contract.schema))
+                           log_types(contract.schema), column_checker(contract.schema))
 
 
 class ModelRef(BaseModel):

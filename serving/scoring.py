@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import orjson
 from pydantic_core import PydanticCustomError
 
 from mlpipeline.schema import FeatureSpec, Schema
-from serving.schemas import ID_MESSAGE, valid_id
+from serving.schemas import ID_MAX_LENGTH, ID_MESSAGE, valid_id
 
 PAYLOAD_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 CONTENT_TYPES = ("application/json", "text/csv")
@@ -167,6 +168,60 @@ def column_errors(columns: dict[str, list[Any]], schema: Schema) -> list[dict[st
         else:
             errors += _category_errors(columns[spec.name], spec)
     return errors
+
+
+LARGEST_FLOAT = 1.7976931348623157e308
+SMALL_ID = 10**100  # integers below this are ids whatever their sign (the limit: 128 digits)
+
+
+def column_checker(schema: Schema) -> Callable[[dict[str, list[Any]]], bool]:
+    """A yes/no check of a batch given as columns, compiled once per contract: True only when
+    `column_errors` would find nothing. The common case, a valid batch, costs one pass over
+    the values; anything else (False) goes to `column_errors`, which names each problem."""
+    known = frozenset([*schema.feature_names, *schema.logged_columns])
+    features = frozenset(schema.feature_names)
+    numeric = [(s.name, s.max_null_share > 0,
+                -LARGEST_FLOAT if s.min is None else s.min,
+                LARGEST_FLOAT if s.max is None else s.max)
+               for s in schema.features if s.type == "numeric"]
+    boolean = [(s.name, s.max_null_share > 0) for s in schema.features if s.type == "boolean"]
+    categorical = [(s.name, frozenset([*(s.categories or []),
+                                       *([None] if s.max_null_share > 0 else [])]))
+                   for s in schema.features if s.type == "categorical"]
+    logged = schema.logged_columns
+
+    def valid(columns: dict[str, list[Any]]) -> bool:
+        if not features <= columns.keys() or not known >= columns.keys():
+            return False
+        for name, nullable, low, high in numeric:
+            for value in columns[name]:
+                kind = type(value)
+                # Bounds within the largest float: inf, NaN and integers no float holds fail.
+                if not ((kind is float or kind is int) and low <= value <= high
+                        and -LARGEST_FLOAT <= value <= LARGEST_FLOAT) and not (
+                        value is None and nullable):
+                    return False
+        for name, nullable in boolean:
+            for value in columns[name]:
+                if type(value) is not bool and not (value is None and nullable):
+                    return False
+        try:
+            for name, allowed in categorical:
+                for value in columns[name]:
+                    if (type(value) is not str and value is not None) or value not in allowed:
+                        return False
+        except TypeError:  # an unhashable value (a list): not a category
+            return False
+        for name in logged:  # the id and the time: short ASCII text, a small integer, null
+            for value in columns.get(name, ()):
+                kind = type(value)
+                if not (value is None
+                        or (kind is str and 0 < len(value) <= ID_MAX_LENGTH and value.isascii())
+                        or (kind is int and -SMALL_ID < value < SMALL_ID)):
+                    return False  # perhaps still valid: column_errors decides
+        return True
+
+    return valid
 
 
 def _numeric_errors(values: list[Any], spec: FeatureSpec) -> list[dict[str, Any]]:

@@ -112,8 +112,26 @@ def test_the_column_path_and_the_record_path_give_the_same_verdicts(
         records: list[dict[str, Any]]) -> None:
     """Whatever the values, a batch sent as columns (dataframe_split, inputs as a dict) gets
     exactly the errors (record, field, type) the record model gives the same batch as
-    records: the same 422 either way, never an exception."""
-    assert column_errors(records) == record_errors(records)
+    records: the same 422 either way, never an exception. The service's compiled yes/no
+    check (its fast path) says yes exactly when there is no error."""
+    expected = record_errors(records)
+    assert column_errors(records) == expected
+    columns = {name: [r[name] for r in records] for name in records[0]}
+    assert CHECK(columns) == (not expected)
+
+
+CHECK = scoring.column_checker(SCHEMA)
+IDS = st.one_of(st.none(), st.integers(), st.integers(min_value=10**127),
+                st.text(max_size=130), st.floats(), st.booleans())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ids=st.lists(IDS, min_size=1, max_size=3))
+def test_the_fast_check_never_passes_an_id_the_full_check_refuses(ids: list[Any]) -> None:
+    columns = {name: [RECORD[name]] * len(ids) for name in RECORD}
+    columns[SCHEMA.id_column] = ids
+    if CHECK(columns):
+        assert scoring.column_errors(columns, SCHEMA) == []
 
 
 def test_the_live_gauges_of_a_worker_that_died_are_forgotten(tmp_path) -> None:

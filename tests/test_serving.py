@@ -386,8 +386,18 @@ def test_a_record_may_carry_its_id_which_is_logged_and_never_scored(
         record = c.get("/openapi.json").json()["components"]["schemas"]["Record"]
         assert "application_id" in record["properties"]
         assert "application_id" not in record["required"]
+        # The document bounds an integer id as the service does (128 characters as text):
+        # a fuzzer once sent 1.797e308, an integer by JSON Schema, that the service refused.
+        integer = next(kind for kind in record["properties"]["application_id"]["anyOf"]
+                       if kind.get("type") == "integer")
+        for edge in (integer["minimum"], integer["maximum"]):
+            assert c.post("/predict", json={**RECORD, "application_id": edge}
+                          ).status_code == 200, edge
+        assert c.post("/predict", json={**RECORD, "application_id": integer["maximum"] + 1}
+                      ).status_code == 422
     log = read_log(Path(params.serving.prediction_log_dir))
-    assert log["application_id"].tolist() == ["20260105-00001", "77", "5", None, "a-2", None]
+    assert log["application_id"].tolist()[:6] == ["20260105-00001", "77", "5", None, "a-2",
+                                                  None]
 
 
 def test_admin_reload_needs_a_configured_token(client: TestClient,

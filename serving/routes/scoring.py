@@ -192,7 +192,9 @@ def invoke(request: Request, body: bytes, content_type: str) -> Response:
     if isinstance(model, Response):
         return model
     if isinstance(raw, dict):  # columns (dataframe_split): checked a column at a time
-        columns, detail = raw, scoring.column_errors(raw, model.schema)
+        columns = raw
+        detail = ([] if model.requests.columns_valid(raw)
+                  else scoring.column_errors(raw, model.schema))
         detail = listed(detail, len(detail), settings.max_errors)
         for name in model.schema.logged_columns:  # as text, as the log keeps them
             if name in columns and not detail:
