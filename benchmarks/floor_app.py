@@ -1,8 +1,9 @@
 """The floor of the prediction path (issue 35): what a request costs with nothing but the
 parse and the model, under the same uvicorn settings as the service.
 
-`POST /invocations` parses the same `dataframe_split` body, builds the same ONNX input
-(`onnx_feed`), runs the champion's own ONNX twin and returns the labels; `POST /parse` parses
+`POST /invocations` parses the same `dataframe_split` body, scores it with the champion's
+own scorer (the same ONNX input, `onnx_feed`, and the same ONNX twin) and returns the
+labels; `POST /parse` parses
 the body and returns a constant (the HTTP stack and JSON alone). No validation, no log, no
 metrics: `make bench` runs it beside the service, interleaved, and prints the service's
 share of it.
@@ -19,7 +20,6 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from mlpipeline.config import Params, load_params
-from mlpipeline.onnx_export import onnx_feed
 from serving.connections import uvicorn_options
 
 
@@ -32,7 +32,7 @@ def create_floor_app(params: Params) -> FastAPI:
     model = champion.current
     if model.onnx_session is None:
         raise SystemExit("the champion has no ONNX twin: the floor app runs the twin only")
-    session, schema, task = model.onnx_session, model.schema, model.task
+    task = model.task
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.post("/invocations")
@@ -40,7 +40,7 @@ def create_floor_app(params: Params) -> FastAPI:
         split = orjson.loads(await request.body())["dataframe_split"]
         columns = dict(zip(split["columns"], map(list, zip(*split["data"], strict=True)),
                            strict=True))
-        scores = task.onnx_scores(session.run(None, onnx_feed(columns, schema)), model.model)
+        scores = model.scores(columns)  # the service's own scorer: onnx_feed, the twin
         return Response(orjson.dumps({"predictions": task.predictions(scores).tolist()}),
                         media_type="application/json")
 

@@ -50,6 +50,7 @@ class ServiceMetrics:
             registry=r)
         self.predictions = Counter("predictions_total", "Predicted records by class",
                                    ["label", "model_version"], registry=r)
+        self._label_counters: dict[tuple[object, str], Any] = {}
         # Regression: a histogram of the predicted values, its buckets from the served
         # version's contract (the training target's deciles); made when one is served.
         self.predicted_values: Histogram | None = None
@@ -124,7 +125,12 @@ class ServiceMetrics:
 
     def count_labels(self, labels: list[object], version: str) -> None:
         for label in set(labels):
-            self.predictions.labels(str(label), version).inc(labels.count(label))
+            key = (label, version)
+            counter = self._label_counters.get(key)
+            if counter is None:  # `labels()` takes a lock and builds its key on every call
+                counter = self._label_counters[key] = self.predictions.labels(str(label),
+                                                                              version)
+            counter.inc(labels.count(label))
 
     def observe_values(self, values: list[float], version: str) -> None:
         if self.predicted_values is None:  # a version logged without buckets

@@ -10,6 +10,7 @@ target's spread. Otherwise no twin is shipped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,12 +46,22 @@ def onnx_feed(columns: dict[str, Any], schema: Schema) -> dict[str, np.ndarray]:
     """Feed for the ONNX graph: one (n, 1) tensor per feature; missing numbers (None) are
     NaN, missing categories the empty string (unknown to the encoder: all zeros, as in
     sklearn)."""
-    feed = {}
-    for name in schema.numeric:
-        feed[name] = np.array(columns[name], dtype=np.float32)[:, None]  # None: NaN
-    for name in schema.categorical:
-        feed[name] = np.array(["" if v is None else str(v) for v in columns[name]],
-                              dtype=object)[:, None]
+    return onnx_feeder(schema)(columns)
+
+
+def onnx_feeder(schema: Schema) -> Callable[[dict[str, Any]], dict[str, np.ndarray]]:
+    """`onnx_feed` for one schema, its column lists taken once (the service's request path)."""
+    numeric, categorical = schema.numeric, schema.categorical
+
+    def feed(columns: dict[str, Any]) -> dict[str, np.ndarray]:
+        tensors = {}
+        for name in numeric:
+            tensors[name] = np.array(columns[name], dtype=np.float32)[:, None]  # None: NaN
+        for name in categorical:
+            tensors[name] = np.array(["" if v is None else str(v) for v in columns[name]],
+                                     dtype=object)[:, None]
+        return tensors
+
     return feed
 
 

@@ -86,8 +86,7 @@ class Binary(Classification):
         return {"train_positive_rate": round(float(self.positives(target).mean()), 6)}
 
     def predictions(self, scores: np.ndarray) -> np.ndarray:
-        return np.asarray(self.classes)[(scores[:, 1] >= self.threshold)
-                                                      .astype(int)]
+        return self.class_array[(scores[:, 1] >= self.threshold).astype(int)]
 
     # --- evaluation reports ---------------------------------------------------------------
 
@@ -133,7 +132,7 @@ class Binary(Classification):
 
     def answers(self, scores: np.ndarray) -> Answers:
         labels = self.predictions(scores).tolist()
-        probabilities = np.round(scores[:, 1].astype(np.float64), 6).tolist()
+        probabilities = scores[:, 1].astype(np.float64).round(6).tolist()
         return Answers({"prediction": labels, "probability": probabilities},
                        lambda: [{"label": label, "probability": p}
                                 for label, p in zip(labels, probabilities, strict=True)])

@@ -3,7 +3,9 @@ scores (the schema's class order), the likeliest class as the decision, and the 
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,8 +57,16 @@ class Classification(Task):
     def onnx_scores(self, outputs: list[np.ndarray], model: Any) -> np.ndarray:
         return outputs[1][:, self.column_order(model)]  # outputs: labels, probabilities
 
+    def onnx_scorer(self, model: Any) -> Callable[[list[np.ndarray]], np.ndarray]:
+        order = self.column_order(model)
+        return lambda outputs: outputs[1][:, order]
+
     def predictions(self, scores: np.ndarray) -> np.ndarray:
-        return np.asarray(self.classes)[scores.argmax(axis=1)]
+        return self.class_array[scores.argmax(axis=1)]
+
+    @functools.cached_property
+    def class_array(self) -> np.ndarray:
+        return np.asarray(self.classes)
 
     def onnx_parity(self, twin: np.ndarray, reference: np.ndarray, actual: pd.Series
                     ) -> tuple[dict[str, Any], str | None]:
