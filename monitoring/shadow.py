@@ -136,13 +136,10 @@ def describe(report: dict[str, Any]) -> str:
 
 def current_shadow(registry: Any) -> Any | None:
     """The registry's shadow: the waiting challenger tagged `shadow: true` (None: none)."""
-    from mlpipeline.registry import AWAITING, CHALLENGER, SHADOW_TAG
+    from mlpipeline.registry import CHALLENGER, in_shadow
 
     waiting = registry.version_by_alias(CHALLENGER)
-    if (waiting is None or waiting.tags.get("approval") != AWAITING
-            or waiting.tags.get(SHADOW_TAG) != "true"):
-        return None
-    return waiting
+    return waiting if in_shadow(waiting) else None
 
 
 def outcomes_after(params: Params, after: dt.date | None) -> pd.DataFrame | None:

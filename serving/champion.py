@@ -138,7 +138,7 @@ class Champion:
         """The shadow: the `challenger` while it awaits a decision (tag approval: awaiting),
         is tagged `shadow: true` and is not the champion; none otherwise. A failure keeps
         what was there."""
-        from mlpipeline.registry import AWAITING, CHALLENGER, SHADOW_TAG
+        from mlpipeline.registry import CHALLENGER, in_shadow
 
         try:
             try:
@@ -148,9 +148,7 @@ class Champion:
                     raise
                 version = None
             champion = self.current.version if self.current else None
-            if (version is None or version.tags.get("approval") != AWAITING
-                    or version.tags.get(SHADOW_TAG) != "true"
-                    or str(version.version) == champion):
+            if not in_shadow(version) or str(version.version) == champion:
                 if self.shadow is not None:
                     log.info("shadow v%s stopped", self.shadow.version)
                 self.shadow, self.shadow_since = None, None
