@@ -22,31 +22,32 @@ router = APIRouter()
 
 
 @router.post("/admin/reload", summary="Check the champion alias now (bearer token)",
-          responses={401: {"description": "missing or wrong token"},
-                     403: {"description": "no admin token configured"}})
+             responses={401: {"description": "missing or wrong token"},
+                        403: {"description": "no admin token configured"}})
 async def reload(request: Request,
                  authorization: Annotated[str | None, Header()] = None) -> Response:
     settings = request.app.state.params.serving
     expected = os.environ.get(settings.admin_token_env, "")
     if not expected:
         return json_response({"detail": f"admin endpoints are disabled: set "
-                                f"{settings.admin_token_env} to enable them"}, 403)
+                                        f"{settings.admin_token_env} to enable them"}, 403)
     scheme, _, given = (authorization or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(
             given.strip().encode(), expected.encode()):
         return json_response({"detail": "missing or wrong bearer token: send "
-                                "`Authorization: Bearer <token>`"}, 401)
+                                        "`Authorization: Bearer <token>`"}, 401)
     outcome = await check_champion(request.app, "admin")
     current = request.app.state.champion.current
     return json_response({"outcome": outcome, "version": current.version if current else None,
-                  "error": request.app.state.champion.last_check_error or None})
+                          "error": request.app.state.champion.last_check_error or None})
+
 
 @router.post("/admin/webhook", status_code=202,
-          summary="MLflow registry webhook: reload now when `champion` moved (signed)",
-          responses={400: {"description": "a signed body that is not JSON"},
-                     401: {"description": "unsigned, wrongly signed or stale call"},
-                     403: {"description": "no webhook secret configured"},
-                     409: {"description": "a delivery already accepted (a replay)"}})
+             summary="MLflow registry webhook: reload now when `champion` moved (signed)",
+             responses={400: {"description": "a signed body that is not JSON"},
+                        401: {"description": "unsigned, wrongly signed or stale call"},
+                        403: {"description": "no webhook secret configured"},
+                        409: {"description": "a delivery already accepted (a replay)"}})
 async def webhook(request: Request) -> Response:
     params = request.app.state.params
     settings = params.serving
@@ -54,7 +55,7 @@ async def webhook(request: Request) -> Response:
     secret = os.environ.get(settings.webhook_secret_env, "")
     if not secret:
         return json_response({"detail": f"webhooks are disabled: set {settings.webhook_secret_env} "
-                                "to the secret the MLflow webhook was created with"}, 403)
+                                        "to the secret the MLflow webhook was created with"}, 403)
     body = await request.body()
     problem = webhook_signature_problem(secret, request.headers, body, time.time(),
                                         settings.webhook_max_age_seconds)

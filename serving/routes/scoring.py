@@ -85,7 +85,8 @@ def batch_problem(count: int, max_records: int) -> Response | None:
     else:
         return None
     return json_response({"detail": [{"loc": ["body"], "record": None, "field": None,
-                              "msg": message, "type": kind}]}, 422)
+                                      "msg": message, "type": kind}]}, 422)
+
 
 def served_model(request: Request) -> LoadedModel | Response:
     """The champion this request is checked against and scored by, start to end (a swap
@@ -93,8 +94,9 @@ def served_model(request: Request) -> LoadedModel | Response:
     model = request.app.state.champion.current
     if model is None:
         return json_response({"detail": "no model to serve: "
-                                f"{request.app.state.champion.not_ready_reason}"}, 503)
+                                        f"{request.app.state.champion.not_ready_reason}"}, 503)
     return model
+
 
 def scored_inline(request: Request, body: bytes) -> bool:
     """A small body for an ONNX model is scored on the event loop: a few records cost
@@ -102,6 +104,7 @@ def scored_inline(request: Request, body: bytes) -> bool:
     model = request.app.state.champion.current
     return (len(body) <= request.app.state.params.serving.inline_body_bytes
             and model is not None and model.onnx_session is not None)
+
 
 def record(request: Request, model: LoadedModel, columns: dict[str, list[Any]],
            scores: np.ndarray) -> Scored:
@@ -113,6 +116,7 @@ def record(request: Request, model: LoadedModel, columns: dict[str, list[Any]],
     request.app.state.shadow.submit(columns, request_id)  # when the registry has a shadow
     model.task.count(request.app.state.metrics, answers.predictions, model.version)
     return Scored(model.name, model.version, answers, request_id)
+
 
 @router.post(
     "/predict",
@@ -132,6 +136,7 @@ async def predict(request: Request) -> Response:
         return predict_body(request, body)
     return await run_in_threadpool(predict_body, request, body)
 
+
 def predict_body(request: Request, body: bytes) -> Response:
     settings = request.app.state.params.serving
     model = served_model(request)
@@ -148,10 +153,11 @@ def predict_body(request: Request, body: bytes) -> Response:
     columns = model.requests.columns(records)
     scored = record(request, model, columns, model.scores(columns))
     return json_response({
-        "model": {"name": scored.model, "version": scored.version},
-        "request_id": scored.request_id,
-        "predictions": scored.answers.records(),
-    })
+                "model": {"name": scored.model, "version": scored.version},
+                "request_id": scored.request_id,
+                "predictions": scored.answers.records(),
+            })
+
 
 @router.post(
     "/invocations",
@@ -176,6 +182,7 @@ async def invocations(request: Request) -> Response:
     if scored_inline(request, body):
         return invoke(request, body, content_type)
     return await run_in_threadpool(invoke, request, body, content_type)
+
 
 def invoke(request: Request, body: bytes, content_type: str) -> Response:
     settings = request.app.state.params.serving
@@ -207,7 +214,7 @@ def invoke(request: Request, body: bytes, content_type: str) -> Response:
             detail = _validation_errors(error.errors(), settings.max_errors)
     if detail:
         return json_response({"error_code": "BAD_REQUEST", "message": detail[0]["msg"],
-                      "detail": detail}, 422)
+                              "detail": detail}, 422)
     scores = model.scores(columns)
     if method == "predict_proba":  # one row per record, a column per class (model order)
         try:
@@ -231,25 +238,27 @@ def body_errors(error: ValidationError, body: bytes, requests: RequestContract,
         # pydantic's parser stops at about 200 levels (a record needs 2); the standard
         # parser below would recurse until the interpreter's own limit: a 500.
         return json_response({"detail": [{"loc": ["body"], "record": None, "field": None,
-                                  "type": "json_invalid",
-                                  "msg": "the body nests JSON arrays and objects too deeply: "
-                                         "a record needs 2 levels, the parser stops at "
-                                         f"{PREDICT_MAX_DEPTH}"}]}, 422)
+                                          "type": "json_invalid",
+                                          "msg": "the body nests JSON arrays and objects "
+                                                 "too deeply: a record needs 2 levels, the "
+                                                 f"parser stops at {PREDICT_MAX_DEPTH}"}]},
+                             422)
     if found and found[0]["type"] == "json_invalid":
         try:
             parsed = json.loads(body)  # the standard parser names the position as a character
         except UnicodeDecodeError:
             return json_response({"detail": "the body could not be read as JSON: it must be UTF-8 "
-                                    "text"}, 400)
+                                            "text"}, 400)
         except json.JSONDecodeError as decode_error:
             position, reason = decode_error.pos, decode_error.msg
             return json_response({"detail": [{"loc": ["body"], "record": None, "field": None,
-                                      "position": position, "type": "json_invalid",
-                                      "msg": f"the body is not valid JSON: {reason} at "
-                                             f"character {position}"}]}, 422)
+                                              "position": position, "type": "json_invalid",
+                                              "msg": f"the body is not valid JSON: {reason} at "
+                                                     f"character {position}"}]}, 422)
         except ValueError:  # the only other: an integer past Python's 4,300 digits
             return json_response({"detail": [{"loc": ["body"], "record": None, "field": None,
-                                      "type": "json_invalid", "msg": scoring.TOO_LONG}]}, 422)
+                                              "type": "json_invalid",
+                                              "msg": scoring.TOO_LONG}]}, 422)
         # JSON the standard parser reads and pydantic's does not: a lone surrogate ("\ud800"),
         # which no UTF-8 writer (the log, Parquet) takes. Checked as parsed, the record model
         # names the field that carries it.
