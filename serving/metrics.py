@@ -50,7 +50,9 @@ class ServiceMetrics:
             registry=r)
         self.predictions = Counter("predictions_total", "Predicted records by class",
                                    ["label", "model_version"], registry=r)
-        self._label_counters: dict[tuple[object, str], Any] = {}
+        # Labelled children by (metric, labels): `labels()` takes a lock and builds its key
+        # on every call, and the request path asks for the same few over and over.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Regression: a histogram of the predicted values, its buckets from the served
         # version's contract (the training target's deciles); made when one is served.
         self.predicted_values: Histogram | None = None
@@ -123,14 +125,17 @@ class ServiceMetrics:
             "target's deciles", ["model_version"], buckets=self._value_buckets,
             registry=self.registry)
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once."""
+        key = (id(metric), labels)  # the metrics live as long as this object
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def count_labels(self, labels: list[object], version: str) -> None:
         for label in set(labels):
-            key = (label, version)
-            counter = self._label_counters.get(key)
-            if counter is None:  # `labels()` takes a lock and builds its key on every call
-                counter = self._label_counters[key] = self.predictions.labels(str(label),
-                                                                              version)
-            counter.inc(labels.count(label))
+            self.child(self.predictions, str(label), version).inc(labels.count(label))
 
     def observe_values(self, values: list[float], version: str) -> None:
         if self.predicted_values is None:  # a version logged without buckets
@@ -173,9 +178,6 @@ class MetricsAndLimits:
         self.max_body_bytes = max_body_bytes
         self.read_timeout_seconds = read_timeout_seconds
         self.content_types = content_types or {}
-        # The labelled children, looked up once per (endpoint, method, status): `labels()`
-        # takes a lock and builds its key on every call.
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -213,14 +215,9 @@ class MetricsAndLimits:
             self._count(endpoint, method, status, time.perf_counter() - started)
 
     def _count(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        key = (endpoint, method, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.metrics.requests.labels(endpoint, method, str(status)),
-                self.metrics.latency.labels(endpoint, method))
-        children[0].inc()
-        children[1].observe(seconds)
+        metrics = self.metrics
+        metrics.child(metrics.requests, endpoint, method, str(status)).inc()
+        metrics.child(metrics.latency, endpoint, method).observe(seconds)
 
     def _header_problem(self, path: str, method: str, headers: list[tuple[bytes, bytes]]
                         ) -> tuple[int, str] | None:
