@@ -97,17 +97,20 @@ class Champion:
                 "error": self.last_check_error or None,
                 "failing_since": self.failing_since.isoformat(timespec="seconds")
                 if self.failing_since else None}
-    def check(self) -> str:
+
+    def check(self, trigger: str = "check") -> str:
         """Look where `champion` points; load and swap if it moved. Returns what happened:
         'loaded', 'unchanged', 'no-champion' or 'error' (the current model stays). Then the
-        shadow is looked up the same way: the registry, not this replica's params, decides."""
+        shadow is looked up the same way: the registry, not this replica's params, decides.
+        `trigger` (startup, poll, webhook, admin) goes into the loaded model's metadata
+        before the swap: requests answered meanwhile on the event loop see it whole."""
         with self._lock:
-            outcome = self._check_champion()
+            outcome = self._check_champion(trigger)
             if outcome != "error":  # an unreachable registry is said once, by the champion's
                 self._check_shadow()
             return outcome
 
-    def _check_champion(self) -> str:
+    def _check_champion(self, trigger: str) -> str:
         try:
             try:
                 version = self.client.get_model_version_by_alias(self.name, "champion")
@@ -124,6 +127,7 @@ class Champion:
                 self._recovered()
                 return "unchanged"
             loaded = self._load(version)
+            loaded.metadata["loaded_by"] = trigger
         except Exception as error:
             self._failed(f"{type(error).__name__}: {_first_line(error)}")
             return "error"

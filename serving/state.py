@@ -26,11 +26,9 @@ def json_response(payload: Any, status: int = 200) -> Response:
 async def check_champion(app: FastAPI, trigger: str) -> str:
     """Check the alias; `trigger` (startup, poll, webhook, admin) is counted and kept."""
     metrics = app.state.metrics
-    outcome = await asyncio.to_thread(app.state.champion.check)
+    outcome = await asyncio.to_thread(app.state.champion.check, trigger)
     metrics.reload_checks.labels(outcome, trigger).inc()
     current = app.state.champion.current
-    if current and outcome == "loaded":
-        current.metadata["loaded_by"] = trigger
     metrics.model_loaded.set(1 if current else 0)
     metrics.registry_reachable.set(0 if outcome == "error" else 1)
     if current and outcome == "loaded":

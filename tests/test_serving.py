@@ -769,6 +769,22 @@ def test_a_version_logged_without_a_contract_is_served_by_params_schema_or_refus
         Champion(ServiceConfig(root=tmp_path))._contract(missing, "3")
 
 
+def test_a_model_is_swapped_in_already_naming_what_loaded_it(trained_project: Project,
+                                                             tmp_path: Path) -> None:
+    """The check runs on a worker thread while the event loop goes on answering `/model`:
+    the trigger must be in the model's metadata at the swap, not written after it (CI saw
+    a replica answer v1 without `loaded_by`)."""
+    from serving.champion import Champion
+
+    champion = Champion(service_params(trained_project, tmp_path))
+    assert champion.check("webhook") == "loaded"
+    assert champion.current is not None
+    assert champion.current.metadata["loaded_by"] == "webhook"
+    assert champion.current.version == champion_version(champion.params)
+    assert champion.check("poll") == "unchanged"
+    assert champion.current.metadata["loaded_by"] == "webhook"
+
+
 def test_a_shadow_scores_every_request_off_the_request_path_and_both_answers_are_logged(
         trained_project: Project, tmp_path: Path) -> None:
     """A service started under promotion.mode auto shadows the challenger the registry tags
