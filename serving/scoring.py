@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,10 @@ TOO_DEEP = ("the body nests JSON arrays and objects too deeply: a scoring payloa
             "levels, the parser stops at about 1,000")
 
 TOO_LONG = "the body holds an integer of more than 4,300 digits: no field takes one"
+# orjson reads an integer past 64 bits as the nearest float (99999999999999999999 as 1e20),
+# which would change an id: a body with 19 digits in a row (an integer that may not fit, or
+# a long fraction) goes to the standard parser, which keeps every integer exact.
+LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 class PayloadError(ValueError):
@@ -43,12 +48,15 @@ def parse_payload(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]:
     one /invocations body."""
     if content_type == "text/csv":
         return _csv_records(body), {}
-    try:
-        payload = orjson.loads(body)  # the fast path for large batches
-    except orjson.JSONDecodeError as error:
-        if str(error).startswith("depth limit exceeded"):
-            raise PayloadError(TOO_DEEP) from None
+    if LONG_DIGITS.search(body):  # integers orjson would round: the exact parser
         payload = _json_with_nan(body)
+    else:
+        try:
+            payload = orjson.loads(body)  # the fast path
+        except orjson.JSONDecodeError as error:
+            if str(error).startswith("depth limit exceeded"):
+                raise PayloadError(TOO_DEEP) from None
+            payload = _json_with_nan(body)
     if not isinstance(payload, dict):
         raise PayloadError(f"the body must be a JSON object with one of {_keys()}")
     found = [key for key in PAYLOAD_KEYS if key in payload]
@@ -324,9 +332,9 @@ def _csv_records(body: bytes) -> list[Any]:
 
 
 def _json_with_nan(body: bytes) -> Any:
-    """What orjson refuses: NaN, which pandas-based clients (MLflow's own) send for a missing
-    value and which is a null here, an integer beyond a float (refused as a number by the
-    checks), or a real error, named for the caller."""
+    """The standard parser, for what orjson refuses (NaN, which pandas-based clients, MLflow's
+    own, send for a missing value and which is a null here; an integer beyond a float; or a
+    real error, named for the caller) and for what it would round (LONG_DIGITS)."""
     try:
         return json.loads(body, parse_constant=_nan_is_null)
     except RecursionError:  # past the interpreter's recursion limit (TOO_DEEP)
