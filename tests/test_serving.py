@@ -526,6 +526,11 @@ def test_replicas_sharing_a_log_folder_never_collide(tmp_path: Path) -> None:
             columns = {name: [value] for name, value in RECORD.items()}
             log.append({**columns, "age": [20 + 10 * i + n]},
                        {"prediction": [0], "probability": [0.1]}, "1", f"{i}-{n}")
+            # one part each: the writer takes whatever has gathered when it wakes
+            deadline = time.monotonic() + 10
+            while log.state()["written_records"] < n + 1:
+                assert time.monotonic() < deadline, log.state()
+                time.sleep(0.01)
     for log in logs:
         log.close()
     parts = sorted(p.name for p in tmp_path.glob("date=*/*.parquet"))
