@@ -30,6 +30,9 @@ from prometheus_client import (
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set: the workers' values are aggregated
 
+# Where the middleware leaves the body it read whole (the scope key), for the endpoints to
+# take as it is rather than through the replayed receive channel.
+BODY_READ = "serving.body"
 KNOWN_PATHS = {"/predict", "/invocations", "/ping", "/version", "/health", "/ready", "/model",
                "/metrics", "/admin/reload", "/admin/webhook", "/docs", "/openapi.json"}
 
@@ -178,6 +181,12 @@ class MetricsAndLimits:
         self.max_body_bytes = max_body_bytes
         self.read_timeout_seconds = read_timeout_seconds
         self.content_types = content_types or {}
+        # Tasks reading a body, and since when. A sweep per event loop cancels the late ones
+        # (so a body is cut off within 1.5 read timeouts): a timer per request
+        # (asyncio.timeout) cost about 4 us.
+        self._reading: dict[asyncio.Task, float] = {}
+        self._late: set[asyncio.Task] = set()
+        self._swept_loops: set[asyncio.AbstractEventLoop] = set()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -201,7 +210,7 @@ class MetricsAndLimits:
                 await _answer(send_counting, *problem)
                 return
             if method in ("POST", "PUT", "PATCH"):
-                body = await self._read_body(receive)
+                body = scope[BODY_READ] = await self._read_body(receive)
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_counting)
         except _BodyTooLarge:
@@ -237,8 +246,15 @@ class MetricsAndLimits:
         return None
 
     async def _read_body(self, receive: Any) -> bytes:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = task.get_loop()
+        if loop not in self._swept_loops:
+            self._swept_loops.add(loop)
+            self._sweep(loop)
+        self._reading[task] = loop.time()
         chunks, size = [], 0
-        async with asyncio.timeout(self.read_timeout_seconds):
+        try:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -250,6 +266,27 @@ class MetricsAndLimits:
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
+        except asyncio.CancelledError:
+            if task not in self._late:
+                raise
+            task.uncancel()
+            raise TimeoutError from None
+        finally:
+            self._reading.pop(task, None)
+            self._late.discard(task)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Cancel the body reads that are late; again in half a read timeout."""
+        if loop.is_closed():
+            self._swept_loops.discard(loop)
+            return
+        now = loop.time()
+        for task, since in list(self._reading.items()):
+            if (task.get_loop() is loop and task not in self._late
+                    and now - since > self.read_timeout_seconds):
+                self._late.add(task)
+                task.cancel()
+        loop.call_later(self.read_timeout_seconds / 2, self._sweep, loop)
 
     def _too_large(self, length: int | None) -> str:
         size = f"{length} bytes" if length is not None else "the body"

@@ -25,6 +25,7 @@ from mlpipeline.schema import FeatureSpec, Schema
 from serving.schemas import ID_MAX_LENGTH, ID_MESSAGE, valid_id
 
 PAYLOAD_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+ALLOWED_KEYS = frozenset([*PAYLOAD_KEYS, "params"])
 CONTENT_TYPES = ("application/json", "text/csv")
 PREDICT_METHODS = ("predict", "predict_proba")
 # A body nested past orjson's 1,024 levels (or past the standard parser's recursion limit,
@@ -60,7 +61,7 @@ def parse_payload(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]:
     if not isinstance(payload, dict):
         raise PayloadError(f"the body must be a JSON object with one of {_keys()}")
     found = [key for key in PAYLOAD_KEYS if key in payload]
-    unknown = sorted(set(payload) - set(PAYLOAD_KEYS) - {"params"})
+    unknown = sorted(payload.keys() - ALLOWED_KEYS)
     if len(found) != 1 or unknown:
         raise PayloadError(f"the body must have exactly one of {_keys()} (and optionally "
                            f"`params`); it has {sorted(payload) or 'no keys'}")
@@ -134,9 +135,10 @@ def _split_columns(data: Any) -> dict[str, list[Any]]:
     if not isinstance(data.get("index", []), list):  # pandas' row labels, unused here
         raise PayloadError("`dataframe_split` index must be a list (the row labels)")
     names, rows = data["columns"], data["data"]
-    if not all(isinstance(name, str) for name in names) or len(set(names)) != len(names):
+    # Checked by C-level passes (set, map) over the names and rows: this is on every request.
+    if not set(map(type, names)) <= {str} or len(set(names)) != len(names):
         raise PayloadError("`dataframe_split` columns must be distinct names")
-    if not all(isinstance(row, list) and len(row) == len(names) for row in rows):
+    if not set(map(type, rows)) <= {list} or not set(map(len, rows)) <= {len(names)}:
         bad = next(i for i, row in enumerate(rows)
                    if not isinstance(row, list) or len(row) != len(names))
         raise PayloadError(f"`dataframe_split` row {bad} must be a list of {len(names)} "

@@ -15,12 +15,20 @@ import gc
 import json
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
+
+from serving.metrics import BODY_READ
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
     return Response(json.dumps(payload), status_code=status, media_type="application/json")
+
+
+async def request_body(request: Request) -> bytes:
+    """The body, as the middleware (serving.metrics) read it to enforce the limits."""
+    body = request.scope.get(BODY_READ)
+    return body if body is not None else await request.body()
 
 
 async def check_champion(app: FastAPI, trigger: str) -> str:
