@@ -70,7 +70,8 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
                     "own contract (its training schema), which this document shows.",
         version="1.0",
         lifespan=lifespan,
-        telemetry={"tracing": False, "metrics": False, "logs": False},
+        telemetry={"tracing": settings.opentelemetry, "metrics": settings.opentelemetry,
+                   "logs": settings.opentelemetry},
     )
 
     follow_the_contract(app, settings.max_records)

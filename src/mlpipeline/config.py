@@ -193,6 +193,9 @@ class ServingParams(_Strict):
     max_connections: int = Field(1000, gt=0)
     max_errors: int = Field(20, gt=0)  # problems listed in one 422 answer (and a count of the rest)
     inline_body_bytes: int = Field(16_384, ge=0)  # smaller bodies: scored on the event loop
+    # FastAPI's native OpenTelemetry (traces, metrics, logs to a provider the process sets
+    # up). Off: the service has Prometheus, and the check costs ~6 us a request.
+    opentelemetry: bool = False
     prediction_log_dir: str = "logs/predictions"
     # Compaction (make compact-log, each CT cycle) removes days older than this; null: keep all.
     log_retention_days: int | None = Field(None, gt=0)
