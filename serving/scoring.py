@@ -13,8 +13,7 @@ import io
 import itertools
 import json
 import math
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,30 +33,48 @@ TOO_DEEP = ("the body nests JSON arrays and objects too deeply: a scoring payloa
             "levels, the parser stops at about 1,000")
 
 TOO_LONG = "the body holds an integer of more than 4,300 digits: no field takes one"
-# orjson reads an integer past 64 bits as the nearest float (99999999999999999999 as 1e20),
-# which would change an id: a body with 19 digits in a row (an integer that may not fit, or
-# a long fraction) goes to the standard parser, which keeps every integer exact.
-LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 class PayloadError(ValueError):
     """The body is not a scoring-protocol payload; the message says what is wrong."""
 
 
-def parse_payload(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]:
+def parse_payload(body: bytes, content_type: str, exact: Sequence[str] = ()
+                  ) -> tuple[Any, dict[str, Any]]:
     """The records (a list) or columns (a dict of lists), unvalidated, and the `params` of
-    one /invocations body."""
+    one /invocations body. `exact`: columns whose integers must stay as sent (the id and
+    the time, logged as text)."""
     if content_type == "text/csv":
         return _csv_records(body), {}
-    if LONG_DIGITS.search(body):  # integers orjson would round: the exact parser
-        payload = _json_with_nan(body)
+    try:
+        payload = orjson.loads(body)  # the fast path
+    except orjson.JSONDecodeError as error:
+        if str(error).startswith("depth limit exceeded"):
+            raise PayloadError(TOO_DEEP) from None
+        return _shaped(_json_with_nan(body))
+    shaped = _shaped(payload)
+    if exact and _rounded(shaped[0], exact):
+        return _shaped(_json_with_nan(body))  # the standard parser keeps integers exact
+    return shaped
+
+
+# orjson reads an integer past 64 bits as the nearest float (99999999999999999999 as 1e20),
+# which would change an id: a float this large in an exact column means the body is parsed
+# again by the standard parser.
+ROUNDED = 2.0**63
+
+
+def _rounded(raw: Any, names: Sequence[str]) -> bool:
+    if isinstance(raw, dict):
+        values: Iterable[Any] = itertools.chain.from_iterable(raw.get(name) or () for name in names)
     else:
-        try:
-            payload = orjson.loads(body)  # the fast path
-        except orjson.JSONDecodeError as error:
-            if str(error).startswith("depth limit exceeded"):
-                raise PayloadError(TOO_DEEP) from None
-            payload = _json_with_nan(body)
+        values = (record.get(name) for record in raw if isinstance(record, dict)
+                  for name in names)
+    return any(type(value) is float and abs(value) >= ROUNDED for value in values)
+
+
+def _shaped(payload: Any) -> tuple[Any, dict[str, Any]]:
+    """The records or columns of a parsed payload, and its `params`."""
     if not isinstance(payload, dict):
         raise PayloadError(f"the body must be a JSON object with one of {_keys()}")
     found = [key for key in PAYLOAD_KEYS if key in payload]
@@ -336,7 +353,7 @@ def _csv_records(body: bytes) -> list[Any]:
 def _json_with_nan(body: bytes) -> Any:
     """The standard parser, for what orjson refuses (NaN, which pandas-based clients, MLflow's
     own, send for a missing value and which is a null here; an integer beyond a float; or a
-    real error, named for the caller) and for what it would round (LONG_DIGITS)."""
+    real error, named for the caller) and for what it would round (ROUNDED)."""
     try:
         return json.loads(body, parse_constant=_nan_is_null)
     except RecursionError:  # past the interpreter's recursion limit (TOO_DEEP)

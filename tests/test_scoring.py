@@ -79,8 +79,13 @@ def test_payload_shapes_become_records_or_columns() -> None:
     # Integers past 64 bits stay exact (orjson alone read this id as the float 1e20).
     for big in (10**20 - 1, -(10**19), 10**128 - 1):
         exact, _ = scoring.parse_payload(json.dumps({"dataframe_split": {
-            "columns": ["application_id"], "data": [[big]]}}).encode(), "application/json")
+            "columns": ["application_id"], "data": [[big]]}}).encode(), "application/json",
+            exact=["application_id"])
         assert exact == {"application_id": [big]} and type(exact["application_id"][0]) is int
+        records, _ = scoring.parse_payload(json.dumps({"instances": [
+            {"age": 41}, {"application_id": big}]}).encode(), "application/json",
+            exact=["application_id"])
+        assert records[1]["application_id"] == big
     for body, problem in [(b"[1]", "JSON object"), (b"{}", "exactly one of"),
                           (b'{"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}}',
                            "row 0"), (b"\x80", "UTF-8"), (b'{"inputs": 1', "not valid JSON")]:

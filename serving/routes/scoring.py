@@ -201,7 +201,9 @@ async def invocations(request: Request) -> Response:
 def invoke(state: State, body: bytes, content_type: str) -> Response:
     settings = state.params.serving
     try:
-        raw, extra = scoring.parse_payload(body, content_type)
+        current = state.champion.current
+        raw, extra = scoring.parse_payload(
+            body, content_type, current.schema.logged_columns if current else ())
         method = scoring.predict_method(extra)
     except scoring.PayloadError as error:
         return json_response({"error_code": "BAD_REQUEST", "message": str(error)}, 400)
