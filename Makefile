@@ -25,7 +25,7 @@ export UV_PYTHON := $(PYTHON_EXE)
 # 7), and the pipeline, the CT cycle and the tests start hundreds of processes.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-workers bench-data bench-log bench-tasks bench-reload ct drift shadow-report compact-log models lineage card approve reject rollback stack stack-down clean
+.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-request bench-workers bench-data bench-log bench-tasks bench-reload ct drift shadow-report compact-log models lineage card approve reject rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
@@ -34,6 +34,7 @@ help:
 	@echo "make test-fast  the unit tests only (no DVC pipeline, no servers; under a minute)"
 	@echo "make lint   ruff, mypy; actionlint, zizmor, check-jsonschema on the workflows; hadolint, compose schema"
 	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
+	@echo "make bench-request  one request's time in process, step by step, beside the floor app"
 	@echo "make bench-data [ROWS=n]  cold dvc repro, each stage, one CT cycle on landed batches"
 	@echo "make bench-reload  promotion to served on the stack: webhook vs polling"
 	@echo "make bench-workers  one worker vs two, alternated (A/B), the ratio's range"
@@ -125,6 +126,9 @@ serve: setup
 
 bench: setup
 	$(IN_PROJECT) python $(CURDIR)/benchmarks/serve_bench.py
+
+bench-request: setup
+	$(IN_PROJECT) python $(CURDIR)/benchmarks/request_profile.py
 
 bench-data: setup
 	PYTHONPATH=. $(RUN) python benchmarks/real_data_bench.py $(if $(ROWS),--rows $(ROWS))

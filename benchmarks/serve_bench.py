@@ -2,15 +2,16 @@
 
 Both servers get the same requests on the same path: POST /invocations with MLflow's
 `dataframe_split` payload. Measures, for single-record requests at concurrency 1 and 16:
-requests/s, p50 and p99 latency; the in-process one-record `predict_proba` time as the
-floor; and batch throughput (records/s) for 1,000-record requests against in-process
-predict on the same rows. Prints a table with the ratios and issue 15's targets. Then the
-floor (issue 35): the service beside benchmarks/floor_app.py (the same body parsed, the same
-ONNX twin called, nothing else) and a bare parse-and-return POST, interleaved over three
-rounds, with the service's share of each and issue 35's targets. Then the
-same service with a shadow (the champion registered again as the challenger awaiting
-approval, tagged `shadow: true`, in a copy of the embedded store, so the project's registry is
-untouched): its p99 at concurrency 16 beside the one without (target: at most 1.5x).
+requests/s, p50 and p99 latency; GET /ping (the HTTP stack alone); and batch throughput
+(records/s) for 1,000-record requests against in-process predict on the same rows. Two
+workers and a service with a shadow (the champion registered again as the challenger
+awaiting approval, tagged `shadow: true`, in a copy of the embedded store, so the project's
+registry is untouched) are measured at concurrency 16. Every server is up at once and they
+take turns, in three rounds (A/B/C/D, A/B/C/D, ...): each figure is the median and range of
+the rounds, each ratio taken within a round, with the load average. Then the floor (issue
+35): the service beside benchmarks/floor_app.py (the same body parsed, the same ONNX twin
+called, nothing else) and a bare parse-and-return POST, interleaved the same way. Each target
+is marked met or MISSED, with the shortfall.
 Load comes from wrk (Debian package `wrk`) when installed,
 otherwise from a Python load generator (slower: it shares the two cores with the servers).
 
@@ -23,7 +24,6 @@ Everything listens on 127.0.0.1 and stops by itself.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import re
@@ -104,6 +104,14 @@ def run_python(url: str, body: str | None, connections: int, seconds: int
             "p99": latencies[int(len(latencies) * 0.99)]}
 
 
+# What each server is measured on, in every round: one record at 1 and 16 connections, the
+# HTTP stack alone (GET /ping), 1,000-record requests; the variants only at 16 connections.
+MEASURES = {"this service": ("c1", "ping", "c16", "batch"),
+            "mlflow models serve": ("c1", "ping", "c16", "batch"),
+            "this service, 2 workers": ("c16",),
+            "this service, with a shadow": ("c16",)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="per load run")
@@ -147,135 +155,166 @@ def main() -> None:
     # MLflow's own client sends a DataFrame (`dataframe_split`).
     single = json.dumps({"dataframe_split": json.loads(one.to_json(orient="split", index=False))})
     many = json.dumps({"dataframe_split": json.loads(batch.to_json(orient="split", index=False))})
-    ours_port, mlflow_port = free_port(), free_port()
-    servers = {
-        "this service": (
-            [sys.executable, "-m", "serving", "--port", str(ours_port)],
-            f"http://127.0.0.1:{ours_port}", "/ready"),
-        "mlflow models serve": (
-            [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)],
-            f"http://127.0.0.1:{mlflow_port}", "/ping"),
-        "this service, 2 workers": (
-            [sys.executable, "-m", "serving", "--port", str(ours_port), "--workers", "2"],
-            f"http://127.0.0.1:{ours_port}", "/ready"),
-    }
     shadow_root = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
     shadow_uri = shadow_store(params, shadow_root)
-    places = {label: (params.root, env) for label in servers}
-    if shadow_uri:
-        servers["this service, with a shadow"] = servers["this service"]
-        places["this service, with a shadow"] = (shadow_root,
-                                                 {**env, "MLFLOW_TRACKING_URI": shadow_uri})
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    path = "/invocations"
-    for label, (cmd, url, health) in servers.items():
-        cwd, server_env = places[label]
-        process = subprocess.Popen(cmd, cwd=cwd, env=server_env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        try:
-            wait_http_ok(url + health, process)
+    servers = {  # label: command, base URL, health path, folder, environment
+        "this service": ["-m", "serving"],
+        "mlflow models serve": None,
+        "this service, 2 workers": ["-m", "serving", "--workers", "2"],
+        "this service, with a shadow": ["-m", "serving"] if shadow_uri else None,
+    }
+    started: dict[str, tuple[subprocess.Popen, str]] = {}
+    try:
+        for label, args_ in servers.items():  # all up at once: the rounds interleave them
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            cwd, server_env, health = params.root, env, "/ready"
+            if label == "mlflow models serve":
+                cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
+                       "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+                health = "/ping"
+            elif args_ is None:
+                continue
+            else:
+                cmd = [sys.executable, *args_, "--port", str(port)]
             if "shadow" in label:
-                shadow = json.loads(urllib.request.urlopen(url + "/model").read())["shadow"]
-                if not shadow:
-                    raise SystemExit("the shadow service loaded no shadow model")
-                load(url + path, single, 16, 3)  # warms the shadow's thread too
-                results[label] = {"c16": load(url + path, single, 16, args.seconds)}
-                scored = json.loads(urllib.request.urlopen(url + "/model").read())["shadow"]
-                results[label]["shadow"] = {k: float(v) for k, v in scored["requests"].items()}
-                continue
-            load(url + path, single, 1, 2)  # warm-up
-            if "workers" in label:  # only what the workers change: concurrent throughput
-                load(url + path, single, 16, 3)  # warms both (each loads its own model)
-                results[label] = {"c16": load(url + path, single, 16, args.seconds)}
-                continue
-            results[label] = {
-                "c1": load(url + path, single, 1, args.seconds),
-                # The HTTP stack's own floor: an endpoint that does nothing (GET /ping).
-                "ping": load(url + "/ping", None, 1, args.seconds),
-                "c16": load(url + path, single, 16, args.seconds),
-                "batch": load(url + path, many, 1, args.seconds),
-            }
-        finally:
+                cwd, server_env = shadow_root, {**env, "MLFLOW_TRACKING_URI": str(shadow_uri)}
+            process = subprocess.Popen(cmd, cwd=cwd, env=server_env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+            started[label] = (process, url)
+            wait_http_ok(url + health, process)
+        if "this service, with a shadow" in started:
+            url = started["this service, with a shadow"][1]
+            if not json.loads(urllib.request.urlopen(url + "/model").read())["shadow"]:
+                raise SystemExit("the shadow service loaded no shadow model")
+        for _, url in started.values():  # warm-up (each worker loads its own model)
+            load(url + "/invocations", single, 16, 3)
+        results, in_process, before = interleaved(load, started, single, many, args.seconds,
+                                                  lambda: floor(batch, 30))
+        after = os.getloadavg()
+        if "this service, with a shadow" in started:
+            url = started["this service, with a shadow"][1]
+            shadow_counts = json.loads(urllib.request.urlopen(url + "/model").read())["shadow"]
+    finally:
+        for process, _ in started.values():
             process.terminate()
             process.wait(timeout=30)
+        shutil.rmtree(shadow_root, ignore_errors=True)
 
     floor_one = floor(one, 300)
-    floor_batch = floor(batch, 30)
     sklearn_one = median_ms(lambda: served.task.scores(served.model, one), 100)
     ours, theirs = results["this service"], results["mlflow models serve"]
+
+    def each(measure: str, key: str, of: dict[str, list[dict[str, float]]]) -> list[float]:
+        return [run[key] for run in of[measure]]
+
+    def ratio(measure: str, key: str, top: dict, bottom: dict) -> list[float]:
+        return [a / b for a, b in zip(each(measure, key, top), each(measure, key, bottom),
+                                      strict=True)]
+
     print(f"\nmodel: {name}@champion ({served.task.name}, {params.train.model}), "
-          f"{os.cpu_count()} cores, {args.seconds} s per run\n")
+          f"{os.cpu_count()} cores, {args.seconds} s per run, {ROUNDS} interleaved rounds "
+          f"(load average {before[0]:.2f} before, {after[0]:.2f} after); median [range], "
+          "the ratio taken in each round")
     print("| measure | this service | mlflow models serve | ratio |")
     print("|---|---|---|---|")
     for c in ("c1", "c16"):
         n = c[1:]
-        print(f"| requests/s, 1 record, concurrency {n} | {ours[c]['rps']:.0f} | "
-              f"{theirs[c]['rps']:.0f} | {ours[c]['rps'] / theirs[c]['rps']:.2f}x |")
+        print(f"| requests/s, 1 record, concurrency {n} | {spread(each(c, 'rps', ours), 0)} | "
+              f"{spread(each(c, 'rps', theirs), 0)} | {spread(ratio(c, 'rps', ours, theirs))}x |")
         for p in ("p50", "p99"):
-            print(f"| {p} latency ms, concurrency {n} | {ours[c][p]:.2f} | {theirs[c][p]:.2f} | "
-                  f"{ours[c][p] / theirs[c][p]:.2f} |")
-    print(f"| records/s, 1,000-record requests | {ours['batch']['rps'] * 1000:.0f} | "
-          f"{theirs['batch']['rps'] * 1000:.0f} | "
-          f"{ours['batch']['rps'] / theirs['batch']['rps']:.2f}x |")
+            print(f"| {p} latency ms, concurrency {n} | {spread(each(c, p, ours))} | "
+                  f"{spread(each(c, p, theirs))} | {spread(ratio(c, p, ours, theirs))} |")
+    records = [r * 1000 for r in each("batch", "rps", ours)]
+    print(f"| records/s, 1,000-record requests | {spread(records, 0)} | "
+          f"{spread([r * 1000 for r in each('batch', 'rps', theirs)], 0)} | "
+          f"{spread(ratio('batch', 'rps', ours, theirs))}x |")
     print(f"\nserved runtime: {served.runtime}; scikit-learn's scores on 1 record: "
           f"{sklearn_one:.2f} ms (what mlflow models serve runs)")
+    overhead = [p50 - floor_one for p50 in each("c1", "p50", ours)]
     print(f"in-process floor: predict on 1 record with {served.runtime} {floor_one:.3f} ms; "
-          f"service overhead above it at concurrency 1: {ours['c1']['p50'] - floor_one:.2f} ms "
-          f"(mlflow models serve: {theirs['c1']['p50'] - sklearn_one:.2f} ms above scikit-learn's)")
-    workers = results["this service, 2 workers"]["c16"]
-    print(f"\ntwo workers (`--workers 2`), concurrency 16: {workers['rps']:.0f} requests/s "
-          f"({workers['rps'] / ours['c16']['rps']:.2f}x one worker), p50 {workers['p50']:.2f} "
-          f"ms, p99 {workers['p99']:.2f} ms")
+          f"service overhead above it at concurrency 1: {spread(overhead)} ms")
+    two = [w["rps"] / o["rps"] for w, o in zip(
+        results["this service, 2 workers"]["c16"], ours["c16"], strict=True)]
+    print(f"two workers (`--workers 2`), concurrency 16: "
+          f"{spread(each('c16', 'rps', results['this service, 2 workers']), 0)} requests/s, "
+          f"{spread(two)}x one worker")
     print(f"HTTP floor: GET /ping (does nothing) p50 at concurrency 1: "
-          f"{ours['ping']['p50']:.2f} ms here, {theirs['ping']['p50']:.2f} ms on mlflow models "
-          f"serve; a prediction adds {ours['c1']['p50'] - ours['ping']['p50']:.2f} ms to it, "
-          f"the model call included")
-    in_process = 1000 / (floor_batch / 1e3)
-    print(f"in-process predict on the same 1,000 rows: {in_process:.0f} records/s; the service "
-          f"reaches {ours['batch']['rps'] * 1000 / in_process:.0%} of it")
-    request_ms = 1000 / (ours["batch"]["rps"] * 1000) * 1e3
+          f"{spread(each('ping', 'p50', ours))} ms here, {spread(each('ping', 'p50', theirs))}"
+          " ms on mlflow models serve")
+    of_in_process = [r / (1000 / (ms / 1e3)) for r, ms in zip(records, in_process, strict=True)]
+    print(f"in-process predict on the same 1,000 rows: "
+          f"{spread([1000 / (ms / 1e3) for ms in in_process], 0)} records/s; the service "
+          f"reaches {spread(of_in_process)} of it")
+    request_ms = 1000 / statistics.median(records) * 1e3
     steps = batch_steps(served, many.encode(), median_ms)
     print(f"where one 1,000-record request's {request_ms:.1f} ms go (in-process medians): "
           + ", ".join(f"{name} {ms:.2f}" for name, ms in steps.items())
-          + f"; HTTP, framework and the rest {request_ms - sum(steps.values()):.2f}")
-    if "this service, with a shadow" in results:
+          + "; HTTP, framework and the rest (the log part aside: another thread) "
+          f"{request_ms - sum(ms for step, ms in steps.items() if 'thread' not in step):.2f}")
+    shadow_p99: list[float] = []
+    if "this service, with a shadow" in started:
         shadowed = results["this service, with a shadow"]
-        ratio = shadowed["c16"]["p99"] / ours["c16"]["p99"]
-        counts = shadowed["shadow"]
+        shadow_p99 = ratio("c16", "p99", shadowed, ours)
+        counts = shadow_counts["requests"]
         print(f"\nwith a shadow (the registry's `shadow: true`), concurrency 16: p99 "
-              f"{shadowed['c16']['p99']:.2f} ms vs {ours['c16']['p99']:.2f} ms without: "
-              f"{ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'MISSED'}); "
-              f"{shadowed['c16']['rps']:.0f} vs {ours['c16']['rps']:.0f} requests/s; the "
-              f"shadow scored {counts['scored']:.0f} requests, dropped {counts['dropped']:.0f}, "
+              f"{spread(each('c16', 'p99', shadowed))} ms, {spread(shadow_p99)}x the service's "
+              f"without (target <= 1.5x: {verdict(shadow_p99, 1.5, False)}); "
+              f"{spread(each('c16', 'rps', shadowed), 0)} requests/s; the shadow scored "
+              f"{counts['scored']:.0f} requests, dropped {counts['dropped']:.0f}, "
               f"{counts['pending']:.0f} pending at the end")
     else:
         print("\nwith a shadow: not measured (the store is not the embedded SQLite file)")
-    shutil.rmtree(shadow_root, ignore_errors=True)
     floor_targets = floor_comparison(load, single, args.seconds, env, params.root,
                                      served.onnx_session is not None)
-    print("\ntargets (issue 15):")
-    for text, value, target, met in [
-        ("c=16 p99 / mlflow's", ours["c16"]["p99"] / theirs["c16"]["p99"], "<= 0.10",
-         ours["c16"]["p99"] / theirs["c16"]["p99"] <= 0.1),
-        ("c=16 p99 ms", ours["c16"]["p99"], "< 30", ours["c16"]["p99"] < 30),
-        ("c=16 requests/s / mlflow's", ours["c16"]["rps"] / theirs["c16"]["rps"], ">= 25",
-         ours["c16"]["rps"] / theirs["c16"]["rps"] >= 25),
-        ("c=1 overhead above in-process ms", ours["c1"]["p50"] - floor_one, "< 0.5",
-         ours["c1"]["p50"] - floor_one < 0.5),
-        ("1,000-record records/s / in-process", ours["batch"]["rps"] * 1000 / in_process,
-         ">= 0.50", ours["batch"]["rps"] * 1000 / in_process >= 0.5),
-        ("c=16 requests/s, 2 workers / 1 worker", workers["rps"] / ours["c16"]["rps"],
-         ">= 1.6", workers["rps"] / ours["c16"]["rps"] >= 1.6),
+    print("\ntargets (issue 15; the median of the rounds, their range in [ ]):")
+    for text, values, target, limit, higher in [
+        ("c=16 p99 / mlflow's", ratio("c16", "p99", ours, theirs), "<= 0.10", 0.1, False),
+        ("c=16 p99 ms", each("c16", "p99", ours), "< 30", 30, False),
+        ("c=16 requests/s / mlflow's", ratio("c16", "rps", ours, theirs), ">= 25", 25, True),
+        ("c=1 overhead above in-process ms", overhead, "< 0.5", 0.5, False),
+        ("1,000-record records/s / in-process", of_in_process, ">= 0.50", 0.5, True),
+        ("c=16 requests/s, 2 workers / 1 worker", two, ">= 1.6", 1.6, True),
     ]:
-        print(f"  {text}: {value:.2f} (target {target}) {'met' if met else 'MISSED'}")
+        print(f"  {text}: {spread(values)} (target {target}) {verdict(values, limit, higher)}")
     if floor_targets:
         print("targets (issue 35, the median of the interleaved rounds; their range in [ ]):")
         for line in floor_targets:
             print(f"  {line}")
 
 
-FLOOR_ROUNDS = 3
+def interleaved(load: Any, started: dict[str, tuple[Any, str]], single: str, many: str,
+                seconds: int, in_process_batch: Any
+                ) -> tuple[dict[str, dict[str, list[dict[str, float]]]], list[float], Any]:
+    """ROUNDS rounds of every server's measures in turn (A/B/C/D, A/B/C/D...), so a drift of
+    the machine hits them all, and the in-process 1,000-record predict once per round."""
+    results: dict[str, dict[str, list[dict[str, float]]]] = {
+        label: {measure: [] for measure in MEASURES[label]} for label in started}
+    in_process: list[float] = []
+    before = os.getloadavg()
+    for _ in range(ROUNDS):
+        for label, (_, url) in started.items():
+            for measure in MEASURES[label]:
+                if measure == "ping":
+                    run = load(url + "/ping", None, 1, seconds)
+                else:
+                    body = many if measure == "batch" else single
+                    run = load(url + "/invocations", body, 16 if measure == "c16" else 1,
+                               seconds)
+                results[label][measure].append(run)
+        in_process.append(in_process_batch())
+    return results, in_process, before
+
+
+ROUNDS = 3
+
+
+def verdict(values: list[float], target: float, higher: bool) -> str:
+    """met or MISSED (and by how much) for the median of `values`."""
+    value = statistics.median(values)
+    met = value >= target if higher else value <= target
+    gap = "" if met else f", short by {abs(value - target) / target:.0%}"
+    return f"{'met' if met else 'MISSED'}{gap}"
 
 
 def spread(values: list[float], digits: int = 2) -> str:
@@ -287,7 +326,7 @@ def spread(values: list[float], digits: int = 2) -> str:
 def floor_comparison(load: Any, body: str, seconds: int, env: dict[str, str], root: Path,
                      has_twin: bool) -> list[str]:
     """The service against the floor app (benchmarks/floor_app.py) and a bare parse-and-
-    return POST, one worker each, concurrency 16, in FLOOR_ROUNDS interleaved rounds; prints
+    return POST, one worker each, concurrency 16, in ROUNDS interleaved rounds; prints
     the table and returns the target lines (met or MISSED)."""
     if not has_twin:
         print("\nfloor app: not measured (the champion has no ONNX twin)")
@@ -309,7 +348,7 @@ def floor_comparison(load: Any, body: str, seconds: int, env: dict[str, str], ro
         for url in targets.values():
             load(url, body, 16, 2)  # warm-up
         before = os.getloadavg()
-        for _ in range(FLOOR_ROUNDS):  # A/B/C, A/B/C, ...: drifts of the machine hit all
+        for _ in range(ROUNDS):  # A/B/C, A/B/C, ...: drifts of the machine hit all
             for label, url in targets.items():
                 rounds[label].append(load(url, body, 16, seconds))
         after = os.getloadavg()
@@ -321,7 +360,7 @@ def floor_comparison(load: Any, body: str, seconds: int, env: dict[str, str], ro
     share = [o["rps"] / f["rps"] for o, f in zip(ours, floor_runs, strict=True)]
     of_bare = [o["rps"] / b["rps"] for o, b in zip(ours, bare, strict=True)]
     p99 = [o["p99"] / f["p99"] for o, f in zip(ours, floor_runs, strict=True)]
-    print(f"\nthe floor: one worker each, concurrency 16, {FLOOR_ROUNDS} interleaved rounds of "
+    print(f"\nthe floor: one worker each, concurrency 16, {ROUNDS} interleaved rounds of "
           f"{seconds} s (load average {before[0]:.2f} before, {after[0]:.2f} after); median "
           "[range]")
     print("| server | requests/s | p50 ms | p99 ms |")
@@ -331,12 +370,6 @@ def floor_comparison(load: Any, body: str, seconds: int, env: dict[str, str], ro
                                             for k in ("rps", "p50", "p99")) + " |")
     print(f"the service's share of the floor: {spread(share)}; of the bare POST: "
           f"{spread(of_bare)}; its p99 / the floor's: {spread(p99)}")
-
-    def verdict(values: list[float], target: float, higher: bool) -> str:
-        value = statistics.median(values)
-        met = value >= target if higher else value <= target
-        gap = "" if met else f", short by {abs(value - target) / target:.0%}"
-        return f"{'met' if met else 'MISSED'}{gap}"
 
     return [f"c=16 requests/s / the floor app's: {spread(share)} (target >= 0.80) "
             f"{verdict(share, 0.80, True)}",
@@ -369,22 +402,21 @@ def shadow_store(params: Any, folder: Path) -> str | None:
 def batch_steps(served: Any, body: bytes, median_ms: Any) -> dict[str, float]:
     """The service's steps for one /invocations body, each timed on its own (ms)."""
     from serving import scoring
-    from serving.prediction_log import PredictionLog
+    from serving.prediction_log import PredictionLog, _Part
 
     columns, _ = scoring.parse_payload(body, "application/json")
     scores = served.scores(columns)
     answers = served.task.answers(scores)
     log = PredictionLog(Path(tempfile.mkdtemp()), 10**9, 3600)  # never flushes on its own
-    item = (columns, answers.log, "1", "r", dt.datetime.now(dt.UTC), "champion",
-            served.requests.log_types)  # as PredictionLog.append queues it
+    part = _Part(served.requests.log_types)  # a part as the writer gets it: this request's
+    part.add(columns, answers.log, ("1", "r", "champion", 0), len(answers.predictions))
     return {
         "parse JSON": median_ms(lambda: scoring.parse_payload(body, "application/json"), 30),
-        "validate columns": median_ms(lambda: scoring.column_errors(columns, served.schema),
-                                      30),
+        "validate columns": median_ms(lambda: served.requests.columns_valid(columns), 30),
         f"predict ({served.runtime})": median_ms(lambda: served.scores(columns), 30),
         "answers": median_ms(lambda: served.task.answers(scores), 30),
         "answer JSON": median_ms(lambda: json.dumps({"predictions": answers.predictions}), 30),
-        "log part (other thread)": median_ms(lambda: log._write([item]), 10),
+        "log part (other thread)": median_ms(lambda: log._write(part), 10),
     }
 
 

@@ -33,6 +33,7 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set: the workers' values are ag
 # Where the middleware leaves the body it read whole (the scope key), for the endpoints to
 # take as it is rather than through the replayed receive channel.
 BODY_READ = "serving.body"
+CONTENT_TYPE_READ = "serving.content_type"  # and the media type it read (lower case)
 KNOWN_PATHS = {"/predict", "/invocations", "/ping", "/version", "/health", "/ready", "/model",
                "/metrics", "/admin/reload", "/admin/webhook", "/docs", "/openapi.json"}
 
@@ -137,6 +138,9 @@ class ServiceMetrics:
         return found
 
     def count_labels(self, labels: list[object], version: str) -> None:
+        if len(labels) == 1:  # one record: most requests
+            self.child(self.predictions, str(labels[0]), version).inc()
+            return
         for label in set(labels):
             self.child(self.predictions, str(label), version).inc(labels.count(label))
 
@@ -205,7 +209,7 @@ class MetricsAndLimits:
             await send(message)
 
         try:
-            problem = self._header_problem(path, method, scope["headers"])
+            problem = self._header_problem(path, method, scope)
             if problem:
                 await _answer(send_counting, *problem)
                 return
@@ -228,10 +232,10 @@ class MetricsAndLimits:
         metrics.child(metrics.requests, endpoint, method, str(status)).inc()
         metrics.child(metrics.latency, endpoint, method).observe(seconds)
 
-    def _header_problem(self, path: str, method: str, headers: list[tuple[bytes, bytes]]
+    def _header_problem(self, path: str, method: str, scope: dict
                         ) -> tuple[int, str] | None:
         length = given_type = None
-        for name, value in headers:  # the two it needs, without a dict of all of them
+        for name, value in scope["headers"]:  # the two it needs, without a dict of all
             if name == b"content-length":
                 length = value
             elif name == b"content-type":
@@ -240,6 +244,7 @@ class MetricsAndLimits:
             return 413, self._too_large(int(length))
         accepted = self.content_types.get(path)
         given = (given_type or b"").decode("latin-1").split(";")[0].strip()
+        scope[CONTENT_TYPE_READ] = given.lower()
         if accepted and method == "POST" and given and given.lower() not in accepted:
             return 415, (f"Content-Type {given!r} is not accepted on {path}: send "
                          + " or ".join(accepted))

@@ -66,6 +66,8 @@ ROUNDED = 2.0**63
 
 def _rounded(raw: Any, names: Sequence[str]) -> bool:
     if isinstance(raw, dict):
+        if raw.keys().isdisjoint(names):  # the common case: no id or time column sent
+            return False
         values: Iterable[Any] = itertools.chain.from_iterable(raw.get(name) or () for name in names)
     else:
         values = (record.get(name) for record in raw if isinstance(record, dict)
@@ -160,8 +162,9 @@ def _split_columns(data: Any) -> dict[str, list[Any]]:
                    if not isinstance(row, list) or len(row) != len(names))
         raise PayloadError(f"`dataframe_split` row {bad} must be a list of {len(names)} "
                            "values, one per column")
-    values = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-    return {name: list(column) for name, column in zip(names, values, strict=True)}
+    if not rows:
+        return {name: [] for name in names}
+    return dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
 
 
 def _columns(data: dict[str, Any], key: str) -> dict[str, list[Any]]:

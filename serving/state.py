@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from serving.metrics import BODY_READ
+from serving.metrics import BODY_READ, CONTENT_TYPE_READ
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -29,6 +29,14 @@ async def request_body(request: Request) -> bytes:
     """The body, as the middleware (serving.metrics) read it to enforce the limits."""
     body = request.scope.get(BODY_READ)
     return body if body is not None else await request.body()
+
+
+def request_media_type(request: Request) -> str:
+    """The Content-Type's media type in lower case ("" when none), as the middleware read it."""
+    found = request.scope.get(CONTENT_TYPE_READ)
+    if found is None:
+        found = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return str(found)
 
 
 async def check_champion(app: FastAPI, trigger: str) -> str:

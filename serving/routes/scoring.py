@@ -24,7 +24,7 @@ from mlpipeline.tasks import Answers, PredictMethodError
 from serving import scoring
 from serving.champion import LoadedModel
 from serving.schemas import PredictResponse, RequestContract, valid_id
-from serving.state import json_response, request_body
+from serving.state import json_response, request_body, request_media_type
 
 
 class RequestRoute(APIRoute):
@@ -190,8 +190,7 @@ def predict_body(state: State, body: bytes) -> Response:
 )
 async def invocations(request: Request) -> Response:
     body = await request_body(request)
-    content_type = request.headers.get("content-type", "application/json")
-    content_type = content_type.split(";")[0].strip().lower()
+    content_type = request_media_type(request) or "application/json"
     state = request.app.state
     if scored_inline(state, body):
         return invoke(state, body, content_type)
