@@ -12,8 +12,8 @@ refuses) is counted by reason and logged, and the writer goes on with the next; 
 that arrive while `max_queued_records` wait, or after the writer stopped, are dropped and
 counted the same way (`prediction_log_records_failed{reason=...}`), so memory stays bounded.
 A process killed outright (SIGKILL, OOM) loses what it had not written: at most
-`max_queued_records` plus one part (`serving.log_flush_records` and one request's records),
-or the last `serving.log_flush_seconds` of traffic when it is light.
+`max_queued_records` (every record handed over and not yet written counts), or the last
+`serving.log_flush_seconds` of traffic when it is light.
 """
 
 from __future__ import annotations
