@@ -234,6 +234,8 @@ class MetricsAndLimits:
 
     def _header_problem(self, path: str, method: str, scope: dict
                         ) -> tuple[int, str] | None:
+        """413 or 415 and why, from the headers, or None; the media type it read goes into
+        the scope for the endpoints (CONTENT_TYPE_READ)."""
         length = given_type = None
         for name, value in scope["headers"]:  # the two it needs, without a dict of all
             if name == b"content-length":

@@ -32,7 +32,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 log = logging.getLogger("serving.prediction_log")
-_STOP = object()
 # Why records were not written (the `reason` label), besides the writer's own errors, which
 # are named by their exception type (OSError, UnicodeEncodeError, ArrowInvalid...).
 QUEUE_FULL, WRITER_STOPPED = "queue_full", "writer_stopped"
