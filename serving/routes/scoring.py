@@ -100,14 +100,11 @@ def batch_problem(count: int, max_records: int) -> Response | None:
                                       "msg": message, "type": kind}]}, 422)
 
 
-def served_model(state: State) -> LoadedModel | Response:
-    """The champion this request is checked against and scored by, start to end (a swap
-    in between changes neither its contract nor its model)."""
-    model = state.champion.current
-    if model is None:
-        return json_response({"detail": "no model to serve: "
-                                        f"{state.champion.not_ready_reason}"}, 503)
-    return model
+def no_model(state: State) -> Response:
+    """503: a request read the champion (once: its contract and model serve it start to
+    end, whatever a swap does meanwhile) and there was none."""
+    return json_response({"detail": f"no model to serve: {state.champion.not_ready_reason}"},
+                         503)
 
 
 def scored_inline(state: State, body: bytes) -> bool:
@@ -152,9 +149,9 @@ async def predict(request: Request) -> Response:
 
 def predict_body(state: State, body: bytes) -> Response:
     settings = state.params.serving
-    model = served_model(state)
-    if isinstance(model, Response):
-        return model
+    model = state.champion.current
+    if model is None:
+        return no_model(state)
     try:
         parsed = model.requests.body.validate_json(body)
     except ValidationError as error:
@@ -199,10 +196,10 @@ async def invocations(request: Request) -> Response:
 
 def invoke(state: State, body: bytes, content_type: str) -> Response:
     settings = state.params.serving
+    model = state.champion.current
     try:
-        current = state.champion.current
         raw, extra = scoring.parse_payload(
-            body, content_type, current.schema.logged_columns if current else ())
+            body, content_type, model.schema.logged_columns if model else ())
         method = scoring.predict_method(extra)
     except scoring.PayloadError as error:
         return json_response({"error_code": "BAD_REQUEST", "message": str(error)}, 400)
@@ -210,9 +207,8 @@ def invoke(state: State, body: bytes, content_type: str) -> Response:
     problem = batch_problem(count, settings.max_records)
     if problem:
         return problem
-    model = served_model(state)
-    if isinstance(model, Response):
-        return model
+    if model is None:
+        return no_model(state)
     if isinstance(raw, dict):  # columns (dataframe_split): checked a column at a time
         columns = raw
         detail = ([] if model.requests.columns_valid(raw)

@@ -60,15 +60,16 @@ AWAITING = "awaiting"  # a version's `approval` tag under promotion.mode manual 
 # own params.yaml. `register` sets it under promotion.mode shadow; a person may set it too.
 SHADOW_TAG = "shadow"
 
+LOCK_SUFFIX = ".promotion-lock"
+LINEAGE_TAGS = ["run_id", "git_commit", "git_dirty", "data_version", "raw_data_version",
+                "training_window", "params_hash", "model_md5", "gate", "gate_reason"]
+
 
 def in_shadow(version: Any) -> bool:
     """Whether a version (the `challenger`) is the shadow: awaiting a decision, tagged
     `shadow: true`. The replicas and the shadow report both ask this."""
     return (version is not None and version.tags.get("approval") == AWAITING
             and version.tags.get(SHADOW_TAG) == "true")
-LOCK_SUFFIX = ".promotion-lock"
-LINEAGE_TAGS = ["run_id", "git_commit", "git_dirty", "data_version", "raw_data_version",
-                "training_window", "params_hash", "model_md5", "gate", "gate_reason"]
 
 
 @dataclass(frozen=True)
