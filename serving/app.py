@@ -25,7 +25,7 @@ from serving.routes import admin, health
 from serving.routes import scoring as scoring_routes
 from serving.scoring import CONTENT_TYPES
 from serving.shadow import ShadowScorer
-from serving.state import check_champion
+from serving.state import AppState, check_champion
 
 
 def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True,
@@ -74,6 +74,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
                    "logs": settings.opentelemetry},
     )
 
+    app.state = AppState()
     follow_the_contract(app, settings.max_records)
     add_docs(app)
     app.add_middleware(MetricsAndLimits, metrics=metrics, max_body_bytes=settings.max_body_bytes,

@@ -290,6 +290,39 @@ def test_served_answers_have_the_task_shape_and_predict_proba_the_model_column_o
 
 
 @pytest.mark.parametrize("name", ["binary", "multiclass", "regression"])
+def test_one_record_is_answered_as_it_is_within_a_batch(name: str) -> None:
+    # One record takes a path without array operations; its answer must be the batch path's,
+    # bit for bit: at a threshold whose float32 is below it (0.7), on ties between classes,
+    # on values that are not finite or too large to round as a scaled integer.
+    task = PARAMS[name].task
+    if name == "binary":
+        task = type(task)(task.schema, threshold=0.7)
+    rng = np.random.default_rng(7)
+    edges = [0.7, float(np.float32(0.7)), np.nextafter(np.float32(0.7), 1), 0.0, 1.0,
+             0.1234565, 0.5, np.nan]
+    if name == "regression":
+        values = [*rng.normal(5e3, 1e4, 500), *edges, 999_999_999.5, 1e9, -1e12, 1e300, np.inf]
+        with np.errstate(over="ignore"):  # 1e300 as float32: inf, as meant
+            batches_of_scores = [np.asarray(values, dtype=np.float64),
+                                 np.asarray(values, dtype=np.float32)]
+    else:
+        classes = len(task.classes)
+        random = rng.dirichlet(np.ones(classes), 500)
+        ties = np.full((3, classes), 1 / classes)
+        edge = np.array([[1 - p, *[p / (classes - 1)] * (classes - 1)] for p in edges])
+        if name == "binary":
+            edge = np.array([[1 - p, p] for p in edges])
+        rows = np.concatenate([random, ties, edge])
+        batches_of_scores = [rows.astype(np.float32), rows.astype(np.float64)]
+    for scores in batches_of_scores:
+        together = task.answers(scores)
+        for i in range(len(scores)):
+            alone = task.answers(scores[i:i + 1])
+            for column, values in together.log.items():
+                assert str(alone.log[column]) == str([values[i]]), (name, scores.dtype, i)
+
+
+@pytest.mark.parametrize("name", ["binary", "multiclass", "regression"])
 def test_evaluate_writes_the_task_metrics_tables_and_plot_definitions(
         name: str, tmp_path: Path) -> None:
     from mlpipeline.evaluate import evaluate, write_reports

@@ -14,6 +14,7 @@ the decision, the metrics, the served answer, is computed from scores.
 from __future__ import annotations
 
 import importlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -259,6 +260,31 @@ class Task(ABC):
     @abstractmethod
     def evidently_metric_ids(self) -> dict[str, str]:
         """Our metric name -> the Evidently metric that computes it (for the dashboard)."""
+
+
+# One record's answers without array operations (most requests carry one record).
+# np.round(x, 6) scales by 1e6, rounds half to even and scales back, as Python's round() does
+# for a finite x whose scaled value is still an exact integer in a float (|x| < 1e9).
+ROUNDING_SCALE = 1e6
+ROUNDING_LIMIT = 1e9
+
+
+def one_row(scores: np.ndarray) -> list[float] | None:
+    """The scores of a one-record answer as Python floats (one per class, or the value), or
+    None where the array path must decide: several records, or a value not finite or past
+    ROUNDING_LIMIT."""
+    if len(scores) != 1:
+        return None
+    row = scores[0].tolist()
+    row = row if isinstance(row, list) else [row]
+    if all(math.isfinite(value) and abs(value) < ROUNDING_LIMIT for value in row):
+        return row
+    return None
+
+
+def rounded(value: float) -> float:
+    """np.round(value, 6) of one value one_row gave."""
+    return round(value * ROUNDING_SCALE) / ROUNDING_SCALE
 
 
 def round_figures(figures: dict[str, Any]) -> dict[str, float]:

@@ -13,7 +13,15 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from mlpipeline.tasks.base import Answers, evidently_tests, new_figure, round_figures, thin
+from mlpipeline.tasks.base import (
+    Answers,
+    evidently_tests,
+    new_figure,
+    one_row,
+    round_figures,
+    rounded,
+    thin,
+)
 from mlpipeline.tasks.classification import Classification
 
 METRICS = {"roc_auc": False, "pr_auc": False, "precision": False, "recall": False,
@@ -131,8 +139,13 @@ class Binary(Classification):
     # --- serving --------------------------------------------------------------------------
 
     def answers(self, scores: np.ndarray) -> Answers:
-        labels = self.predictions(scores).tolist()
-        probabilities = scores[:, 1].astype(np.float64).round(6).tolist()
+        row = one_row(scores)
+        if row is not None:  # compared at the scores' precision, as the array path does
+            positive = row[1] >= float(scores.dtype.type(self.threshold))
+            labels, probabilities = [self.classes[int(positive)]], [rounded(row[1])]
+        else:
+            labels = self.predictions(scores).tolist()
+            probabilities = scores[:, 1].astype(np.float64).round(6).tolist()
         return Answers({"prediction": labels, "probability": probabilities},
                        lambda: [{"label": label, "probability": p}
                                 for label, p in zip(labels, probabilities, strict=True)])

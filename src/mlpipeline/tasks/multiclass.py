@@ -14,7 +14,14 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from mlpipeline.tasks.base import Answers, evidently_tests, new_figure, round_figures
+from mlpipeline.tasks.base import (
+    Answers,
+    evidently_tests,
+    new_figure,
+    one_row,
+    round_figures,
+    rounded,
+)
 from mlpipeline.tasks.classification import Classification, metric_slug
 
 
@@ -112,8 +119,13 @@ class Multiclass(Classification):
     # --- serving --------------------------------------------------------------------------
 
     def answers(self, scores: np.ndarray) -> Answers:
-        labels = self.predictions(scores).tolist()
-        probabilities = np.round(scores.astype(np.float64), 6).tolist()
+        row = one_row(scores)
+        if row is not None:  # the first likeliest class, as argmax picks it
+            labels = [self.classes[row.index(max(row))]]
+            probabilities = [[rounded(value) for value in row]]
+        else:
+            labels = self.predictions(scores).tolist()
+            probabilities = np.round(scores.astype(np.float64), 6).tolist()
         names = [str(label) for label in self.classes]  # JSON object keys are text
         return Answers({"prediction": labels, "probabilities": probabilities},
                        lambda: [{"label": label, "probabilities": dict(zip(names, row,

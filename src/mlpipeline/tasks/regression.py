@@ -21,7 +21,9 @@ from mlpipeline.tasks.base import (
     Task,
     evidently_tests,
     new_figure,
+    one_row,
     round_figures,
+    rounded,
 )
 
 METRICS = {"rmse": True, "mae": True, "r2": False, "mape": True}
@@ -159,7 +161,9 @@ class Regression(Task):
     # --- serving --------------------------------------------------------------------------
 
     def answers(self, scores: np.ndarray) -> Answers:
-        values = np.round(scores.astype(np.float64), 6).tolist()
+        row = one_row(scores)
+        values = ([rounded(row[0])] if row is not None
+                  else np.round(scores.astype(np.float64), 6).tolist())
         return Answers({"prediction": values}, lambda: [{"value": v} for v in values])
 
     def proba_rows(self, scores: np.ndarray, model: Any) -> list[list[float]]:
