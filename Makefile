@@ -25,7 +25,7 @@ export UV_PYTHON := $(PYTHON_EXE)
 # 7), and the pipeline, the CT cycle and the tests start hundreds of processes.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help setup demo repro test test-fast lint ui dashboard serve bench bench-request bench-workers bench-data bench-log bench-tasks bench-reload ct drift shadow-report compact-log models lineage card approve reject rollback stack stack-down clean
+.PHONY: help setup demo repro test test-fast lint ui dashboard serve score bench-score bench bench-request bench-workers bench-data bench-log bench-tasks bench-reload ct drift shadow-report compact-log models lineage card approve reject rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
@@ -33,8 +33,10 @@ help:
 	@echo "make test   set up, run the tests (pytest)"
 	@echo "make test-fast  the unit tests only (no DVC pipeline, no servers; under a minute)"
 	@echo "make lint   ruff, mypy; actionlint, zizmor, check-jsonschema on the workflows; hadolint, compose schema"
+	@echo "make score INPUT=path OUTPUT=folder [V=n|ALIAS=name] [OVERWRITE=1] [STRICT=1]  score files with a version"
 	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
 	@echo "make bench-request  one request's time in process, step by step, beside the floor app"
+	@echo "make bench-score [ROWS=n]  make score vs mlflow models predict, pyfunc and the service"
 	@echo "make bench-data [ROWS=n]  cold dvc repro, each stage, one CT cycle on landed batches"
 	@echo "make bench-reload  promotion to served on the stack: webhook vs polling"
 	@echo "make bench-workers  one worker vs two, alternated (A/B), the ratio's range"
@@ -124,8 +126,20 @@ dashboard: setup
 serve: setup
 	$(IN_PROJECT) python -m serving $(if $(PORT),--port $(PORT))
 
+# Batch scoring (serving/batch.py): INPUT, a CSV or Parquet file or a folder of them, scored
+# with the champion (or V=n, ALIAS=name) into the folder OUTPUT; paths relative to here.
+YES = $(filter 1 yes true,$(1))
+score: setup
+	$(if $(and $(INPUT),$(OUTPUT)),,$(error make score needs INPUT=path OUTPUT=folder))
+	$(IN_PROJECT) python -m serving.batch --input $(abspath $(INPUT)) --output $(abspath $(OUTPUT)) \
+	  $(if $(V),--version $(V)) $(if $(ALIAS),--alias $(ALIAS)) \
+	  $(if $(call YES,$(OVERWRITE)),--overwrite) $(if $(call YES,$(STRICT)),--strict)
+
 bench: setup
 	$(IN_PROJECT) python $(CURDIR)/benchmarks/serve_bench.py
+
+bench-score: setup
+	$(IN_PROJECT) python $(CURDIR)/benchmarks/score_bench.py $(if $(ROWS),--rows $(ROWS))
 
 bench-request: setup
 	$(IN_PROJECT) python $(CURDIR)/benchmarks/request_profile.py

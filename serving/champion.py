@@ -138,6 +138,15 @@ class Champion:
                  f"v{old.version}" if old else "none")
         return "loaded"
 
+    def load(self, version: str | None = None, alias: str | None = None) -> LoadedModel:
+        """One version, by number or by alias (the champion when neither is given), loaded as
+        the service loads what it serves (batch scoring: serving.batch)."""
+        if version:
+            found = self.client.get_model_version(self.name, version)
+        else:
+            found = self.client.get_model_version_by_alias(self.name, alias or "champion")
+        return self._load(found)
+
     def _check_shadow(self) -> None:
         """The shadow: the `challenger` while it awaits a decision (tag approval: awaiting),
         is tagged `shadow: true` and is not the champion; none otherwise. A failure keeps

@@ -213,6 +213,14 @@ class ServingParams(_Strict):
     webhook_max_age_seconds: float = Field(300.0, gt=0)  # older signed calls: 401 (replays)
 
 
+class ScoreParams(_Strict):
+    """`make score`: batch scoring of files with a registered version (serving.batch)."""
+
+    # Rows read, checked, scored and written at a time: the job's memory follows this, not
+    # the input's size.
+    chunk_rows: int = Field(50_000, gt=0)
+
+
 class StackParams(_Strict):
     """`make stack`: the production topology as local processes (ports: 0 = any free one)."""
 
@@ -234,6 +242,7 @@ class ServiceConfig(_Strict):
 
     mlflow: MlflowParams = MlflowParams()
     serving: ServingParams = ServingParams()
+    score: ScoreParams = ScoreParams()
     root: Path = Path(".")  # folder of params.yaml; relative paths resolve against it
 
     def path(self, relative: str | Path) -> Path:

@@ -1,0 +1,378 @@
+"""Batch scoring: CSV or Parquet files scored with a registered version, each record answered
+as the service answers it.
+
+    make score INPUT=path OUTPUT=folder [V=n | ALIAS=name] [OVERWRITE=1] [STRICT=1]
+
+The input (a file, or a folder of them) is read `score.chunk_rows` rows at a time, so memory
+follows the chunk and not the input. Each record is checked against the version's own
+contract by the service's rules and messages (serving.scoring), the valid ones are scored by
+the service's runtime (the verified ONNX twin, else scikit-learn), and the job writes:
+
+- OUTPUT/predictions/: Parquet, one row per valid record, in input order: the schema's id
+  column (text, as the prediction log keeps it), `prediction`, the task's probabilities
+  (`probability`, or one `probability_<class>` per class) and `model_version`;
+- OUTPUT/rejects.parquet: each refused record (`file`, `row`, the record as JSON) with its
+  `reason`; a refused record never stops the job, unless STRICT=1;
+- OUTPUT/manifest.json: the model, every input with its md5, rows in, scored and rejected,
+  the engine, the start and the end.
+
+The folder is filled under a temporary name and renamed once whole: a killed job leaves no
+OUTPUT (the next run removes what it left). Columns the contract does not know (the target,
+a warehouse's own) are not scored and are named in the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlpipeline.config import ServiceConfig, load_service_config
+from mlpipeline.schema import Schema
+from serving.champion import Champion, LoadedModel, _is_missing
+from serving.schemas import valid_id
+from serving.scoring import column_errors
+
+SUFFIXES = (".csv", ".parquet")
+ENGINE = "embedded"
+
+
+class BatchError(Exception):
+    """The job cannot run or must stop; the message says why and what to do."""
+
+
+@dataclass
+class Counts:
+    rows: int = 0
+    scored: int = 0
+    rejected: int = 0
+    ignored_columns: set[str] = field(default_factory=set)
+
+
+def input_files(path: Path) -> list[Path]:
+    """The CSV and Parquet files of INPUT: the file itself, or a folder's, in name order
+    (hidden files aside)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file()
+                       and p.suffix.lower() in SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not files:
+            raise BatchError(f"{path} holds no .csv or .parquet file")
+        return files
+    if not path.is_file():
+        raise BatchError(f"{path} does not exist: INPUT is a CSV or Parquet file, or a "
+                         "folder of them")
+    if path.suffix.lower() not in SUFFIXES:
+        raise BatchError(f"{path} is neither .csv nor .parquet")
+    return [path]
+
+
+def md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_chunks(path: Path, schema: Schema, chunk_rows: int) -> Iterator[dict[str, list[Any]]]:
+    """The file's records, `chunk_rows` at a time, as columns of Python values: what the
+    service's column check takes (a JSON body's numbers, text, booleans and nulls)."""
+    if path.suffix.lower() == ".parquet":
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            yield {name: _arrow_values(batch.column(name), name in schema.logged_columns)
+                   for name in batch.schema.names}
+        return
+    # Categories and ids as written ("007" stays text); numbers and booleans as parsed.
+    text = {s.name for s in schema.features if s.type == "categorical"}
+    text.update(schema.logged_columns)
+    numeric = {s.name for s in schema.features if s.type == "numeric"}
+    with pd.read_csv(path, chunksize=chunk_rows, dtype=dict.fromkeys(text, str)) as reader:
+        for frame in reader:
+            yield {str(name): _csv_values(frame[name], name in numeric)
+                   for name in frame.columns}
+
+
+def _arrow_values(column: pa.Array, logged: bool) -> list[Any]:
+    if logged and (pa.types.is_timestamp(column.type) or pa.types.is_date(column.type)):
+        column = column.cast(pa.string())  # the time: logged as text, never scored
+    return column.to_pylist()
+
+
+def _csv_values(series: pd.Series, numeric: bool) -> list[Any]:
+    """A CSV column as the service's text/csv path reads it: an empty cell is null. In a
+    numeric column with text in it, the numbers are numbers and the text stays text (and
+    is refused by the check, record by record)."""
+    if numeric and series.dtype == object:
+        parsed = pd.to_numeric(series, errors="coerce")
+        series = parsed.astype(object).where(parsed.notna() | series.isna(), series)
+    values = series.tolist()
+    if series.hasnans:
+        values = [None if type(v) is float and math.isnan(v) else v for v in values]
+    return values
+
+
+def checked(columns: dict[str, list[Any]], model: LoadedModel, where: str
+            ) -> tuple[dict[str, list[Any]], list[tuple[int, str]]]:
+    """The valid records of a chunk (as columns) and each refused one's index and reason,
+    by the service's rules and messages."""
+    schema = model.schema
+    missing = [name for name in schema.feature_names if name not in columns]
+    if missing:
+        raise BatchError(f"{where}: no column {', '.join(missing)}; version "
+                         f"{model.version}'s contract needs {', '.join(schema.feature_names)}")
+    if model.requests.columns_valid(columns):
+        return columns, []
+    reasons: dict[int, list[str]] = {}
+    for error in column_errors(columns, schema):
+        if error["record"] is None:  # a whole column (none remain once missing ones stop)
+            raise BatchError(f"{where}: column {error['field']}: {error['msg']}")
+        reasons.setdefault(error["record"], []).append(f"{error['field']}: {error['msg']}")
+    keep = [i for i in range(len(next(iter(columns.values())))) if i not in reasons]
+    valid = {name: [values[i] for i in keep] for name, values in columns.items()}
+    return valid, [(i, "; ".join(found)) for i, found in sorted(reasons.items())]
+
+
+def prediction_schema(model: LoadedModel) -> pa.Schema:
+    """OUTPUT/predictions' columns, fixed by the version's contract (not by a chunk)."""
+    schema, task = model.schema, model.task
+    fields = [pa.field(schema.id_column, pa.string())] if schema.id_column else []
+    if task.name == "regression":
+        fields.append(pa.field("prediction", pa.float64()))
+    else:
+        classes = schema.classes or []
+        label = pa.string() if any(isinstance(c, str) for c in classes) else pa.int64()
+        fields.append(pa.field("prediction", label))
+        if task.name == "binary":
+            fields.append(pa.field("probability", pa.float64()))
+        else:
+            fields += [pa.field(f"probability_{c}", pa.float64()) for c in classes]
+    return pa.schema([*fields, pa.field("model_version", pa.string())])
+
+
+def prediction_table(model: LoadedModel, columns: dict[str, list[Any]], layout: pa.Schema
+                     ) -> pa.Table:
+    """Score valid records and lay their answers out as OUTPUT/predictions' rows."""
+    rows = len(next(iter(columns.values())))
+    answers = model.task.answers(model.scores(columns)).log
+    data: dict[str, Any] = {"prediction": answers["prediction"]}
+    if "probability" in answers:
+        data["probability"] = answers["probability"]
+    if "probabilities" in answers:
+        by_class = list(zip(*answers["probabilities"], strict=True))
+        for i, name in enumerate(model.schema.classes or []):
+            data[f"probability_{name}"] = list(by_class[i])
+    id_column = model.schema.id_column
+    if id_column:
+        ids = columns.get(id_column) or [None] * rows
+        data[id_column] = [None if value is None else valid_id(value) for value in ids]
+    data["model_version"] = [model.version] * rows
+    return pa.table({f.name: pa.array(data[f.name], type=f.type) for f in layout},
+                    schema=layout)
+
+
+REJECT_SCHEMA = pa.schema([("file", pa.string()), ("row", pa.int64()),
+                           ("record", pa.string()), ("reason", pa.string())])
+
+
+def reject_table(columns: dict[str, list[Any]], refused: list[tuple[int, str]], file: str,
+                 first_row: int) -> pa.Table:
+    records = [json.dumps({name: values[i] for name, values in columns.items()}, default=str)
+               for i, _ in refused]
+    return pa.table({"file": [file] * len(refused), "row": [first_row + i for i, _ in refused],
+                     "record": records, "reason": [reason for _, reason in refused]},
+                    schema=REJECT_SCHEMA)
+
+
+def score_files(files: list[Path], folder: Path, model: LoadedModel, chunk_rows: int,
+                strict: bool, progress: Callable[[int], None]) -> tuple[Counts, list[dict]]:
+    """Fill `folder` (predictions/, rejects.parquet) from `files`; the counts and, per input,
+    its path, md5 and rows."""
+    layout = prediction_schema(model)
+    (folder / "predictions").mkdir()
+    counts, inputs = Counts(), []
+    known = {*model.schema.feature_names, *model.schema.logged_columns}
+    with pq.ParquetWriter(folder / "rejects.parquet", REJECT_SCHEMA) as rejects:
+        for number, path in enumerate(files):
+            rows = 0
+            with pq.ParquetWriter(folder / "predictions" / f"part-{number:05d}.parquet",
+                                  layout) as predictions:
+                for chunk in read_chunks(path, model.schema, chunk_rows):
+                    counts.ignored_columns.update(set(chunk) - known)
+                    chunk = {name: values for name, values in chunk.items() if name in known}
+                    size = len(next(iter(chunk.values()), []))
+                    valid, refused = checked(chunk, model, f"{path}")
+                    if refused:
+                        if strict:
+                            row, reason = refused[0]
+                            raise BatchError(f"STRICT=1: {path} row {rows + row} is refused "
+                                             f"({reason}); nothing was written")
+                        rejects.write_table(reject_table(chunk, refused, str(path), rows))
+                    if size > len(refused):
+                        predictions.write_table(prediction_table(model, valid, layout))
+                    rows += size
+                    counts.rows += size
+                    counts.scored += size - len(refused)
+                    counts.rejected += len(refused)
+                    progress(size)
+            inputs.append({"path": str(path), "md5": md5(path), "rows": rows})
+    return counts, inputs
+
+
+def write_whole(output: Path, overwrite: bool, fill: Callable[[Path], Any]) -> Any:
+    """Run `fill` on a temporary folder beside OUTPUT and rename it to OUTPUT once it
+    returns: OUTPUT is never half written. What a killed run left is removed first."""
+    if output.exists() and not overwrite:
+        raise BatchError(f"{output} exists: name another OUTPUT, or OVERWRITE=1 to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for left in output.parent.glob(f".{output.name}.partial-*"):
+        pid = left.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+    partial = output.parent / f".{output.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        result = fill(partial)
+        if output.exists():
+            replaced = output.parent / f".{output.name}.replaced-{os.getpid()}"
+            output.rename(replaced)
+            partial.rename(output)
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            partial.rename(output)
+        return result
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def run(params: ServiceConfig, input_path: Path, output: Path, version: str | None = None,
+        alias: str | None = None, overwrite: bool = False, strict: bool = False) -> dict:
+    """The job: score INPUT into OUTPUT; returns the manifest."""
+    started = dt.datetime.now(dt.UTC)
+    clock = time.perf_counter()
+    files = input_files(input_path)
+    if output.resolve() == input_path.resolve() or input_path.resolve() in output.resolve(
+            ).parents:
+        raise BatchError(f"OUTPUT {output} is INPUT or inside it: name another folder")
+    model = load_model(params, version, alias)
+    job_id = f"{started:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    bar = _progress(files)
+
+    def fill(folder: Path) -> dict:
+        counts, inputs = score_files(files, folder, model, params.score.chunk_rows, strict,
+                                     bar.update)
+        manifest = {
+            "job_id": job_id,
+            "model": {"name": model.name, "version": model.version, "run_id": model.run_id,
+                      "runtime": model.runtime},
+            "inputs": inputs,
+            "rows": {"in": counts.rows, "scored": counts.scored, "rejected": counts.rejected},
+            "ignored_columns": sorted(counts.ignored_columns),
+            "engine": ENGINE,
+            "chunk_rows": params.score.chunk_rows,
+            "started_at": started.isoformat(timespec="seconds"),
+            "ended_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        return manifest
+
+    try:
+        manifest = write_whole(output, overwrite, fill)
+    finally:
+        bar.close()
+    manifest["seconds"] = round(time.perf_counter() - clock, 2)
+    return manifest
+
+
+def load_model(params: ServiceConfig, version: str | None, alias: str | None) -> LoadedModel:
+    if version and alias:
+        raise BatchError("give V= or ALIAS=, not both")
+    champion = Champion(params)
+    try:
+        return champion.load(version, alias)
+    except Exception as error:
+        named = f"version {version}" if version else f"alias {alias or 'champion'!r}"
+        if _is_missing(error):
+            raise BatchError(f"model {champion.name!r} has no {named} in the registry "
+                             f"({params.tracking_uri()}): `make models` lists them") from None
+        raise BatchError(f"could not load {champion.name!r} {named}: "
+                         f"{type(error).__name__}: {error}") from None
+
+
+def _progress(files: list[Path]) -> Any:
+    """Rows, rows/s and the ETA on a terminal (rows counted from Parquet's footers, CSV's
+    lines); nothing when the output is not a terminal (CI, a scheduler's log)."""
+    from tqdm import tqdm
+
+    shown = sys.stderr.isatty()
+    total = sum(_rows_of(path) for path in files) if shown else None
+    return tqdm(total=total, unit=" rows", unit_scale=True, disable=not shown,
+                desc="scoring", smoothing=0.1)
+
+
+def _rows_of(path: Path) -> int:
+    if path.suffix.lower() == ".parquet":
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    with path.open("rb") as file:
+        return max(sum(block.count(b"\n") for block in iter(lambda: file.read(1 << 20), b""))
+                   - 1, 0)
+
+
+def summary(manifest: dict, output: Path) -> str:
+    rows, model = manifest["rows"], manifest["model"]
+    files = len(manifest["inputs"])
+    return (f"scored {rows['scored']:,} of {rows['in']:,} rows from {files} file"
+            f"{'s' if files != 1 else ''} with {model['name']} v{model['version']} "
+            f"({model['runtime']}), {rows['rejected']:,} rejected, in "
+            f"{manifest['seconds']:.1f} s: {output}/predictions, rejects.parquet and "
+            "manifest.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", type=Path, required=True, help="a CSV or Parquet file, "
+                        "or a folder of them")
+    parser.add_argument("--output", type=Path, required=True, help="the folder to write")
+    parser.add_argument("--version", help="a version number (default: the champion)")
+    parser.add_argument("--alias", help="an alias, e.g. challenger (default: champion)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument("--strict", action="store_true", help="fail on any refused record")
+    args = parser.parse_args(argv)
+    params = load_service_config()
+    try:
+        manifest = run(params, args.input, args.output, args.version or None,
+                       args.alias or None, args.overwrite, args.strict)
+    except BatchError as error:
+        print(f"score: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(summary(manifest, args.output))
+
+
+if __name__ == "__main__":
+    main()
