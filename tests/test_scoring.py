@@ -128,9 +128,33 @@ def test_the_column_path_and_the_record_path_give_the_same_verdicts(
     assert column_errors(records) == expected
     columns = {name: [r[name] for r in records] for name in records[0]}
     assert CHECK(columns) == (not expected)
+    # A large batch is checked by passes over whole columns (scoring.MANY_RECORDS): the
+    # same verdict for the same records, seventeen times over.
+    assert CHECK({name: values * 17 for name, values in columns.items()}) == (not expected)
 
 
 CHECK = scoring.column_checker(SCHEMA)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("credit_score", math.nan), ("credit_score", math.inf), ("credit_score", -math.inf),
+    ("credit_score", 10**400), ("credit_score", True), ("credit_score", "690"),
+    ("age", None), ("credit_score", 851), ("credit_score", 299.5), ("employment_years", math.nan),
+    ("term", "37 months"), ("term", None), ("term", 36), ("application_id", ""),
+    ("application_id", "x" * 129), ("application_id", "é"), ("application_id", 10**100),
+    ("application_id", 1.5), ("application_id", True)])
+def test_one_bad_value_fails_a_large_batch_as_it_fails_one_record(field: str,
+                                                                  value: Any) -> None:
+    # Each value the record path refuses, once among 40 good records (the check by whole
+    # columns, scoring.MANY_RECORDS), and alone.
+    good = {**RECORD, "application_id": "a-1"}
+    columns = {name: [v] * 40 for name, v in good.items()}
+    assert CHECK(columns)
+    columns[field][17] = value
+    assert not CHECK(columns)
+    assert not CHECK({name: [values[17]] for name, values in columns.items()})
+
+
 IDS = st.one_of(st.none(), st.integers(), st.integers(min_value=10**127),
                 st.text(max_size=130), st.floats(), st.booleans())
 
@@ -142,6 +166,8 @@ def test_the_fast_check_never_passes_an_id_the_full_check_refuses(ids: list[Any]
     columns[SCHEMA.id_column] = ids
     if CHECK(columns):
         assert scoring.column_errors(columns, SCHEMA) == []
+    many = {name: values * 17 for name, values in columns.items()}
+    assert CHECK(many) == CHECK(columns)
 
 
 def test_the_live_gauges_of_a_worker_that_died_are_forgotten(tmp_path) -> None:
