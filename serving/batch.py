@@ -24,6 +24,7 @@ a warehouse's own) are not scored and are named in the manifest.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import hashlib
 import json
@@ -34,6 +35,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,12 +204,20 @@ def reject_table(columns: dict[str, list[Any]], refused: list[tuple[int, str]], 
 def score_files(files: list[Path], folder: Path, model: LoadedModel, chunk_rows: int,
                 strict: bool, progress: Callable[[int], None]) -> tuple[Counts, list[dict]]:
     """Fill `folder` (predictions/, rejects.parquet) from `files`; the counts and, per input,
-    its path, md5 and rows."""
+    its path, md5 and rows.
+
+    Chunks are scored on SCORING_THREADS threads while the next ones are read and checked:
+    the ONNX runtime lets go of the GIL, and each chunk is scored by the same
+    single-threaded session as the service's (a multi-threaded one sums a forest's trees in
+    another order: probabilities 4e-7 apart, and a label at the threshold could flip).
+    Results are written in input order; at most SCORING_THREADS chunks wait for it."""
     layout = prediction_schema(model)
     (folder / "predictions").mkdir()
     counts, inputs = Counts(), []
     known = {*model.schema.feature_names, *model.schema.logged_columns}
-    with pq.ParquetWriter(folder / "rejects.parquet", REJECT_SCHEMA) as rejects:
+    pending: collections.deque[Future[pa.Table]] = collections.deque()
+    with (pq.ParquetWriter(folder / "rejects.parquet", REJECT_SCHEMA) as rejects,
+          ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="score") as scorers):
         for number, path in enumerate(files):
             rows = 0
             with pq.ParquetWriter(folder / "predictions" / f"part-{number:05d}.parquet",
@@ -224,14 +234,21 @@ def score_files(files: list[Path], folder: Path, model: LoadedModel, chunk_rows:
                                              f"({reason}); nothing was written")
                         rejects.write_table(reject_table(chunk, refused, str(path), rows))
                     if size > len(refused):
-                        predictions.write_table(prediction_table(model, valid, layout))
+                        pending.append(scorers.submit(prediction_table, model, valid, layout))
+                    while len(pending) > SCORING_THREADS:
+                        predictions.write_table(pending.popleft().result())
                     rows += size
                     counts.rows += size
                     counts.scored += size - len(refused)
                     counts.rejected += len(refused)
                     progress(size)
+                while pending:  # this file's last chunks, before its part is closed
+                    predictions.write_table(pending.popleft().result())
             inputs.append({"path": str(path), "md5": md5(path), "rows": rows})
     return counts, inputs
+
+
+SCORING_THREADS = 2
 
 
 def write_whole(output: Path, overwrite: bool, fill: Callable[[Path], Any]) -> Any:

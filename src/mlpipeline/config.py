@@ -218,7 +218,7 @@ class ScoreParams(_Strict):
 
     # Rows read, checked, scored and written at a time: the job's memory follows this, not
     # the input's size.
-    chunk_rows: int = Field(50_000, gt=0)
+    chunk_rows: int = Field(20_000, gt=0)
 
 
 class StackParams(_Strict):
