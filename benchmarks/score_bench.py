@@ -118,13 +118,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--pyfunc", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=None,
-                        help="default: 2, or 1 from 5M rows (mlflow models predict alone "
+                        help="default: 3, or 1 from 5M rows (mlflow models predict alone "
                              "takes minutes there)")
     args = parser.parse_args()
     if args.pyfunc:
         in_process_pyfunc(args.pyfunc)
         return
-    rounds = args.rounds or (2 if args.rows < 5_000_000 else 1)
+    rounds = args.rounds or (3 if args.rows < 5_000_000 else 1)
     params = load_params()
     root, name = params.root, params.mlflow.registered_model
     id_column = params.schema.id_column

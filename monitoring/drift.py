@@ -1,6 +1,6 @@
 """The drift check: production data against the champion's own training reference.
 
-`python -m monitoring.drift [--current batch|log] [--since T] [--until T]`
+`python -m monitoring.drift [--current batch|log|OUTPUT] [--since T] [--until T]`
 
 - Reference: the sample `prepare` drew from the champion's training split, logged with the
   champion's MLflow run; never whatever happens to be in data/prepared/.
@@ -126,13 +126,14 @@ def batch_window(params: Params) -> Window:
     return Window("batch", f"batch {day} ({file.name})", frame, batch=day.isoformat())
 
 
-def log_window(params: Params, since: dt.datetime | None, until: dt.datetime | None) -> Window:
+def log_window(params: Params, since: dt.datetime | None, until: dt.datetime | None,
+               request_id: str | None = None, described: str | None = None) -> Window:
     until = until or dt.datetime.now(dt.UTC)
     since = since or until - dt.timedelta(hours=params.monitoring.log_window_hours)
     schema, task = params.schema, params.task
     table = read_log_table(params.path(params.serving.prediction_log_dir), since, until,
                            [*schema.feature_names, *task.log_score_columns],
-                           types=log_types(schema))
+                           types=log_types(schema), request_id=request_id)
     rows = 0 if table is None else table.num_rows
     if table is not None and rows > params.monitoring.max_rows:
         # Sampled before pandas: converting two million rows costs more than the test.
@@ -141,9 +142,28 @@ def log_window(params: Params, since: dt.datetime | None, until: dt.datetime | N
     log = pd.DataFrame() if table is None else table.to_pandas()
     frame = (typed_features(log, schema) if not log.empty
              else pd.DataFrame(columns=schema.feature_names))
-    return Window("log", f"prediction log {since.isoformat(timespec='seconds')} .. "
-                         f"{until.isoformat(timespec='seconds')}", frame,
+    return Window("log", described or f"prediction log {since.isoformat(timespec='seconds')}"
+                                      f" .. {until.isoformat(timespec='seconds')}", frame,
                   until=until.isoformat(timespec="seconds"), served=log, rows=rows)
+
+
+def job_window(params: Params, output: Path) -> Window:
+    """The records one batch job scored (`make score`'s OUTPUT), read back from the
+    prediction log by the job's id, in the span its manifest gives."""
+    manifest_file = output / "manifest.json"
+    if not manifest_file.is_file():
+        raise SystemExit(f"drift: --current {output}: no manifest.json there; give batch, log "
+                         "or the OUTPUT folder of a `make score` job")
+    manifest = json.loads(manifest_file.read_text())
+    job = manifest["prediction_log"]["request_id"]
+    since = _time(manifest["started_at"])
+    until = _time(manifest["ended_at"]) + dt.timedelta(seconds=1)  # the end, in seconds
+    window = log_window(params, since, until, job, f"batch job {job} ({output})")
+    if window.size == 0 and manifest["rows"]["scored"]:
+        raise SystemExit(f"drift: the prediction log ({params.serving.prediction_log_dir}) has "
+                         f"none of job {job}'s {manifest['rows']['scored']} records: a log "
+                         "elsewhere, or removed by serving.log_retention_days")
+    return window
 
 
 def feature_dataset(frame: pd.DataFrame, schema: Schema) -> Any:
@@ -231,7 +251,9 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
               until: dt.datetime | None = None, force: bool = False) -> dict[str, Any]:
     """The whole check; returns (and writes) the JSON summary."""
     current = current or params.monitoring.current
-    window = batch_window(params) if current == "batch" else log_window(params, since, until)
+    window = (batch_window(params) if current == "batch"
+              else log_window(params, since, until) if current == "log"
+              else job_window(params, Path(current)))
 
     from mlpipeline.registry import Registry
 
@@ -428,8 +450,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m monitoring.drift",
                                      description="Compare production data with the champion's "
                                                  "training reference.")
-    parser.add_argument("--current", choices=["batch", "log"],
-                        help="newest raw batch, or the prediction log (monitoring.current)")
+    parser.add_argument("--current", help="batch (the newest raw batch), log (the prediction "
+                        "log; monitoring.current names the default) or a `make score` "
+                        "job's OUTPUT folder (the records it scored)")
     parser.add_argument("--since", type=_time, help="log window start (ISO time, UTC)")
     parser.add_argument("--until", type=_time, help="log window end (ISO time, UTC)")
     args = parser.parse_args(argv)

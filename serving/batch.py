@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 from mlpipeline.config import ServiceConfig, load_service_config
 from mlpipeline.schema import Schema
 from serving.champion import Champion, LoadedModel, _is_missing
+from serving.prediction_log import part_name
 from serving.schemas import valid_id
 from serving.scoring import column_errors
 
@@ -167,9 +168,19 @@ def prediction_schema(model: LoadedModel) -> pa.Schema:
     return pa.schema([*fields, pa.field("model_version", pa.string())])
 
 
-def prediction_table(model: LoadedModel, columns: dict[str, list[Any]], layout: pa.Schema
-                     ) -> pa.Table:
-    """Score valid records and lay their answers out as OUTPUT/predictions' rows."""
+@dataclass
+class Scored:
+    """One chunk's valid records scored: OUTPUT/predictions' rows and the prediction log's."""
+
+    predictions: pa.Table
+    log: pa.Table
+
+
+def scored_chunk(model: LoadedModel, columns: dict[str, list[Any]], layout: pa.Schema,
+                 job_id: str) -> Scored:
+    """Score valid records; lay their answers out as OUTPUT/predictions' rows, and the
+    records with their answers as the prediction log keeps the service's (`source: batch`,
+    the job's id as the request id)."""
     rows = len(next(iter(columns.values())))
     answers = model.task.answers(model.scores(columns)).log
     data: dict[str, Any] = {"prediction": answers["prediction"]}
@@ -179,13 +190,24 @@ def prediction_table(model: LoadedModel, columns: dict[str, list[Any]], layout: 
         by_class = list(zip(*answers["probabilities"], strict=True))
         for i, name in enumerate(model.schema.classes or []):
             data[f"probability_{name}"] = list(by_class[i])
+    logged = dict(columns)
+    for name in model.schema.logged_columns:  # the id and the time: text, as logged
+        if name in logged:
+            logged[name] = [None if v is None else valid_id(v) for v in logged[name]]
     id_column = model.schema.id_column
     if id_column:
-        ids = columns.get(id_column) or [None] * rows
-        data[id_column] = [None if value is None else valid_id(value) for value in ids]
+        data[id_column] = logged.get(id_column) or [None] * rows
     data["model_version"] = [model.version] * rows
-    return pa.table({f.name: pa.array(data[f.name], type=f.type) for f in layout},
-                    schema=layout)
+    predictions = pa.table({f.name: pa.array(data[f.name], type=f.type) for f in layout},
+                           schema=layout)
+    log_columns = {**logged, **answers, "model_version": data["model_version"],
+                   "request_id": [job_id] * rows, "role": ["champion"] * rows,
+                   "source": ["batch"] * rows,
+                   "served_at": [int(time.time() * 1_000_000)] * rows}
+    types = {**model.requests.log_types, "served_at": pa.timestamp("us", tz="UTC")}
+    log = pa.table({name: pa.array(values, type=types.get(name))
+                    for name, values in log_columns.items()})
+    return Scored(predictions, log)
 
 
 REJECT_SCHEMA = pa.schema([("file", pa.string()), ("row", pa.int64()),
@@ -202,9 +224,10 @@ def reject_table(columns: dict[str, list[Any]], refused: list[tuple[int, str]], 
 
 
 def score_files(files: list[Path], folder: Path, model: LoadedModel, chunk_rows: int,
-                strict: bool, progress: Callable[[int], None]) -> tuple[Counts, list[dict]]:
-    """Fill `folder` (predictions/, rejects.parquet) from `files`; the counts and, per input,
-    its path, md5 and rows.
+                strict: bool, progress: Callable[[int], None], job_id: str
+                ) -> tuple[Counts, list[dict]]:
+    """Fill `folder` (predictions/, rejects.parquet, and log/: the prediction log's parts)
+    from `files`; the counts and, per input, its path, md5 and rows.
 
     Chunks are scored on SCORING_THREADS threads while the next ones are read and checked:
     the ONNX runtime lets go of the GIL, and each chunk is scored by the same
@@ -215,7 +238,17 @@ def score_files(files: list[Path], folder: Path, model: LoadedModel, chunk_rows:
     (folder / "predictions").mkdir()
     counts, inputs = Counts(), []
     known = {*model.schema.feature_names, *model.schema.logged_columns}
-    pending: collections.deque[Future[pa.Table]] = collections.deque()
+    pending: collections.deque[Future[Scored]] = collections.deque()
+    (folder / LOG_PARTS).mkdir()
+    written = 0
+
+    def write(done: Scored) -> None:
+        nonlocal written
+        predictions.write_table(done.predictions)
+        written += 1
+        name = part_name(dt.datetime.now(dt.UTC), "batch", written)
+        pq.write_table(done.log, folder / LOG_PARTS / name)
+
     with (pq.ParquetWriter(folder / "rejects.parquet", REJECT_SCHEMA) as rejects,
           ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="score") as scorers):
         for number, path in enumerate(files):
@@ -234,21 +267,39 @@ def score_files(files: list[Path], folder: Path, model: LoadedModel, chunk_rows:
                                              f"({reason}); nothing was written")
                         rejects.write_table(reject_table(chunk, refused, str(path), rows))
                     if size > len(refused):
-                        pending.append(scorers.submit(prediction_table, model, valid, layout))
+                        pending.append(scorers.submit(scored_chunk, model, valid, layout,
+                                                      job_id))
                     while len(pending) > SCORING_THREADS:
-                        predictions.write_table(pending.popleft().result())
+                        write(pending.popleft().result())
                     rows += size
                     counts.rows += size
                     counts.scored += size - len(refused)
                     counts.rejected += len(refused)
                     progress(size)
                 while pending:  # this file's last chunks, before its part is closed
-                    predictions.write_table(pending.popleft().result())
+                    write(pending.popleft().result())
             inputs.append({"path": str(path), "md5": md5(path), "rows": rows})
     return counts, inputs
 
 
 SCORING_THREADS = 2
+LOG_PARTS = "log"  # in the partial folder: the log's parts, moved into the log at the end
+
+
+def hand_to_log(parts: Path, log: Path) -> int:
+    """Move the job's log parts into the prediction log (today's partition), each under a
+    hidden name first and then renamed, as the service writes its own: a reader sees a part
+    whole or not at all. Returns how many."""
+    day = log / f"date={dt.datetime.now(dt.UTC).date().isoformat()}"
+    day.mkdir(parents=True, exist_ok=True)
+    moved = 0
+    for part in sorted(parts.glob("part-*.parquet")):
+        hidden = day / f".{part.name}.tmp"
+        shutil.move(part, hidden)  # a copy when the log is on another file system
+        hidden.rename(day / part.name)
+        moved += 1
+    parts.rmdir()
+    return moved
 
 
 def write_whole(output: Path, overwrite: bool, fill: Callable[[Path], Any]) -> Any:
@@ -303,7 +354,9 @@ def run(params: ServiceConfig, input_path: Path, output: Path, version: str | No
 
     def fill(folder: Path) -> dict:
         counts, inputs = score_files(files, folder, model, params.score.chunk_rows, strict,
-                                     bar.update)
+                                     bar.update, job_id)
+        log = params.path(params.serving.prediction_log_dir)
+        hand_to_log(folder / LOG_PARTS, log)
         manifest = {
             "job_id": job_id,
             "model": {"name": model.name, "version": model.version, "run_id": model.run_id,
@@ -311,6 +364,9 @@ def run(params: ServiceConfig, input_path: Path, output: Path, version: str | No
             "inputs": inputs,
             "rows": {"in": counts.rows, "scored": counts.scored, "rejected": counts.rejected},
             "ignored_columns": sorted(counts.ignored_columns),
+            # where the scored records are, for the drift check (make drift CURRENT=OUTPUT)
+            "prediction_log": {"dir": str(log), "request_id": job_id,
+                               "records": counts.scored, "source": "batch"},
             "engine": ENGINE,
             "chunk_rows": params.score.chunk_rows,
             "started_at": started.isoformat(timespec="seconds"),
@@ -380,6 +436,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alias", help="an alias, e.g. challenger (default: champion)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--strict", action="store_true", help="fail on any refused record")
+    parser.add_argument("--summary-to", type=Path, help="also append the last line to this "
+                        "file (a CI job summary: $GITHUB_STEP_SUMMARY)")
     args = parser.parse_args(argv)
     params = load_service_config()
     try:
@@ -387,8 +445,15 @@ def main(argv: list[str] | None = None) -> None:
                        args.alias or None, args.overwrite, args.strict)
     except BatchError as error:
         print(f"score: {error}", file=sys.stderr)
+        if args.summary_to:
+            with args.summary_to.open("a") as out:
+                out.write(f"Batch scoring failed: {error}\n")
         raise SystemExit(1) from None
-    print(summary(manifest, args.output))
+    line = summary(manifest, args.output)
+    print(line)
+    if args.summary_to:
+        with args.summary_to.open("a") as out:
+            out.write(line[0].upper() + line[1:] + "\n")
 
 
 if __name__ == "__main__":

@@ -169,7 +169,7 @@ class PredictionLog:
         now = dt.datetime.now(dt.UTC)
         folder = self.folder / f"date={now.date().isoformat()}"
         self._seq += 1
-        name = f"part-{now:%H%M%S%f}-{self.replica}-{os.getpid()}-{self._seq:06d}.parquet"
+        name = part_name(now, self.replica, self._seq)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{name}.tmp"
         try:
@@ -178,6 +178,12 @@ class PredictionLog:
         finally:
             tmp.unlink(missing_ok=True)  # a part that failed half-way leaves nothing
 
+
+
+def part_name(now: dt.datetime, replica: str, seq: int) -> str:
+    """A part's file name: the time, the writer (replica, process) and its sequence number,
+    so writers sharing one folder never collide (batch jobs too: serving.batch)."""
+    return f"part-{now:%H%M%S%f}-{replica}-{os.getpid()}-{seq:06d}.parquet"
 
 
 NO_TYPES: Mapping[str, pa.DataType] = MappingProxyType({})

@@ -1,12 +1,15 @@
 """Batch scoring (`make score`, serving/batch.py): the same answers as the service and the
 champion's pyfunc, rejects with the service's reasons, a manifest, an output folder that
-appears whole or not at all, and a job killed mid-way that leaves nothing."""
+appears whole or not at all, a job killed mid-way that leaves nothing, and the scored records
+in the prediction log, where the next drift check sees them."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlpipeline.config import load_params
+from mlpipeline.loans import make_batch
+from mlpipeline.prediction_log import read_log
 from serving.batch import BatchError, read_chunks, write_whole
 from tests.conftest import ENV, REPO, Project
 
@@ -64,6 +69,16 @@ def test_the_output_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(output) == ["b"]
 
 
+@pytest.fixture(scope="module")
+def scoring_project(trained_project: Project, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Project:
+    """A copy of the trained project: the jobs write to its prediction log and the drift
+    checks to its reports, which the other readers of the shared project must not see."""
+    root = tmp_path_factory.mktemp("scoring") / "project"
+    shutil.copytree(trained_project.root, root, symlinks=True)
+    return Project(root)
+
+
 def two_thousand_records(project: Project, path: Path, bad_row: int) -> pd.DataFrame:
     """2,000 landed applications (target and time columns included, as a warehouse export
     has them), one of them with a credit score that is not a number."""
@@ -78,7 +93,7 @@ def two_thousand_records(project: Project, path: Path, bad_row: int) -> pd.DataF
 
 @pytest.mark.slow
 def test_a_file_is_scored_as_the_service_and_the_pyfunc_answer(
-        trained_project: Project, tmp_path: Path) -> None:
+        scoring_project: Project, tmp_path: Path) -> None:
     import mlflow
     from fastapi.testclient import TestClient
 
@@ -86,16 +101,17 @@ def test_a_file_is_scored_as_the_service_and_the_pyfunc_answer(
     from serving.app import create_app
 
     source, output = tmp_path / "applications.csv", tmp_path / "scored"
-    frame = two_thousand_records(trained_project, source, bad_row=1234)
+    frame = two_thousand_records(scoring_project, source, bad_row=1234)
     score = [sys.executable, "-m", "serving.batch", "--input", str(source), "--output",
              str(output)]
-    done = trained_project.run(*score)
+    done = scoring_project.run(*score, "--summary-to", str(tmp_path / "summary.md"))
     assert "scored 1,999 of 2,000 rows from 1 file" in done.stdout
+    assert (tmp_path / "summary.md").read_text().startswith("Scored 1,999 of 2,000 rows")
     assert "1 rejected" in done.stdout.strip().splitlines()[-1]
 
     predictions = pq.read_table(output / "predictions").to_pandas()
     valid = frame.drop(index=1234)
-    params = load_params(trained_project.root)
+    params = load_params(scoring_project.root)
     assert predictions["application_id"].tolist() == valid["application_id"].tolist()
     assert set(predictions.columns) == {"application_id", "prediction", "probability",
                                         "model_version"}
@@ -137,27 +153,27 @@ def test_a_file_is_scored_as_the_service_and_the_pyfunc_answer(
     assert predictions["prediction"].tolist() == answered
 
     # The same input and version: the same predictions, row for row.
-    trained_project.run(*score, "--overwrite", "--version", version)
+    scoring_project.run(*score, "--overwrite", "--version", version)
     assert pq.read_table(output / "predictions").to_pandas().equals(predictions)
-    refused = trained_project.run(*score, check=False)
+    refused = scoring_project.run(*score, check=False)
     assert refused.returncode == 1 and "exists: name another OUTPUT" in refused.stderr
     assert "Traceback" not in refused.stderr
-    strict = trained_project.run(*score, "--overwrite", "--strict", check=False)
+    strict = scoring_project.run(*score, "--overwrite", "--strict", check=False)
     assert strict.returncode == 1 and "row 1234 is refused (credit_score" in strict.stderr
-    missing = trained_project.run(*score, "--overwrite", "--version", "99", check=False)
+    missing = scoring_project.run(*score, "--overwrite", "--version", "99", check=False)
     assert missing.returncode == 1 and "has no version 99 in the registry" in missing.stderr
     assert pq.read_table(output / "predictions").to_pandas().equals(predictions)  # kept
 
 
 @pytest.mark.slow
 def test_a_folder_is_scored_and_a_killed_job_leaves_no_output(
-        trained_project: Project, tmp_path: Path) -> None:
+        scoring_project: Project, tmp_path: Path) -> None:
     folder, output = tmp_path / "drop", tmp_path / "scored"
     folder.mkdir()
-    frame = two_thousand_records(trained_project, folder / "a.csv", bad_row=0)
+    frame = two_thousand_records(scoring_project, folder / "a.csv", bad_row=0)
     frame.drop(index=0).astype({"credit_score": float}).to_parquet(folder / "b.parquet")
     (folder / "notes.txt").write_text("not an input")
-    trained_project.run(sys.executable, "-m", "serving.batch", "--input", str(folder),
+    scoring_project.run(sys.executable, "-m", "serving.batch", "--input", str(folder),
                         "--output", str(output))
     manifest = json.loads((output / "manifest.json").read_text())
     assert [Path(i["path"]).name for i in manifest["inputs"]] == ["a.csv", "b.parquet"]
@@ -171,7 +187,7 @@ def test_a_folder_is_scored_and_a_killed_job_leaves_no_output(
     pd.concat([frame.drop(index=0)] * 150, ignore_index=True).to_csv(big, index=False)
     killed = tmp_path / "killed"
     job = subprocess.Popen([sys.executable, "-m", "serving.batch", "--input", str(big),
-                            "--output", str(killed)], cwd=trained_project.root, env=ENV,
+                            "--output", str(killed)], cwd=scoring_project.root, env=ENV,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not any(p.stat().st_size for p in tmp_path.glob(".killed.partial-*/predictions/*")):
@@ -180,6 +196,44 @@ def test_a_folder_is_scored_and_a_killed_job_leaves_no_output(
     job.send_signal(signal.SIGKILL)
     job.wait()
     assert not killed.exists() and list(tmp_path.glob(".killed.partial-*"))
-    trained_project.run(sys.executable, "-m", "serving.batch", "--input", str(folder),
+    scoring_project.run(sys.executable, "-m", "serving.batch", "--input", str(folder),
                         "--output", str(killed))
     assert killed.is_dir() and not list(tmp_path.glob(".killed.partial-*"))
+
+
+@pytest.mark.slow
+def test_a_drifted_file_scored_in_batch_is_found_drifted_by_the_next_check(
+        scoring_project: Project, tmp_path: Path) -> None:
+    """The job's records go to the prediction log (`source: batch`, the job's id as request
+    id), and `make drift CURRENT=OUTPUT` checks them: a calm file is not drifted, a drifted
+    one is."""
+    params = load_params(scoring_project.root)
+    log = scoring_project.root / params.serving.prediction_log_dir
+    before = len(read_log(log))
+
+    def checked(name: str, covariate: float) -> dict:
+        frame = make_batch(60, seed=5, start_date=dt.date(2026, 6, 1), batch_days=7,
+                           rows=1500, covariate=covariate, outcome=params.source.outcome)
+        frame.drop(columns=params.schema.target).to_csv(tmp_path / f"{name}.csv", index=False)
+        scoring_project.run(sys.executable, "-m", "serving.batch", "--input",
+                            str(tmp_path / f"{name}.csv"), "--output", str(tmp_path / name))
+        scoring_project.run(sys.executable, "-m", "monitoring.drift", "--current",
+                            str(tmp_path / name))
+        return json.loads(scoring_project.read("reports/monitoring/drift.json"))
+
+    calm, drifted = checked("calm", 0.0), checked("drifted", 1.0)
+    jobs = []
+    for summary, name in ((calm, "calm"), (drifted, "drifted")):
+        jobs.append(json.loads((tmp_path / name / "manifest.json").read_text())[
+            "prediction_log"]["request_id"])
+        assert summary["window"]["rows"] == 1500
+        assert summary["window"]["description"] == f"batch job {jobs[-1]} ({tmp_path / name})"
+    assert not calm["drift"]["detected"] and drifted["drift"]["detected"]
+    logged = read_log(log)
+    assert len(logged) == before + 3000
+    mine = logged[logged["request_id"].isin(jobs)]
+    assert len(mine) == 3000 and (mine["source"] == "batch").all()
+    assert mine["application_id"].notna().all() and mine["probability"].between(0, 1).all()
+    missing = scoring_project.run(sys.executable, "-m", "monitoring.drift", "--current",
+                                  str(tmp_path), check=False)
+    assert missing.returncode != 0 and "no manifest.json there" in missing.stderr

@@ -93,3 +93,20 @@ def test_the_ct_secrets_are_listed_alike_in_the_readme_ct_yml_s_header_and_its_s
     listed = where[0].read_text().split("- **`ct.yml` secrets**")[1].split("\n- ")[0].split(
         "\n\n")[0]
     assert read == names(header) == names(listed), (read, names(header), names(listed))
+
+
+def test_the_scoring_workflow_reads_ct_s_secrets_and_runs_the_job_as_people_do() -> None:
+    """score.yml: the same secrets as ct.yml (a tracking server, an S3 store, the DVC
+    remote), its inputs passed through the environment (never into the script), the job run
+    as `python -m serving.batch` with the summary for the job page, the manifest uploaded."""
+    def secrets(name: str) -> set[str]:
+        text = (REPO / ".github/workflows" / name).read_text()
+        return set(re.findall(r"\$\{\{ secrets\.([A-Z0-9_]+) \}\}", text))
+
+    workflow = (REPO / ".github/workflows/score.yml").read_text()
+    assert secrets("score.yml") == secrets("ct.yml")
+    assert "schedule:" in workflow and "workflow_dispatch:" in workflow
+    run_lines = [line for line in workflow.splitlines() if "serving.batch" in line]
+    assert run_lines and "--summary-to \"$GITHUB_STEP_SUMMARY\"" in workflow
+    assert "${{ inputs." not in "".join(run_lines)
+    assert "manifest.json" in workflow.split("upload-artifact")[1]

@@ -3,7 +3,9 @@ reads it: Parquet files under `<serving.prediction_log_dir>/date=YYYY-MM-DD/` (t
 they were written), one row per served record (its features, its id under the schema's
 `id_column` when the request carried one, the task's answer columns: `prediction` with
 `probability` (binary) or `probabilities`, one per class in the schema's order (multiclass),
-or the value alone (regression); `model_version`, `request_id`, `served_at`).
+or the value alone (regression); `model_version`, `request_id`, `served_at`; `role`,
+champion or shadow; `source: batch` on the records a batch job scored, with the job's id as
+their `request_id`, absent on the service's).
 
 The service writes parts, `part-<time>-<replica>-<pid>-<seq>.parquet`, each written under a
 hidden name and renamed, so a part is whole or absent. Compaction (`python -m
@@ -178,21 +180,23 @@ def read_log(log: Path, since: dt.datetime | None = None, until: dt.datetime | N
 
 def read_log_table(log: Path, since: dt.datetime | None = None,
                    until: dt.datetime | None = None, columns: list[str] | None = None,
-                   *, shadow: bool = False, types: Mapping[str, pa.DataType] | None = None
-                   ) -> pa.Table | None:
+                   *, shadow: bool = False, types: Mapping[str, pa.DataType] | None = None,
+                   request_id: str | None = None) -> pa.Table | None:
     """As read_log, as an Arrow table (None: nothing logged in the span). A compaction may
-    delete parts between the listing and the reading: then the day is listed again."""
+    delete parts between the listing and the reading: then the day is listed again.
+    `request_id`: only that request's records (a batch job's, by its id)."""
     for _ in range(ATTEMPTS - 1):
         try:
-            return _read_log_table(log, since, until, columns, shadow, types)
+            return _read_log_table(log, since, until, columns, shadow, types, request_id)
         except FileNotFoundError:
             continue
-    return _read_log_table(log, since, until, columns, shadow, types)
+    return _read_log_table(log, since, until, columns, shadow, types, request_id)
 
 
 def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | None,
                     columns: list[str] | None, shadow: bool,
-                    types: Mapping[str, pa.DataType] | None) -> pa.Table | None:
+                    types: Mapping[str, pa.DataType] | None,
+                    request_id: str | None = None) -> pa.Table | None:
     # A record lies in the partition of the day it was written: its serving day, or the next
     # when it was served just before midnight and flushed after.
     last_day = until.date() + dt.timedelta(days=1) if until is not None else None
@@ -213,6 +217,9 @@ def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | N
     if not shadow and "role" in schema.names:
         served_rows = ds.field("role").is_null() | (ds.field("role") != SHADOW)
         condition = served_rows if condition is None else condition & served_rows
+    if request_id is not None:
+        one = ds.field("request_id") == request_id
+        condition = one if condition is None else condition & one
     wanted = None if columns is None else [c for c in columns if c in schema.names]
 
     def scan(paths: list[Path]) -> pa.Table:
@@ -237,7 +244,7 @@ def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | N
                 damaged += 1
         if not damaged:  # not one file's fault: say what it is
             raise
-        return _read_log_table(log, since, until, columns, shadow, types)
+        return _read_log_table(log, since, until, columns, shadow, types, request_id)
 
 
 @dataclass
