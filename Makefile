@@ -46,7 +46,7 @@ help:
 	@echo "make dashboard  Evidently UI on http://127.0.0.1:8050: every drift check over time"
 	@echo "make serve  the champion over REST on http://127.0.0.1:8000 (PORT=... to change)"
 	@echo "make ct [FORCE=1]           one CT cycle: new batch, drift check, maybe retrain and promote"
-	@echo "make drift [CURRENT=log]    drift check only (newest batch, or the prediction log)"
+	@echo "make drift [CURRENT=log|OUTPUT]  drift check only (newest batch, the prediction log, or a make score job)"
 	@echo "make compact-log            the prediction log: one file per day, old days removed"
 	@echo "make models                 registered versions, aliases, metrics, promotion history"
 	@echo "make lineage V=3            where version 3 came from"
@@ -165,7 +165,7 @@ ct: setup
 # `dvc repro validate` first: a batch that just landed is versioned and checked, not skipped.
 drift: setup
 	$(IN_PROJECT) dvc repro validate
-	$(IN_PROJECT) python -m monitoring.drift $(if $(CURRENT),--current $(CURRENT))
+	$(IN_PROJECT) python -m monitoring.drift $(if $(CURRENT),--current $(if $(filter batch log,$(CURRENT)),$(CURRENT),$(abspath $(CURRENT))))
 
 # The prediction log: each day's parts merged into one file, days past
 # serving.log_retention_days removed (every CT cycle does it too).

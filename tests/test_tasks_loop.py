@@ -109,6 +109,7 @@ def test_the_loop_retrains_gates_by_the_task_metric_and_serves_the_new_version(
         assert again["model"]["version"] == "2"
         assert set(again["predictions"][0]) == expected["answer"]
         answers_as_mlflow_serves(url, project, traffic, task)
+        batch_answers_as_served(url, project, traffic, task, tmp_path)
         assert service.poll() is None  # the same process, never restarted
     finally:
         service.terminate()
@@ -145,6 +146,33 @@ def answers_as_mlflow_serves(url: str, project: Project, traffic: pd.DataFrame,
     ours = client.invoke(features, params={"predict_method": "predict_proba"}).get_predictions(
         predictions_format="ndarray")
     np.testing.assert_allclose(ours, pyfunc.get_raw_model().predict_proba(features), atol=2e-6)
+
+
+def batch_answers_as_served(url: str, project: Project, traffic: pd.DataFrame, task: str,
+                            folder: Path) -> None:
+    """`make score`'s job on the same rows answers what /invocations answers (the labels or
+    values), and, for classes, the probabilities /invocations' predict_proba gives, by class."""
+    import pyarrow.parquet as pq
+
+    params = load_params(project.root)
+    schema = params.schema
+    rows = traffic[[c for c in [schema.id_column, *schema.feature_names] if c]].head(200)
+    rows.to_parquet(folder / "rows.parquet")
+    project.run(sys.executable, "-m", "serving.batch", "--input", str(folder / "rows.parquet"),
+                "--output", str(folder / "scored"))
+    scored = pq.read_table(folder / "scored" / "predictions").to_pandas()
+    body = {"dataframe_records": json.loads(rows.drop(columns=schema.id_column or []).to_json(
+        orient="records"))}
+    served = httpx.post(f"{url}/invocations", json=body).json()["predictions"]
+    assert scored["prediction"].tolist() == served
+    assert (scored["model_version"] == "2").all()
+    if task == "regression":
+        return
+    proba = httpx.post(f"{url}/invocations", json={
+        **body, "params": {"predict_method": "predict_proba"}}).json()["predictions"]
+    model_order = sorted(schema.classes or [])  # scikit-learn's classes_, as served
+    for i, label in enumerate(model_order):
+        assert scored[f"probability_{label}"].tolist() == [row[i] for row in proba]
 
 
 def land_batches(project: Project, frame: pd.DataFrame, months: int) -> list[str]:
