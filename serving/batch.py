@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 
 from mlpipeline.config import ServiceConfig, load_service_config
 from mlpipeline.schema import Schema
-from serving.champion import Champion, LoadedModel, _is_missing
+from serving.champion import Champion, LoadedModel, is_missing
 from serving.prediction_log import part_name
 from serving.schemas import valid_id
 from serving.scoring import column_errors
@@ -169,7 +169,7 @@ def prediction_schema(model: LoadedModel) -> pa.Schema:
 
 
 @dataclass
-class Scored:
+class ScoredChunk:
     """One chunk's valid records scored: OUTPUT/predictions' rows and the prediction log's."""
 
     predictions: pa.Table
@@ -177,7 +177,7 @@ class Scored:
 
 
 def scored_chunk(model: LoadedModel, columns: dict[str, list[Any]], layout: pa.Schema,
-                 job_id: str) -> Scored:
+                 job_id: str) -> ScoredChunk:
     """Score valid records; lay their answers out as OUTPUT/predictions' rows, and the
     records with their answers as the prediction log keeps the service's (`source: batch`,
     the job's id as the request id)."""
@@ -207,7 +207,7 @@ def scored_chunk(model: LoadedModel, columns: dict[str, list[Any]], layout: pa.S
     types = {**model.requests.log_types, "served_at": pa.timestamp("us", tz="UTC")}
     log = pa.table({name: pa.array(values, type=types.get(name))
                     for name, values in log_columns.items()})
-    return Scored(predictions, log)
+    return ScoredChunk(predictions, log)
 
 
 REJECT_SCHEMA = pa.schema([("file", pa.string()), ("row", pa.int64()),
@@ -238,11 +238,11 @@ def score_files(files: list[Path], folder: Path, model: LoadedModel, chunk_rows:
     (folder / "predictions").mkdir()
     counts, inputs = Counts(), []
     known = {*model.schema.feature_names, *model.schema.logged_columns}
-    pending: collections.deque[Future[Scored]] = collections.deque()
+    pending: collections.deque[Future[ScoredChunk]] = collections.deque()
     (folder / LOG_PARTS).mkdir()
     written = 0
 
-    def write(done: Scored) -> None:
+    def write(done: ScoredChunk) -> None:
         nonlocal written
         predictions.write_table(done.predictions)
         written += 1
@@ -391,7 +391,7 @@ def load_model(params: ServiceConfig, version: str | None, alias: str | None) ->
         return champion.load(version, alias)
     except Exception as error:
         named = f"version {version}" if version else f"alias {alias or 'champion'!r}"
-        if _is_missing(error):
+        if is_missing(error):
             raise BatchError(f"model {champion.name!r} has no {named} in the registry "
                              f"({params.tracking_uri()}): `make models` lists them") from None
         raise BatchError(f"could not load {champion.name!r} {named}: "

@@ -115,7 +115,7 @@ class Champion:
             try:
                 version = self.client.get_model_version_by_alias(self.name, "champion")
             except self._mlflow.exceptions.MlflowException as error:
-                if _is_missing(error):
+                if is_missing(error):
                     self._recovered()  # the registry answered: no champion alias yet
                     if self.current is None:
                         self.not_ready_reason = (
@@ -157,7 +157,7 @@ class Champion:
             try:
                 version = self.client.get_model_version_by_alias(self.name, CHALLENGER)
             except self._mlflow.exceptions.MlflowException as error:
-                if not _is_missing(error):
+                if not is_missing(error):
                     raise
                 version = None
             champion = self.current.version if self.current else None
@@ -263,7 +263,8 @@ def _first_line(error: Exception) -> str:
     return lines[0][:300] if lines else ""
 
 
-def _is_missing(error: Exception) -> bool:
+def is_missing(error: Exception) -> bool:
+    """An MLflow error that says the model, version or alias does not exist."""
     code = getattr(error, "error_code", "")
     return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or (
         "not found" in str(error).lower())
