@@ -48,7 +48,7 @@ from mlpipeline.config import ServiceConfig, load_service_config
 from mlpipeline.schema import Schema
 from serving.champion import Champion, LoadedModel, is_missing
 from serving.prediction_log import part_name
-from serving.schemas import valid_id
+from serving.schemas import logged_as_text
 from serving.scoring import column_errors
 
 SUFFIXES = (".csv", ".parquet")
@@ -118,9 +118,10 @@ def _arrow_values(column: pa.Array, logged: bool) -> list[Any]:
 
 
 def _csv_values(series: pd.Series, numeric: bool) -> list[Any]:
-    """A CSV column as the service's text/csv path reads it: an empty cell is null. In a
-    numeric column with text in it, the numbers are numbers and the text stays text (and
-    is refused by the check, record by record)."""
+    """A CSV column as Python values: an empty cell is null, as in the service's text/csv
+    path. Unlike a request, answered or refused whole, a numeric column with text in it
+    keeps its numbers as numbers and the text as text, which the check refuses record by
+    record (pandas reads the whole column as text)."""
     if numeric and series.dtype == object:
         parsed = pd.to_numeric(series, errors="coerce")
         series = parsed.astype(object).where(parsed.notna() | series.isna(), series)
@@ -190,10 +191,7 @@ def scored_chunk(model: LoadedModel, columns: dict[str, list[Any]], layout: pa.S
         by_class = list(zip(*answers["probabilities"], strict=True))
         for i, name in enumerate(model.schema.classes or []):
             data[f"probability_{name}"] = list(by_class[i])
-    logged = dict(columns)
-    for name in model.schema.logged_columns:  # the id and the time: text, as logged
-        if name in logged:
-            logged[name] = [None if v is None else valid_id(v) for v in logged[name]]
+    logged = logged_as_text(columns, model.schema.logged_columns)
     id_column = model.schema.id_column
     if id_column:
         data[id_column] = logged.get(id_column) or [None] * rows
@@ -345,8 +343,8 @@ def run(params: ServiceConfig, input_path: Path, output: Path, version: str | No
     started = dt.datetime.now(dt.UTC)
     clock = time.perf_counter()
     files = input_files(input_path)
-    if output.resolve() == input_path.resolve() or input_path.resolve() in output.resolve(
-            ).parents:
+    source, target = input_path.resolve(), output.resolve()
+    if target == source or source in target.parents:
         raise BatchError(f"OUTPUT {output} is INPUT or inside it: name another folder")
     model = load_model(params, version, alias)
     job_id = f"{started:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"

@@ -10,7 +10,7 @@ nullable only where the schema allows nulls; unknown fields are refused.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, cast
 
@@ -53,6 +53,17 @@ def _field(spec: FeatureSpec) -> tuple[Any, Any]:
 ID_MAX_LENGTH = 128
 ID_MESSAGE = (f"Input should be a text of 1 to {ID_MAX_LENGTH} characters (valid Unicode), "
               f"an integer of at most {ID_MAX_LENGTH} digits or null")
+
+
+def logged_as_text(columns: dict[str, list[Any]], names: Sequence[str]
+                   ) -> dict[str, list[Any]]:
+    """Checked columns with the id and time columns (`names`) as the log keeps them: text.
+    The same dict when it carries none of them (most requests)."""
+    present = [name for name in names if name in columns]
+    if not present:
+        return columns
+    return {**columns, **{name: [valid_id(value) for value in columns[name]]
+                          for name in present}}
 
 
 def valid_id(value: Any) -> str | None:

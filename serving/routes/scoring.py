@@ -23,7 +23,7 @@ from starlette.datastructures import State
 from mlpipeline.tasks import Answers, PredictMethodError
 from serving import scoring
 from serving.champion import LoadedModel
-from serving.schemas import PredictResponse, RequestContract, valid_id
+from serving.schemas import PredictResponse, RequestContract, logged_as_text
 from serving.state import json_response, request_body, request_media_type
 
 
@@ -210,13 +210,10 @@ def invoke(state: State, body: bytes, content_type: str) -> Response:
     if model is None:
         return no_model(state)
     if isinstance(raw, dict):  # columns (dataframe_split): checked a column at a time
-        columns = raw
         detail = ([] if model.requests.columns_valid(raw)
                   else scoring.column_errors(raw, model.schema))
         detail = listed(detail, len(detail), settings.max_errors)
-        for name in model.schema.logged_columns:  # as text, as the log keeps them
-            if name in columns and not detail:
-                columns[name] = [valid_id(value) for value in columns[name]]
+        columns = raw if detail else logged_as_text(raw, model.schema.logged_columns)
     else:
         try:
             columns = model.requests.columns(model.requests.records.validate_python(raw))
