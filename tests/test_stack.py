@@ -53,7 +53,8 @@ def wait_served(url: str, version: str, timeout: float = 60) -> dict[str, Any]:
 def group_pids(state: dict[str, Any]) -> set[int]:
     """Every process the stack runs: each part's leader and all its children."""
     leaders = [state["mlflow"]["pid"], state["s3"]["pid"],
-               *(r["pid"] for r in state["replicas"])]
+               *(r["pid"] for r in state["replicas"]),
+               state["spark"]["pid"], *state["spark"]["workers"]]
     pg_pid = int((Path(state["postgres"]["pgdata"]) / "postmaster.pid").read_text().split()[0])
     pids = set()
     for pid in [*leaders, pg_pid]:
@@ -73,6 +74,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, d
     params = project.root / "params.yaml"
     params.write_text(set_values(params.read_text(), {
         "stack.s3_port": 0, "stack.mlflow_port": 0, "stack.replica_ports": [0, 0],
+        "stack.spark_master_port": 0, "stack.spark_ui_port": 0,
         # A long poll: the replicas below switch models on the webhook, not on a poll.
         "stack.poll_seconds": 120,
         "serving.log_flush_seconds": 0.5,
@@ -83,13 +85,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, d
     assert "Point a shell at it" in up.stdout
     state = stack_module.read_state(load_params(project.root))
     pids = group_pids(state)
-    assert len(pids) >= 8  # postgres (+ its workers), moto, mlflow (+ uvicorn), 2 replicas
+    # postgres (+ its workers), moto, mlflow (+ uvicorn), 2 replicas, Spark's master and workers
+    assert len(pids) >= 11
+    assert len(stack_module.spark_applications(state["spark"], "workers")) == 2
     try:
         yield project, state
     finally:
         down = project.run(sys.executable, "-m", "mlpipeline.stack", "down")
         print(f"\n{down.stdout}", flush=True)  # each part with its stop time (seen with -s)
-        assert "postgres" in down.stdout and "replica-2" in down.stdout
+        assert all(part in down.stdout for part in ("postgres", "replica-2", "spark"))
         deadline = time.monotonic() + 10
         while alive(pids) and time.monotonic() < deadline:  # zombies reaped by init
             time.sleep(0.1)

@@ -66,10 +66,15 @@ def test_time_split_has_no_leakage_from_the_future(typed: pd.DataFrame) -> None:
 
 
 def test_reference_sample_is_seeded_and_bounded(typed: pd.DataFrame) -> None:
-    a, b = reference_sample(typed, 500, seed=1), reference_sample(typed, 500, seed=1)
+    tagged = typed.assign(_batch="2026-01-05.csv", _row=range(1, len(typed) + 1))
+    a, b = reference_sample(tagged, 500, seed=1), reference_sample(tagged, 500, seed=1)
     pd.testing.assert_frame_equal(a, b)
-    assert len(a) == 500
-    assert len(reference_sample(typed, 10_000, seed=1)) == len(typed)
+    assert len(a) == 500 and a["_row"].is_monotonic_increasing  # in the split's order
+    # The draw is by each row's file and row, not its place: the same rows in any order.
+    shuffled = reference_sample(tagged.sample(frac=1.0, random_state=0), 500, seed=1)
+    assert set(shuffled["_row"]) == set(a["_row"])
+    assert set(reference_sample(tagged, 500, seed=2)["_row"]) != set(a["_row"])
+    assert len(reference_sample(tagged, 10_000, seed=1)) == len(typed)
 
 
 @pytest.mark.parametrize("model", [*FAMILIES, "logistic_regression"])
@@ -170,13 +175,17 @@ def test_coarse_batches_split_by_whole_batches_and_say_so(typed: pd.DataFrame) -
                                   for i in range(len(typed))])
     time_cut = PrepareParams(test_fraction=0.2)
     train, test = split(coarse, "application_date", time_cut)
-    lines = describe_split(train, test, "application_date", time_cut)
+    def described(settings: PrepareParams) -> list[str]:
+        return describe_split(len(train), len(test), train["application_date"].max(),
+                              test["application_date"].min(), settings)
+
+    lines = described(time_cut)
     assert len(test) == 800 and "test 800 rows (33.3%" in lines[0]
     assert "set prepare.test_batches" in lines[1]  # 33% is not the 20% asked for
     by_batch = PrepareParams(test_batches=1)
     train, test = split(coarse, "application_date", by_batch)
     assert set(test["_batch"]) == {"2026-01-19.csv"} and len(train) == 1600
-    assert describe_split(train, test, "application_date", by_batch)[0].endswith(
+    assert described(by_batch)[0].endswith(
         "last 1 batch(es)")
     with pytest.raises(SystemExit, match="holds 3 batches"):
         split(coarse, "application_date", PrepareParams(test_batches=3))

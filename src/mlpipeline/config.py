@@ -221,6 +221,24 @@ class ScoreParams(_Strict):
     chunk_rows: int = Field(20_000, gt=0)
 
 
+# Overrides engine.master (the stack and CI point the same params.yaml at their cluster).
+ENGINE_MASTER_ENV = "ENGINE_MASTER"
+
+
+class EngineParams(_Strict):
+    """Where the data stages (ingest, validate, prepare) run: in this process (embedded) or
+    as Spark jobs on `master` (local[*], spark://host:7077, k8s://..., yarn, sc://host:15002).
+    The same rules and the same answers either way; train, the registry and the service stay
+    on one machine."""
+
+    kind: Literal["embedded", "spark"] = "embedded"
+    master: str = "local[*]"
+    conf: dict[str, str | int | float | bool] = {}  # Spark properties, e.g. spark.executor.memory
+
+    def spark_master(self) -> str:
+        return os.environ.get(ENGINE_MASTER_ENV) or self.master
+
+
 class StackParams(_Strict):
     """`make stack`: the production topology as local processes (ports: 0 = any free one)."""
 
@@ -231,6 +249,13 @@ class StackParams(_Strict):
     replica_ports: list[int] = Field([8001, 8002], min_length=1)
     poll_seconds: float = Field(10.0, gt=0)  # the replicas' fallback when a webhook is lost
     webhooks: bool = True  # each replica reloads on MLflow's alias webhook
+    # A Spark standalone cluster from the environment's pyspark (engine.kind: spark): its
+    # master, and workers each capped in cores and memory.
+    spark_master_port: int = Field(7077, ge=0)
+    spark_ui_port: int = Field(8080, ge=0)
+    spark_workers: int = Field(2, ge=0)  # 0: no cluster
+    spark_worker_cores: int = Field(1, gt=0)
+    spark_worker_memory: str = "1g"
 
 
 class ServiceConfig(_Strict):
@@ -277,6 +302,7 @@ class Params(ServiceConfig):
     monitoring: MonitoringParams = MonitoringParams()
     ct: CtParams = CtParams()
     stack: StackParams = StackParams()
+    engine: EngineParams = EngineParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -261,14 +261,19 @@ def row_location(frame: pd.DataFrame, position: int) -> str:
 def rule_check(column: str, rule: str, bad: pd.Series, threshold: float, values: pd.Series,
                frame: pd.DataFrame, batch: str = "") -> Check:
     """Count the rows flagged in `bad`; quote the first offending value from `values`."""
-    total = len(values)
     n_bad = int(bad.sum())
     example = ""
     if n_bad:
         row = int(bad.to_numpy().nonzero()[0][0])
         example = f"{values.iloc[row]!r} at {row_location(frame, row)}"
-    share = n_bad / total if total else 0.0
-    return Check(column, rule, n_bad, total, threshold, share <= threshold, example,
+    return counted_check(column, rule, n_bad, len(values), threshold, example, batch)
+
+
+def counted_check(column: str, rule: str, failed: int, total: int, threshold: float,
+                  example: str = "", batch: str = "") -> Check:
+    """A rule's verdict from its counts: passed while the failing share is within threshold."""
+    share = failed / total if total else 0.0
+    return Check(column, rule, failed, total, threshold, share <= threshold, example,
                  batch=batch)
 
 
@@ -337,11 +342,14 @@ def check_frame(
     max_out_of_range_share: float,
     batch: str = "",
     typed: pd.DataFrame | None = None,
+    duplicate_ids: pd.Series | None = None,
 ) -> list[Check]:
     """Every schema rule on a raw (string or typed) table; the verdict is in each `Check.passed`.
 
     `batch` names the file when the table is one batch, so every message says where to look.
-    `typed` is `coerce(frame, schema)` when the caller has it already.
+    `typed` is `coerce(frame, schema)` when the caller has it already. `duplicate_ids`
+    flags the rows whose id came before (the Spark engine checks a window batch by batch
+    and finds ids repeated across batches on the cluster); by default, within `frame`.
     """
     total = len(frame)
     enough = total >= min_rows
@@ -392,5 +400,6 @@ def check_frame(
     if schema.id_column is not None and schema.id_column in frame.columns:
         # Outcomes are joined with predictions on the id: one id, one application.
         ids = row_ids(frame[schema.id_column])
-        checks.append(check(schema.id_column, "unique ids", ids.notna() & ids.duplicated(), 0.0))
+        repeated = ids.duplicated() if duplicate_ids is None else duplicate_ids
+        checks.append(check(schema.id_column, "unique ids", ids.notna() & repeated, 0.0))
     return checks

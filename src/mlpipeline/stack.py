@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mlpipeline.config import Params, load_params
+from mlpipeline.config import ENGINE_MASTER_ENV, Params, StackParams, load_params
 
 STATE_FILE = "stack.json"
 ENV_FILE = "env.sh"
@@ -273,6 +273,9 @@ def up(params: Params) -> dict[str, Any]:
             {"name": f"replica-{i}", "port": port, "url": f"http://127.0.0.1:{port}"}
             for i, port in enumerate(map(_port, settings.replica_ports), start=1)]
         start_replicas(state, folder, root)
+        if settings.spark_workers:
+            state["spark"] = start_spark_cluster(folder, settings)
+            _save(folder, state)
         if settings.webhooks:
             register_webhooks(state, params.mlflow.registered_model, webhook_secret)
         _save(folder, state)
@@ -281,6 +284,57 @@ def up(params: Params) -> dict[str, Any]:
         down(params)
         raise
     return state
+
+
+def start_spark_cluster(folder: Path, settings: StackParams) -> dict[str, Any]:
+    """A Spark standalone master and `settings.spark_workers` workers on 127.0.0.1, from the
+    environment's pyspark (its `spark-class`); returns once every worker has registered."""
+    logs = folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    spark_class = str(BIN / "spark-class")
+    if not Path(spark_class).exists():
+        raise SystemExit("stack: no spark-class beside this Python: `uv sync --extra spark` "
+                         "(make setup does), or set stack.spark_workers: 0")
+    # Executors run this interpreter (pandas, pyarrow, the project), not `python3` from PATH.
+    env = {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+    port, ui_port = _port(settings.spark_master_port), _port(settings.spark_ui_port)
+    master = _spawn([spark_class, "org.apache.spark.deploy.master.Master", "--host",
+                     "127.0.0.1", "--port", str(port), "--webui-port", str(ui_port)],
+                    env, logs / "spark-master.log", folder)
+    cluster: dict[str, Any] = {"pid": master.pid, "url": f"spark://127.0.0.1:{port}",
+                               "ui": f"http://127.0.0.1:{ui_port}", "workers": []}
+    try:
+        _wait_http(f"{cluster['ui']}/json/", master, "Spark master", logs / "spark-master.log")
+        for i in range(1, settings.spark_workers + 1):
+            worker = _spawn([spark_class, "org.apache.spark.deploy.worker.Worker", "--host",
+                             "127.0.0.1", "--cores", str(settings.spark_worker_cores),
+                             "--memory", settings.spark_worker_memory,
+                             "--webui-port", str(_free_port()),
+                             "--work-dir", str(folder / "spark-work"), cluster["url"]],
+                            env, logs / f"spark-worker-{i}.log", folder)
+            cluster["workers"].append(worker.pid)
+        deadline = time.monotonic() + 120
+        while len(spark_applications(cluster, "workers")) < settings.spark_workers:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"stack: Spark workers did not register within 120 s; see "
+                                 f"{logs}/spark-worker-*.log")
+            time.sleep(0.5)
+    except BaseException:
+        stop_spark_cluster(cluster)
+        raise
+    return cluster
+
+
+def spark_applications(cluster: dict[str, Any], key: str = "completedapps") -> list[dict]:
+    """The master's own account (its JSON): `workers` alive, `activeapps`, `completedapps`."""
+    with urllib.request.urlopen(f"{cluster['ui']}/json/", timeout=5) as response:
+        listed = json.load(response).get(key, [])
+    return [w for w in listed if key != "workers" or w.get("state") == "ALIVE"]
+
+
+def stop_spark_cluster(cluster: dict[str, Any]) -> None:
+    for pid in [*cluster.get("workers", []), cluster["pid"]]:
+        stop_process(pid)
 
 
 def register_webhooks(state: dict[str, Any], model: str, secret: str) -> None:
@@ -307,7 +361,10 @@ def _save(folder: Path, state: dict[str, Any]) -> None:
 def _write_env(folder: Path, state: dict[str, Any]) -> None:
     # The tracking URI is all a client needs: artefacts go through the server's proxy, and
     # DVC's remote (with its credentials) is in .dvc/config.local.
-    (folder / ENV_FILE).write_text(f"export MLFLOW_TRACKING_URI={state['mlflow']['url']}\n")
+    spark = (f"export {ENGINE_MASTER_ENV}={state['spark']['url']}\n"
+             if state.get("spark") else "")
+    (folder / ENV_FILE).write_text(f"export MLFLOW_TRACKING_URI={state['mlflow']['url']}\n"
+                                   + spark)
 
 
 def read_state(params: Params) -> dict[str, Any] | None:
@@ -331,6 +388,10 @@ def down(params: Params) -> list[str]:
         for replica in state.get("replicas", []):
             if replica.get("pid"):
                 timed(replica["name"], lambda pid=replica["pid"]: stop_process(pid))
+        if state.get("spark"):
+            started = time.monotonic()
+            stop_spark_cluster(state["spark"])
+            stopped.append(f"spark ({time.monotonic() - started:.1f} s)")
         for name in ("mlflow", "s3"):
             pid = state.get(name, {}).get("pid")
             if pid:
@@ -356,6 +417,10 @@ def describe(state: dict[str, Any]) -> str:
     ]
     lines += [f"  {r['name']:<12} {r['url']}  (/ready, /predict, /metrics)"
               for r in state["replicas"]]
+    if state.get("spark"):
+        spark = state["spark"]
+        lines.append(f"  Spark        {spark['url']}  {len(spark['workers'])} workers, UI "
+                     f"{spark['ui']} (engine.kind: spark; ENGINE_MASTER in env.sh)")
     folder = Path(state["folder"])
     lines += ["", f"Point a shell at it:  source {folder / ENV_FILE}",
               f"Logs: {folder / 'logs'}/   Stop: make stack-down"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import joblib
 import pandas as pd
@@ -20,9 +20,13 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlpipeline.config import MODEL_FILE, TRAIN_INFO, TRAIN_SPLIT, Params, load_params
+from mlpipeline.engine import session_for, uses_spark
 from mlpipeline.schema import training_target
 from mlpipeline.tasks import Task
 from mlpipeline.tasks.base import SCALED
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 def build_pipeline(task: Task, model: str, hyperparams: dict[str, Any], seed: int) -> Pipeline:
@@ -43,13 +47,16 @@ def build_pipeline(task: Task, model: str, hyperparams: dict[str, Any], seed: in
                      ("model", task.estimator(model, hyperparams, seed))])
 
 
-def fit(frame: pd.DataFrame, params: Params) -> tuple[Pipeline, dict[str, Any]]:
+def fit(frame: pd.DataFrame, params: Params, available: int | None = None
+        ) -> tuple[Pipeline, dict[str, Any]]:
+    """The task's pipeline fitted on the newest train.max_rows rows of `frame` (all when
+    null); `available`: the train split's rows when `frame` is already those newest rows."""
     schema, task, train = params.schema, params.task, params.train
     try:
         pipeline = build_pipeline(task, train.model, train.chosen_hyperparams(), train.seed)
     except ValueError as error:  # a hyper-parameter the estimator does not take
         raise SystemExit(f"train: {error}") from None
-    available = len(frame)
+    available = len(frame) if available is None else available
     if train.max_rows is not None and available > train.max_rows:  # the most recent rows
         frame = frame.sort_values(schema.time_column, kind="stable").tail(train.max_rows)
     started = time.perf_counter()
@@ -72,10 +79,34 @@ def fit(frame: pd.DataFrame, params: Params) -> tuple[Pipeline, dict[str, Any]]:
     return pipeline, info
 
 
+def newest_on_spark(params: Params, spark: SparkSession) -> tuple[pd.DataFrame, int]:
+    """The newest train.max_rows rows of the train split, chosen on the cluster and collected
+    through Arrow in the embedded engine's order (time, then place in the split), and the
+    split's row count: the driver never holds more than the sample."""
+    from pyspark.sql import functions as F
+
+    time_column, limit = params.schema.time_column, params.train.max_rows
+    frame = (spark.read.parquet(str(params.path(TRAIN_SPLIT).resolve()))
+             .withColumn("_position", F.monotonically_increasing_id()))
+    newest = pd.DataFrame(frame.orderBy(F.col(time_column).desc(), F.col("_position").desc())
+                          .limit(limit or 0).toPandas())
+    newest = newest.sort_values([time_column, "_position"], kind="stable")
+    return newest.drop(columns="_position").reset_index(drop=True), frame.count()
+
+
+def training_rows(params: Params, spark: SparkSession | None = None
+                  ) -> tuple[pd.DataFrame, int | None]:
+    """What `fit` reads: the whole split, or on Spark with train.max_rows set, the sample."""
+    if uses_spark(params) and params.train.max_rows is not None:
+        with session_for(params, "train", spark) as session:
+            return newest_on_spark(params, session)
+    return pd.read_parquet(params.path(TRAIN_SPLIT)), None
+
+
 def main() -> None:
     params = load_params()
-    frame = pd.read_parquet(params.path(TRAIN_SPLIT))
-    pipeline, info = fit(frame, params)
+    frame, available = training_rows(params)
+    pipeline, info = fit(frame, params, available)
     params.path(MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, params.path(MODEL_FILE))
     params.path(TRAIN_INFO).write_text(json.dumps(info, indent=2) + "\n")

@@ -21,11 +21,12 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from mlpipeline import schema as schema_module
@@ -38,7 +39,8 @@ from mlpipeline.config import (
     ValidateParams,
     load_params,
 )
-from mlpipeline.ingest import BatchFile
+from mlpipeline.engine import each_task, replace_path, session_for, uses_spark
+from mlpipeline.ingest import BatchFile, read_partition, write_partition
 from mlpipeline.schema import (
     BATCH_COLUMN,
     ROW_COLUMN,
@@ -46,9 +48,13 @@ from mlpipeline.schema import (
     Schema,
     check_frame,
     coerce,
+    counted_check,
     row_ids,
     rule_check,
 )
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 SHOWN_FAILURES = 20  # in the error message; the report has them all
 # A batch's own checks and typed rows, kept beside the stage's outputs: a batch is checked
@@ -198,19 +204,71 @@ def id_reuse_check(rows: pd.DataFrame, reused: Any, id_column: str, file: str,
                    drop: bool) -> Check:
     """An id names one application across every batch landed so far: a batch that repeats
     an earlier batch's ids re-delivers those applications."""
-    check = rule_check(id_column, "ids not used by earlier batches", pd.Series(reused),
+    check = rule_check(id_column, ID_REUSE_RULE, pd.Series(reused),
                        0.0, rows[id_column].reset_index(drop=True),
                        rows.reset_index(drop=True), file)
+    return dropped_if(check, drop)
+
+
+ID_REUSE_RULE = "ids not used by earlier batches"
+
+
+def dropped_if(check: Check, drop: bool) -> Check:
+    """validate.repeated_rows: drop turns a refusal of re-delivered ids into a note."""
     if not drop or check.passed:
         return check
-    return Check(id_column, check.rule, check.failed_rows, check.total_rows, 0.0, True,
+    return Check(check.column, check.rule, check.failed_rows, check.total_rows, 0.0, True,
                  detail=f"{check.failed_rows} of {check.total_rows} rows carry ids of earlier "
-                        "batches (dropped)", batch=file)
+                        "batches (dropped)", batch=check.batch)
 
 
-def present(table: pd.DataFrame, schema: Schema) -> list[str]:
+def repeated_rows_check(repeated: int, rows: int, file: str, drop: bool) -> Check:
+    return Check(
+        "*", "no rows repeated from earlier batches", repeated, rows, 0.0,
+        repeated == 0 or drop, batch=file,
+        detail=f"{repeated} of {rows} rows repeat rows of earlier batches "
+               "(all but the time)" + (" (dropped)" if drop else
+                                       ": remove the repeated rows, or set "
+                                       "validate.repeated_rows: drop"))
+
+
+def present(table: pd.DataFrame | list[str], schema: Schema) -> list[str]:
     """The schema's optional columns (the id) that the batches carry."""
-    return [c for c in schema.optional_columns if c in table.columns]
+    columns = table.columns if isinstance(table, pd.DataFrame) else table
+    return [c for c in schema.optional_columns if c in columns]
+
+
+def value_rules(rules: ValidateParams) -> dict[str, Any]:
+    return {"max_unknown_category_share": rules.max_unknown_category_share,
+            "max_out_of_range_share": rules.max_out_of_range_share}
+
+
+def first_files_of_day(batches: list[BatchFile]) -> dict[str, str | None]:
+    """Each checked batch's earlier batch of the same day, if any (one batch per day)."""
+    first: dict[str, str] = {}
+    found: dict[str, str | None] = {}
+    for batch in batches:
+        if batch.role != "before window":
+            found[batch.file] = first.get(batch.date)
+            first.setdefault(batch.date, batch.file)
+    return found
+
+
+def batch_checks(rows: pd.DataFrame, batch: BatchFile, schema: Schema, rules: ValidateParams
+                 ) -> tuple[pd.DataFrame, list[Check]]:
+    """A batch's own value rules and dates (both engines), and its typed rows."""
+    typed = coerce(rows, schema)  # once: the checks, dates, hashes, the output
+    own = check_frame(rows, schema, min_rows=rules.min_batch_rows, **value_rules(rules),
+                      batch=batch.file, typed=typed)
+    own.append(dating_check(rows, typed[schema.time_column], batch, schema, rules))
+    return typed, own
+
+
+def row_hashes(typed: pd.DataFrame, schema: Schema) -> np.ndarray:
+    """One number per typed row from every column but the time: a re-delivered row carries a
+    new time, so rows are the same when all else is."""
+    same_row = [c for c in schema.columns if c != schema.time_column]
+    return pd.util.hash_pandas_object(typed[same_row], index=False).to_numpy()
 
 
 def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params,
@@ -218,19 +276,14 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params,
     """Every rule, batch by batch and over the window. A plain function on data (`memo`:
     batches checked before, whose own checks and typed rows are not worked out again)."""
     schema, rules = params.schema, params.validate_
-    value_rules: dict[str, Any] = {
-        "max_unknown_category_share": rules.max_unknown_category_share,
-        "max_out_of_range_share": rules.max_out_of_range_share}
     checks: list[Check] = []
     verdicts: list[BatchVerdict] = []
     keep = pd.Series(False, index=table.index)
-    first_file_of_day: dict[str, str] = {}
+    first_of_day = first_files_of_day(batches)
     # Hashes of the typed rows of earlier batches: one set that grows, so each batch costs
     # its own rows (np.isin on everything earlier re-sorted it all for every batch).
     earlier_rows: set[int] = set()
     earlier_ids: set[str] = set()  # every id of every earlier batch, the older ones' too
-    # A re-delivered row carries a new time: rows are the same when all else is.
-    same_row = [c for c in schema.columns if c != schema.time_column]
     drop = rules.repeated_rows == "drop"
     columns = [*schema.columns, *present(table, schema), BATCH_COLUMN, ROW_COLUMN]
     positions = table.groupby(BATCH_COLUMN, sort=False).indices if len(table) else {}
@@ -243,33 +296,22 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params,
             verdict.checked = False
             earlier_ids.update(batch_ids(in_table, schema))
             continue
-        found = file_checks(batch, schema, first_file_of_day.get(batch.date), rules)
-        first_file_of_day.setdefault(batch.date, batch.file)
+        found = file_checks(batch, schema, first_of_day[batch.file], rules)
         if not any(not c.passed for c in found):
             rows = in_table[columns]
             known = memo.get(batch, rows.index) if memo else None
             if known:
                 typed, own = known
             else:
-                typed = coerce(rows, schema)  # once: the checks, dates, hashes, the output
-                own = check_frame(rows, schema, min_rows=rules.min_batch_rows, **value_rules,
-                                  batch=batch.file, typed=typed)
-                own.append(dating_check(rows, typed[schema.time_column], batch, schema, rules))
+                typed, own = batch_checks(rows, batch, schema, rules)
                 if memo and all(c.passed for c in own):
                     memo.put(batch, typed, own)
             found += own
-            hashes = pd.util.hash_pandas_object(typed[same_row], index=False).tolist()
+            hashes = row_hashes(typed, schema).tolist()
             repeated = np.fromiter(map(earlier_rows.__contains__, hashes), dtype=bool,
                                    count=len(hashes))
             earlier_rows.update(hashes)
-            n_repeated = int(repeated.sum())
-            found.append(Check(
-                "*", "no rows repeated from earlier batches", n_repeated, len(rows), 0.0,
-                n_repeated == 0 or drop, batch=batch.file,
-                detail=f"{n_repeated} of {len(rows)} rows repeat rows of earlier batches "
-                       "(all but the time)" + (" (dropped)" if drop else
-                                               ": remove the repeated rows, or set "
-                                               "validate.repeated_rows: drop")))
+            found.append(repeated_rows_check(int(repeated.sum()), len(rows), batch.file, drop))
             ids = batch_ids(rows, schema).reindex(rows.index)
             reused = ids.map(earlier_ids.__contains__).fillna(False).to_numpy(dtype=bool)
             if schema.id_column in present(table, schema):
@@ -288,9 +330,30 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params,
     # The kept rows of the batches checked above, in table order as the messages name rows.
     typed_window = pd.concat(window_typed).loc[window.index] if window_typed else None
     checks += check_frame(window[columns] if set(schema.columns) <= set(window.columns)
-                          else window, schema, min_rows=rules.min_rows, **value_rules,
+                          else window, schema, min_rows=rules.min_rows, **value_rules(rules),
                           typed=typed_window)
     return Validation(checks, verdicts, in_window & keep, typed_window)
+
+
+def window_checks(skeleton: list[Check], parts: list[list[Check]], rows: int) -> list[Check]:
+    """The window's checks from each batch's share of them (the Spark engine checks the
+    window batch by batch): counts add up, the example is the first batch's; `skeleton` is
+    the same checks on no rows, for their order and the window's row count rule."""
+    combined = []
+    for i, check in enumerate(skeleton):
+        if i == 0:  # at least validate.min_rows rows, in the whole window
+            enough = rows >= int(check.rule.split()[2])
+            combined.append(Check("*", check.rule, 0 if enough else rows, rows, 0.0, enough,
+                                  detail=f"the table has {rows} rows"))
+            continue
+        failed = sum(part[i].failed_rows for part in parts)
+        example = next((part[i].example for part in parts if part[i].failed_rows), "")
+        if check.rule == "column present":
+            combined.append(Check(check.column, check.rule, rows, rows, 0.0, False))
+        else:
+            combined.append(counted_check(check.column, check.rule, failed, rows,
+                                          check.threshold, example))
+    return combined
 
 
 def landing_hint(params: Params) -> str:
@@ -315,39 +378,230 @@ def report(validation: Validation, window_rows: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    params = load_params()
-    table = pd.read_parquet(params.path(DATASET))
+def validate_on_spark(params: Params, spark: SparkSession, batches: list[BatchFile],
+                      out: Path) -> tuple[list[Check], list[BatchVerdict], int]:
+    """The same rules on Spark: each batch is one task running `batch_checks` on its rows;
+    rows repeated from earlier batches, ids used before and ids repeated in the window are
+    window functions over every batch's keys on the cluster; the window's checks are the
+    sum of each batch's share. The typed window is written to `out`, batch by batch."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    schema, rules = params.schema, params.validate_
+    dataset = params.path(DATASET).resolve()
+    work = out.with_name(f".{out.name}.work-{os.getpid()}")
+    keys_dir, flags_dir = work / "keys", work / "flags"
+    replace_path(work)
+    drop = rules.repeated_rows == "drop"
+    first_of_day = first_files_of_day(batches)
+    union = sorted({c for b in batches for c in b.columns})
+    had_ids = dataset.glob(f"{BATCH_COLUMN}=*/part.parquet")  # older batches' ids
+    if schema.id_column and schema.id_column not in union and any(
+            schema.id_column in pq.read_schema(p).names for p in had_ids):
+        union.append(schema.id_column)
+    columns = [*schema.columns, *present(union, schema), BATCH_COLUMN, ROW_COLUMN]
+    id_column = schema.id_column if schema.id_column in columns else None
+
+    def keys(order: int, rows: pd.DataFrame, hashes: Any) -> None:
+        ids = (batch_ids(rows, schema).reindex(rows.index) if id_column
+               else pd.Series(None, index=rows.index, dtype=object))
+        shown = rows[id_column].map(repr) if id_column else ids
+        write_partition(pd.DataFrame({
+            "_order": order, ROW_COLUMN: rows[ROW_COLUMN].astype("int64"), "_hash": hashes,
+            "_id": ids.astype(object), "_id_shown": shown.astype(object)}), keys_dir,
+            str(rows[BATCH_COLUMN].iloc[0]), KEY_TYPES)
+
+    def own(item: dict) -> dict:
+        batch, order = BatchFile.from_dict(item["batch"]), item["order"]
+        raw = read_partition(dataset, batch.file)
+        if batch.role == "before window":
+            if raw is not None and id_column in raw.columns and len(raw):
+                keys(order, raw, pd.Series(None, index=raw.index, dtype="Int64"))
+            return {"checks": [], "passed": False}
+        found = file_checks(batch, schema, first_of_day[batch.file], rules)
+        if any(not c.passed for c in found) or raw is None:
+            return {"checks": [asdict(c) for c in found], "passed": False}
+        rows = raw.reindex(columns=columns)
+        typed, checks = batch_checks(rows, batch, schema, rules)
+        if len(rows):
+            keys(order, rows, row_hashes(typed, schema).view("int64"))
+        return {"checks": [asdict(c) for c in found + checks], "passed": True}
+
+    firsts = each_task(spark, [{"batch": asdict(b), "order": i} for i, b in enumerate(batches)],
+                       own)
+    # Across batches, on the cluster: a row or an id seen in an earlier batch (by order).
+    found = spark.read.parquet(str(keys_dir)) if keys_dir.exists() else None
+    per_batch: dict[str, Any] = {}
+    if found is not None:
+        checked = F.col("_hash").isNotNull()
+        marked = (found
+                  .withColumn("repeated", checked & (F.min("_order").over(
+                      Window.partitionBy("_hash")) < F.col("_order")))
+                  .withColumn("reused", checked & F.col("_id").isNotNull() & (F.min(
+                      "_order").over(Window.partitionBy("_id")) < F.col("_order")))
+                  .filter(checked))
+        marked = marked.withColumn("gone", F.col("repeated") | (F.col("reused") & F.lit(drop)))
+        in_window = F.col(BATCH_COLUMN).isin([b.file for b in batches if b.role == "window"])
+        # The window's own "unique ids": a kept row whose id a kept row before it carries.
+        marked = marked.withColumn("duplicate", F.when(
+            in_window & ~F.col("gone") & F.col("_id").isNotNull(), F.row_number().over(
+                Window.partitionBy(F.when(in_window & ~F.col("gone"), F.col("_id")))
+                .orderBy("_order", ROW_COLUMN)) > 1).otherwise(False))
+        for row in marked.groupBy(BATCH_COLUMN).agg(
+                F.sum(F.col("repeated").cast("int")).alias("repeated"),
+                F.sum(F.col("reused").cast("int")).alias("reused"),
+                F.sum(F.col("gone").cast("int")).alias("gone"),
+                F.count("*").alias("rows"),
+                F.min(F.when(F.col("reused"), F.struct(ROW_COLUMN, "_id_shown"))).alias("first"),
+        ).collect():
+            per_batch[row[BATCH_COLUMN]] = row
+        (marked.filter(F.col("gone") | F.col("duplicate"))
+         .select(BATCH_COLUMN, ROW_COLUMN, "gone", "duplicate")
+         .write.partitionBy(BATCH_COLUMN).parquet(str(flags_dir)))
+
+    checks: list[Check] = []
+    verdicts: list[BatchVerdict] = []
+    window_items = []
+    for order, (batch, first) in enumerate(zip(batches, firsts, strict=True)):
+        verdict = BatchVerdict(batch.file, batch.date, batch.md5, batch.role, batch.rows)
+        verdicts.append(verdict)
+        if batch.role == "before window":
+            verdict.checked = False
+            continue
+        found_here = [Check(**c) for c in first["checks"]]
+        if first["passed"]:
+            counts = per_batch.get(batch.file)
+            repeated = counts["repeated"] if counts else 0
+            found_here.append(repeated_rows_check(repeated, batch.rows, batch.file, drop))
+            if id_column:
+                example = (f"{counts['first']['_id_shown']} at row "
+                           f"{counts['first'][ROW_COLUMN]} of {batch.file}"
+                           if counts and counts["first"] else "")
+                found_here.append(dropped_if(counted_check(
+                    id_column, ID_REUSE_RULE, counts["reused"] if counts else 0, batch.rows,
+                    0.0, example, batch.file), drop))
+            verdict.dropped_rows = (counts["gone"] if counts else 0) if drop else 0
+            if batch.role == "window":
+                window_items.append({"batch": asdict(batch), "order": order})
+        verdict.problems = [c.message for c in found_here if not c.passed]
+        checks += found_here
+
+    staged = out.with_name(f".{out.name}.spark-{os.getpid()}")
+    replace_path(staged)
+
+    def window_part(item: dict) -> dict:
+        batch = BatchFile.from_dict(item["batch"])
+        rows = read_partition(dataset, batch.file).reindex(columns=columns)  # type: ignore[union-attr]
+        flags = pd.DataFrame(columns=[ROW_COLUMN, "gone", "duplicate"])
+        if any(flags_dir.glob(f"{BATCH_COLUMN}=*")):
+            # Spark's folder names escape odd characters; Arrow's hive reading undoes that.
+            # Its default would skip `_batch=...` folders as hidden ones ("_").
+            flags = ds.dataset(flags_dir, format="parquet", partitioning="hive",
+                               ignore_prefixes=[".", "_SUCCESS"]).to_table(
+                filter=ds.field(BATCH_COLUMN) == batch.file).to_pandas()
+        marks = rows[[ROW_COLUMN]].merge(flags[[ROW_COLUMN, "gone", "duplicate"]],
+                                         on=ROW_COLUMN, how="left")
+        kept = ~marks["gone"].eq(True).to_numpy()
+        rows = rows[kept]
+        typed = coerce(rows, schema)
+        part = check_frame(rows, schema, min_rows=0, **value_rules(rules), typed=typed,
+                           duplicate_ids=pd.Series(marks["duplicate"].eq(True).to_numpy()[kept],
+                                                   index=rows.index))
+        typed[ROW_COLUMN] = rows[ROW_COLUMN].astype("int64")
+        typed["_order"] = item["order"]
+        write_partition(typed, staged, batch.file, typed_types(schema, id_column))
+        return {"checks": [asdict(c) for c in part], "rows": int(kept.sum())}
+
+    parts = each_task(spark, window_items, window_part)
+    rows = sum(p["rows"] for p in parts)
+    skeleton_columns = columns if set(schema.columns) <= set(union) else union
+    skeleton = check_frame(pd.DataFrame(columns=skeleton_columns), schema,
+                           min_rows=rules.min_rows, **value_rules(rules))
+    checks += window_checks(skeleton, [[Check(**c) for c in p["checks"]] for p in parts], rows)
+    replace_path(work)
+    replace_path(out)
+    if any(not c.passed for c in checks):
+        replace_path(staged)
+    elif staged.exists():
+        os.replace(staged, out)
+    return checks, verdicts, rows
+
+
+# The cross-batch keys of each row (Spark engine): its batch's order, its row, the hash of its
+# typed values but the time, its id as text and as the batch wrote it (for the message).
+KEY_TYPES = pa.schema([("_order", pa.int64()), (ROW_COLUMN, pa.int64()), ("_hash", pa.int64()),
+                       ("_id", pa.string()), ("_id_shown", pa.string())])
+
+
+def typed_types(schema: Schema, id_column: str | None) -> pa.Schema:
+    """The typed window's columns as `coerce` makes them, fixed for every batch's partition."""
+    kinds = {"numeric": pa.float64(), "boolean": pa.float64(), "categorical": pa.string()}
+    target = (pa.string() if schema.string_labels else
+              pa.float64() if schema.numeric_target else pa.int64())
+    fields = [(schema.time_column, pa.timestamp("us")),
+              *[(f.name, kinds[f.type]) for f in schema.features], (schema.target, target),
+              *([(id_column, pa.string())] if id_column else []),
+              (ROW_COLUMN, pa.int64()), ("_order", pa.int64())]
+    return pa.schema(fields)
+
+
+def run(params: Params, spark: SparkSession | None = None) -> tuple[Validation, int]:
+    """The stage on params.engine: reports/validation.json always; the typed window (a file,
+    or a folder partitioned by batch on Spark) only when every check passed."""
     batches = [BatchFile.from_dict(b) for b in json.loads(params.path(BATCHES).read_text())]
-    memo = BatchMemo(params.path(MEMO_DIR), params.schema, params.validate_)
-    validation = check_batches(table, batches, params, memo)
-    memo.prune()
-    window = table[validation.keep]
     out = params.path(VALIDATED)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if uses_spark(params):
+        with session_for(params, "validate", spark) as session:
+            checks, verdicts, rows = validate_on_spark(params, session, batches, out)
+        validation = Validation(checks, verdicts, pd.Series(dtype=bool))
+    else:
+        table = pd.read_parquet(params.path(DATASET))
+        memo = BatchMemo(params.path(MEMO_DIR), params.schema, params.validate_)
+        validation = check_batches(table, batches, params, memo)
+        memo.prune()
+        window = table[validation.keep]
+        rows = len(window)
+        replace_path(out)
+        if not validation.failed:
+            typed = (validation.typed if validation.typed is not None
+                     else coerce(window, params.schema))
+            typed[BATCH_COLUMN] = window[BATCH_COLUMN].to_numpy()  # for prepare.test_batches
+            typed[ROW_COLUMN] = window[ROW_COLUMN].to_numpy()  # the reference sample's key
+            typed.to_parquet(out, index=False)
     report_path = params.path(VALIDATION_REPORT)
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report(validation, len(window)), indent=2) + "\n")
+    report_path.write_text(json.dumps(report(validation, rows), indent=2) + "\n")
+    return validation, rows
+
+
+def refusal(validation: Validation, params: Params) -> str | None:
+    """What the stage says when it fails (None: it passed): the refused batches, each failed
+    rule with its count and an example, and where to fix them."""
     failed = validation.failed
+    if not failed:
+        return None
     refused = [b.file for b in validation.batches if b.verdict == "refused"]
-    if failed:
-        out.unlink(missing_ok=True)
-        lines = "\n".join(f"  - {c.message}" for c in failed[:SHOWN_FAILURES])
-        more = (f"\n  ... and {len(failed) - SHOWN_FAILURES} more in {VALIDATION_REPORT}"
-                if len(failed) > SHOWN_FAILURES else "")
-        sys.exit(
-            f"validate: FAILED {len(failed)} of {len(validation.checks)} checks; refused "
+    lines = "\n".join(f"  - {c.message}" for c in failed[:SHOWN_FAILURES])
+    more = (f"\n  ... and {len(failed) - SHOWN_FAILURES} more in {VALIDATION_REPORT}"
+            if len(failed) > SHOWN_FAILURES else "")
+    return (f"validate: FAILED {len(failed)} of {len(validation.checks)} checks; refused "
             f"batches: {', '.join(refused) or 'none (the window as a whole failed)'}:\n"
-            f"{lines}{more}\n{landing_hint(params)}. Report: {VALIDATION_REPORT}"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    typed = validation.typed if validation.typed is not None else coerce(window, params.schema)
-    typed[BATCH_COLUMN] = window[BATCH_COLUMN].to_numpy()  # for prepare.test_batches
-    typed.to_parquet(out, index=False)
+            f"{lines}{more}\n{landing_hint(params)}. Report: {VALIDATION_REPORT}")
+
+
+def main() -> None:
+    params = load_params()
+    validation, rows = run(params)
+    failure = refusal(validation, params)
+    if failure:
+        sys.exit(failure)
     checked = [b for b in validation.batches if b.checked]
     dropped = sum(b.dropped_rows for b in checked)
-    print(f"validate: {len(checked)} batches accepted, {len(window)} window rows passed "
+    print(f"validate: {len(checked)} batches accepted, {rows} window rows passed "
           f"{len(validation.checks)} checks" + (f" ({dropped} repeated rows dropped)"
-                                                if dropped else "") + f" -> {VALIDATED}")
+                                                if dropped else "") + f" -> {VALIDATED}"
+          + (" (Spark)" if uses_spark(params) else ""))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,215 @@
+"""The two engines give the same answers: ingest, validate and prepare in process and as Spark
+jobs (`engine.kind: spark`, here on `local[2]`, one session for the module) on the same
+landed data: the same reports/validation.json, the same splits and reference sample row for
+row, the same test metrics for binary, multiclass and regression, and the same refusal with
+the same message for every kind of bad batch of the landing tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from mlpipeline import ingest, prepare, validate
+from mlpipeline import stack as stack_module
+from mlpipeline.config import StackParams, load_params
+from mlpipeline.engine import start_session
+from mlpipeline.evaluate import evaluate
+from mlpipeline.train import fit, training_rows
+from tests.conftest import BIN, Project, make_project
+from tests.test_landing import BAD_BATCHES, _corrupt, land
+
+pytestmark = pytest.mark.slow
+
+SPLITS = ("train", "test", "reference")
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    root = make_project(tmp_path_factory.mktemp("session") / "project").root
+    params = load_params(root).model_copy(update={"engine": load_params(root).engine.model_copy(
+        update={"kind": "spark", "master": "local[2]",
+                "conf": {"spark.sql.shuffle.partitions": 4}})})
+    session = start_session(params, "tests")
+    yield session
+    session.stop()
+
+
+def set_engine(project: Project, kind: str) -> None:
+    def update(params: dict[str, Any]) -> None:
+        params["engine"] = {"kind": kind, "master": "local[2]",
+                            "conf": {"spark.sql.shuffle.partitions": 4}}
+    project.set_params(update)
+
+
+def data_stages(project: Project, kind: str, spark: Any) -> dict[str, Any]:
+    """ingest, validate and prepare on one engine; what they wrote, or the refusal."""
+    set_engine(project, kind)
+    params = load_params(project.root)
+    session = spark if kind == "spark" else None
+    ingest.run(params, session)
+    validation, _ = validate.run(params, session)
+    found: dict[str, Any] = {
+        "report": json.loads((project.root / "reports/validation.json").read_text()),
+        "refusal": validate.refusal(validation, params)}
+    if found["refusal"] is None:
+        prepare.run(params, session)
+        for name in SPLITS:
+            found[name] = pd.read_parquet(project.root / f"data/prepared/{name}.parquet")
+    return found
+
+
+def assert_same(embedded: dict[str, Any], on_spark: dict[str, Any]) -> None:
+    assert on_spark["report"] == embedded["report"]
+    assert on_spark["refusal"] == embedded["refusal"]
+    for name in SPLITS:
+        if name in embedded:
+            pd.testing.assert_frame_equal(on_spark[name], embedded[name])
+
+
+@pytest.mark.parametrize("preset", [None, "multiclass", "regression"])
+def test_both_engines_validate_split_and_score_alike(
+        tmp_path: Path, spark: Any, preset: str | None) -> None:
+    project = make_project(tmp_path / "project", preset)
+
+    def small_forest(params: dict[str, Any]) -> None:
+        params["train"]["hyperparams"]["random_forest"]["n_estimators"] = 10
+        params["train"]["max_rows"] = 5000  # of 9,600: the newest, chosen on the cluster
+    project.set_params(small_forest)
+    project.run("python", "-m", "mlpipeline.source")
+    embedded = data_stages(project, "embedded", spark)
+    on_spark = data_stages(project, "spark", spark)
+    assert on_spark["report"]["passed"] and len(on_spark["train"]) > 1000
+    assert_same(embedded, on_spark)
+    # The same rows train the same model (on Spark, the newest train.max_rows rows are
+    # chosen on the cluster and collected through Arrow): the test metrics agree to 1e-9.
+    params = load_params(project.root)
+    newest, available = training_rows(params, spark)
+    assert (len(newest), available) == (5000, len(embedded["train"]))
+    metrics = []
+    for rows, known in ((embedded["train"], None), (newest, available)):
+        model, info = fit(rows, params, known)
+        assert (info["train_rows"], info["train_rows_available"]) == (5000, available)
+        metrics.append(evaluate(model, embedded["test"], params)[0])
+    assert metrics[0].keys() == metrics[1].keys()
+    for name, value in metrics[0].items():
+        assert metrics[1][name] == pytest.approx(value, abs=1e-9), name
+
+
+@pytest.fixture(scope="module")
+def landed(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The landing tests' folder of yearly batches (string labels, a boolean feature)."""
+    project = make_project(tmp_path_factory.mktemp("landed") / "project")
+
+    def files_source(params: dict[str, Any]) -> None:
+        params["source"].update(kind="files", path="data/landing")
+        params["window"].update(start="2014-01-01", end="2016-01-01")
+        params["prepare"]["test_batches"] = 1
+        params["validate"]["max_batch_days"] = 366
+        params["schema"]["classes"] = ["repaid", "default"]
+        params["schema"]["features"].append({"name": "is_customer", "type": "boolean"})
+    project.set_params(files_source)
+    for year in (2013, 2014, 2015, 2016):
+        land(project, year)
+    return project
+
+
+@pytest.mark.parametrize("case", list(BAD_BATCHES))
+def test_both_engines_refuse_a_bad_batch_with_the_same_message(
+        landed: Project, spark: Any, case: str) -> None:
+    p = landed
+    landing = p.root / "data" / "landing"
+    originals = {f: f.read_bytes() for f in landing.glob("*.csv")}
+    written = _corrupt(case)(p)
+    try:
+        p.run("python", "-m", "mlpipeline.source")
+        embedded = data_stages(p, "embedded", spark)
+        on_spark = data_stages(p, "spark", spark)
+        file, rule = BAD_BATCHES[case]
+        assert f"batch {file}: {rule}" in (on_spark["refusal"] or ""), on_spark["refusal"]
+        assert_same(embedded, on_spark)
+    finally:
+        for path in written:
+            if path in originals:
+                path.write_bytes(originals[path])
+            else:
+                path.unlink()
+
+
+def test_both_engines_drop_repeated_rows_and_reused_ids_alike(
+        landed: Project, spark: Any, tmp_path: Path) -> None:
+    """validate.repeated_rows: drop, with a window batch that repeats rows of an earlier one
+    and an id of a batch older than the window: the same rows go on. Then an id twice in the
+    window: the same refusal."""
+    p = Project(tmp_path / "project")
+    shutil.copytree(landed.root, p.root)
+    landing = p.root / "data" / "landing"
+    oldest, earlier, newer = (pd.read_csv(landing / f"{year}-01-01.csv")
+                              for year in (2013, 2014, 2015))
+    repeated = earlier.head(5).assign(application_date=newer["application_date"].iloc[:5])
+    newer = pd.concat([newer, repeated], ignore_index=True)
+    newer.loc[20, "application_id"] = oldest.loc[3, "application_id"]
+    newer.to_csv(landing / "2015-01-01.csv", index=False)
+
+    def drop(params: dict[str, Any]) -> None:
+        params["validate"]["repeated_rows"] = "drop"
+    p.set_params(drop)
+    p.run("python", "-m", "mlpipeline.source")
+    embedded = data_stages(p, "embedded", spark)
+    on_spark = data_stages(p, "spark", spark)
+    dropped = {b["file"]: b["dropped_rows"] for b in on_spark["report"]["batches"]}
+    assert dropped["2015-01-01.csv"] == 6, on_spark["refusal"]  # 5 repeated rows, 1 old id
+    assert_same(embedded, on_spark)
+
+    newer.loc[30, "application_id"] = newer.loc[31, "application_id"]
+    newer.to_csv(landing / "2015-01-01.csv", index=False)
+    p.run("python", "-m", "mlpipeline.source")
+    embedded = data_stages(p, "embedded", spark)
+    on_spark = data_stages(p, "spark", spark)
+    assert "column 'application_id', rule unique ids: 1 of " in (on_spark["refusal"] or "")
+    assert_same(embedded, on_spark)
+
+
+def test_dvc_repro_on_a_standalone_cluster_gives_the_embedded_reports(tmp_path: Path) -> None:
+    """A standalone master and two workers from the environment's spark-class (as `make
+    stack` starts them); a project with engine.kind: spark on it passes `dvc repro`, its
+    validation and metrics reports equal the embedded engine's, and the master lists the
+    stages' applications as finished."""
+    project = make_project(tmp_path / "project")
+
+    def on_cluster(params: dict[str, Any]) -> None:
+        params["train"]["hyperparams"]["random_forest"]["n_estimators"] = 10
+        params["engine"] = {"kind": "spark", "master": "spark://127.0.0.1:1",  # ENGINE_MASTER
+                            "conf": {"spark.executor.memory": "512m",
+                                     "spark.sql.shuffle.partitions": 4}}
+    project.set_params(on_cluster)
+    project.commit("engine: spark")
+    cluster = stack_module.start_spark_cluster(tmp_path / "cluster", StackParams(
+        spark_master_port=0, spark_ui_port=0, spark_workers=2, spark_worker_memory="1g"))
+    try:
+        repro = project.run(str(BIN / "dvc"), "repro",
+                            env={"ENGINE_MASTER": cluster["url"]})
+        assert "(Spark)" in repro.stdout
+        assert (project.root / "data/interim/validated.parquet").is_dir()
+        apps = stack_module.spark_applications(cluster)
+    finally:
+        stack_module.stop_spark_cluster(cluster)
+    assert {a["name"] for a in apps} >= {"mlpipeline ingest", "mlpipeline validate",
+                                          "mlpipeline prepare"}
+    assert all(a["state"] == "FINISHED" for a in apps), apps
+    reports = {name: (project.root / f"reports/{name}.json").read_text()
+               for name in ("validation", "metrics")}
+
+    def embedded(params: dict[str, Any]) -> None:
+        params["engine"]["kind"] = "embedded"
+    project.set_params(embedded)
+    project.run(str(BIN / "dvc"), "repro")  # the data stages again, in process
+    again = {name: json.loads((project.root / f"reports/{name}.json").read_text())
+             for name in reports}
+    assert again["validation"] == json.loads(reports["validation"])
+    assert again["metrics"] == pytest.approx(json.loads(reports["metrics"]), abs=1e-9)
