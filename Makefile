@@ -37,7 +37,7 @@ help:
 	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
 	@echo "make bench-request  one request's time in process, step by step, beside the floor app"
 	@echo "make bench-score [ROWS=n]  make score vs mlflow models predict, pyfunc and the service"
-	@echo "make bench-data [ROWS=n]  cold dvc repro, each stage, one CT cycle on landed batches"
+	@echo "make bench-data [ROWS=n] [ENGINE=embedded|spark]  cold dvc repro, each stage, CT cycles on landed batches"
 	@echo "make bench-reload  promotion to served on the stack: webhook vs polling"
 	@echo "make bench-workers  one worker vs two, alternated (A/B), the ratio's range"
 	@echo "make bench-log  the drift check on a 2M-row prediction log, before and after compaction"
@@ -145,7 +145,7 @@ bench-request: setup
 	$(IN_PROJECT) python $(CURDIR)/benchmarks/request_profile.py
 
 bench-data: setup
-	PYTHONPATH=. $(RUN) python benchmarks/real_data_bench.py $(if $(ROWS),--rows $(ROWS))
+	PYTHONPATH=. $(RUN) python benchmarks/real_data_bench.py $(if $(ROWS),--rows $(ROWS)) $(if $(ENGINE),--engine $(ENGINE))
 
 bench-workers: setup
 	cd $(PROJECT) && PYTHONPATH=$(CURDIR) $(abspath $(UV)) run --project $(CURDIR) --frozen python $(CURDIR)/benchmarks/workers_bench.py

@@ -16,7 +16,10 @@ timed with its peak memory (the largest process of the command's tree):
 Prints each figure beside what the same step took before this work at the nearest measured
 size (277,000 rows: cold `dvc repro` 65 s and 780 MB, a no-retrain CT cycle 28-38 s; 1.1M
 rows: cold `dvc repro` 228 s and 2.41 GB, a CT cycle 69 s without and 195 s with a retrain).
-Run from the project folder: `make bench-data [ROWS=n]`.
+Run from the project folder: `make bench-data [ROWS=n] [ENGINE=embedded|spark]`. Memory is
+sampled over every process (the command's and, with ENGINE=spark, a standalone cluster's
+master, workers and executors); ENGINE=spark also times the embedded engine's cold repro on
+the same data, the baseline it is compared with.
 Nothing leaves the machine; the copy is deleted at the end (--keep to look at it).
 """
 
@@ -29,12 +32,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 
+from mlpipeline import stack as stack_module
+from mlpipeline.config import StackParams
 from mlpipeline.loans import make_batch
 from mlpipeline.validate import MEMO_DIR
 from tests.conftest import ENV, Project, make_project
@@ -69,26 +77,69 @@ def monthly_batch(index: int, rows: int, covariate: float = 0.0) -> pd.DataFrame
     return frame
 
 
-def measured(project: Project, *command: str) -> tuple[float, float, str]:
-    """(seconds, peak MB of the largest process, output) of one command in a fresh process,
-    so the peak is this command's alone."""
-    probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-             "print(time.perf_counter() - t, "
-             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode); "
-             "sys.stderr.write(r.stdout + r.stderr)")
-    result = subprocess.run([sys.executable, "-c", probe, *command], cwd=project.root, env=ENV,
-                            capture_output=True, text=True)
-    seconds, peak_kb, code = result.stdout.split()
-    if int(code) != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return float(seconds), int(peak_kb) / 1024, result.stderr
+class Peaks:
+    """Peak memory while a command runs, sampled every 0.2 s over every process involved: the
+    command's own tree (the driver: the stage's Python and, on Spark, its JVM) and, with a
+    standalone cluster, each worker's tree (the executors and their Python workers)."""
+
+    def __init__(self, cluster_pids: list[int]) -> None:
+        self.cluster_pids = cluster_pids
+        self.largest = self.driver = self.total = 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def tree(pid: int) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    @staticmethod
+    def rss(process: psutil.Process) -> float:
+        try:
+            return process.memory_info().rss / 2**20
+        except psutil.NoSuchProcess:
+            return 0.0
+
+    def watch(self, pid: int) -> None:
+        while not self._stop.is_set():
+            driver = [self.rss(p) for p in self.tree(pid)]
+            cluster = [self.rss(p) for c in self.cluster_pids for p in self.tree(c)]
+            self.largest = max(self.largest, *driver, *cluster, 0.0)
+            self.driver = max(self.driver, sum(driver))
+            self.total = max(self.total, sum(driver) + sum(cluster))
+            self._stop.wait(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
-def build(root: Path, rows_per_month: int) -> Project:
+def measured(project: Project, *command: str, cluster_pids: list[int] | None = None,
+             env: dict[str, str] | None = None) -> tuple[float, Peaks, str]:
+    """(seconds, peak memory, output) of one command in a fresh process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(list(command), cwd=project.root, env={**ENV, **(env or {})},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peaks = Peaks(cluster_pids or [])
+    watcher = threading.Thread(target=peaks.watch, args=(process.pid,), daemon=True)
+    watcher.start()
+    output, _ = process.communicate()
+    seconds = time.perf_counter() - started
+    peaks.stop()
+    watcher.join()
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{output[-3000:]}")
+    return seconds, peaks, output
+
+
+def build(root: Path, rows_per_month: int, engine: str) -> Project:
     project = make_project(root)
 
     def files_source(params: dict[str, Any]) -> None:
+        params["engine"]["kind"] = engine
+        # Executors get what a worker offers (stack.spark_worker_memory below).
+        params["engine"]["conf"] = {"spark.executor.memory": "2g"} if engine == "spark" else {}
         params["source"].update(kind="files", path="data/landing")
         params["window"].update(start=month(0).isoformat(), end=month(MONTHS - 3).isoformat())
         params["prepare"]["test_batches"] = 2
@@ -113,7 +164,8 @@ def back_to_trained(project: Project, landed: Path, memo: Path) -> None:
     project.git("checkout", "-q", "HEAD", "--", ".")
     shutil.rmtree(project.root / ".dvc" / "cache" / "runs", ignore_errors=True)
     shutil.rmtree(project.root / MEMO_DIR, ignore_errors=True)
-    shutil.copytree(memo, project.root / MEMO_DIR)
+    if memo.exists():  # the embedded engine's
+        shutil.copytree(memo, project.root / MEMO_DIR)
     project.dvc("checkout", "--quiet")
 
 
@@ -123,52 +175,86 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=ROWS, help="rows in all the batches")
     parser.add_argument("--calm-runs", type=int, default=3,
                         help="no-retrain CT cycles from the same state (the median shown)")
+    parser.add_argument("--engine", choices=["embedded", "spark"], default="embedded",
+                        help="spark: a standalone master and two workers (as `make stack`), "
+                             "and the embedded engine's cold repro on the same data beside it")
     args = parser.parse_args(argv)
     per_month = args.rows // MONTHS
     folder = Path(tempfile.mkdtemp(prefix="real-data-bench-"))
-    project = build(folder / "project", per_month)
-    rows = [("cold dvc repro", *measured(project, sys.executable, "-m", "dvc", "repro"))]
-    # Each stage again on its own (same data): where the cold repro's time goes.
-    for stage in ("ingest", "validate", "prepare", "train", "evaluate", "register"):
-        rows.append((f"  {stage} alone", *measured(project, sys.executable, "-m",
-                                                   f"mlpipeline.{stage}")))
-    project.dvc("repro")  # dvc.lock back in step with the outputs
-    project.commit("trained")
-    memo = folder / "validate-memo"  # as a weekly cycle finds it: the window's batches
-    shutil.copytree(project.root / MEMO_DIR, memo)
-    # A month like the others lands: checked and versioned, no drift, no retrain. Three
-    # times from the same state (the median shown): the machine is noisy.
-    calm_runs, calm_batch = [], project.root / "data" / "landing" / f"{month(MONTHS - 2)}.csv"
-    for _ in range(args.calm_runs):
-        back_to_trained(project, calm_batch, memo)
-        monthly_batch(MONTHS - 2, per_month).to_csv(calm_batch, index=False)
-        calm_runs.append(measured(project, sys.executable, "-m", "monitoring.ct"))
-    calm_runs.sort()
-    rows.append(("one CT cycle (no retrain)", *calm_runs[len(calm_runs) // 2]))
-    calm = json.loads((project.root / "reports/ct/summary.json").read_text())
-    last = MONTHS - 1
-    monthly_batch(last, per_month, covariate=1.0).to_csv(
-        project.root / "data" / "landing" / f"{month(last)}.csv", index=False)
-    rows.append(("one CT cycle (retrain)", *measured(project, sys.executable, "-m",
-                                                     "monitoring.ct")))
-    summary = json.loads((project.root / "reports/ct/summary.json").read_text())
-    report = json.loads((project.root / "reports/validation.json").read_text())
+    cluster: dict[str, Any] = {}
+    env: dict[str, str] = {}
+    if args.engine == "spark":
+        cluster = stack_module.start_spark_cluster(folder / "cluster", StackParams(
+            spark_master_port=0, spark_ui_port=0, spark_workers=2, spark_worker_cores=1,
+            spark_worker_memory="3g"))
+        env = {"ENGINE_MASTER": cluster["url"]}
+    pids = [cluster["pid"], *cluster["workers"]] if cluster else []
+    try:
+        project = build(folder / "project", per_month, args.engine)
 
-    print(f"\nReal-data benchmark: {MONTHS} monthly batches x {per_month:,} rows = "
-          f"{MONTHS * per_month:,} rows, 13 features, labels repaid/default "
-          f"(this machine, one run)\n")
+        def timed(name: str, *command: str) -> tuple[str, float, Peaks, str]:
+            return (name, *measured(project, *command, cluster_pids=pids, env=env))
+
+        dvc = (sys.executable, "-m", "dvc")
+        rows = [timed("cold dvc repro", *dvc, "repro")]
+        if args.engine == "spark":  # the baseline: the embedded engine on the same data
+            baseline_project = build(folder / "embedded", per_month, "embedded")
+            rows.append(("cold dvc repro, embedded", *measured(baseline_project, *dvc,
+                                                                "repro")))
+            shutil.rmtree(baseline_project.root, ignore_errors=True)
+        # Each stage again on its own (same data): where the cold repro's time goes.
+        for stage in ("ingest", "validate", "prepare", "train", "evaluate", "register"):
+            rows.append(timed(f"  {stage} alone", sys.executable, "-m", f"mlpipeline.{stage}"))
+        project.run(*dvc, "repro", env=env)  # dvc.lock back in step with the outputs
+        project.commit("trained")
+        memo = folder / "validate-memo"  # as a weekly cycle finds it: the window's batches
+        if (project.root / MEMO_DIR).exists():
+            shutil.copytree(project.root / MEMO_DIR, memo)
+        # A month like the others lands: checked and versioned, no drift, no retrain. Three
+        # times from the same state (the median shown): the machine is noisy.
+        calm_runs, calm_batch = [], project.root / "data" / "landing" / f"{month(MONTHS - 2)}.csv"
+        for _ in range(args.calm_runs):
+            back_to_trained(project, calm_batch, memo)
+            monthly_batch(MONTHS - 2, per_month).to_csv(calm_batch, index=False)
+            calm_runs.append(timed("one CT cycle (no retrain)", sys.executable, "-m",
+                                   "monitoring.ct"))
+        calm_runs.sort(key=lambda run: run[1])
+        rows.append(calm_runs[len(calm_runs) // 2])
+        calm = json.loads((project.root / "reports/ct/summary.json").read_text())
+        last = MONTHS - 1
+        monthly_batch(last, per_month, covariate=1.0).to_csv(
+            project.root / "data" / "landing" / f"{month(last)}.csv", index=False)
+        rows.append(timed("one CT cycle (retrain)", sys.executable, "-m", "monitoring.ct"))
+        summary = json.loads((project.root / "reports/ct/summary.json").read_text())
+        report = json.loads((project.root / "reports/validation.json").read_text())
+    finally:
+        if cluster:
+            stack_module.stop_spark_cluster(cluster)
+
+    print(f"\nReal-data benchmark, engine {args.engine}"
+          + (" (a standalone master, two workers of 1 core and 3 GB)" if cluster else "")
+          + f": {MONTHS} monthly batches x {per_month:,} rows = {MONTHS * per_month:,} rows, "
+          "13 features, labels repaid/default (this machine, one run)\n")
     size = min(BASELINES, key=lambda n: abs(n - args.rows))  # the nearest measured size
-    baseline = BASELINES[size]
-    print(f"| {'step':<26} | {'seconds':>8} | {'peak MB':>8} | before, {size:,} rows "
-          f"| ratio |")
-    print(f"|{'-' * 28}|{'-' * 10}|{'-' * 10}|{'-' * (21 + len(f'{size:,}'))}|-------|")
-    for name, seconds, peak, _ in rows:
+    baseline = BASELINES[size] if args.engine == "embedded" else {}
+    embedded_cold = next((r[1] for r in rows if r[0] == "cold dvc repro, embedded"), None)
+    print("Memory in MB: the largest process; the driver (the command's own processes); all "
+          "processes, the cluster's included.")
+    print(f"| {'step':<26} | {'seconds':>8} | {'largest':>8} | {'driver':>8} | {'all':>8} | "
+          f"{'before, ' + f'{size:,} rows' if baseline else 'vs embedded':<24} | ratio |")
+    print(f"|{'-' * 28}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 26}|-------|")
+    for name, seconds, peaks, _ in rows:
         before = baseline.get(name)
-        shown = (f"{before[0]:.0f} s" + (f", {before[1]:,.0f} MB" if before[1] else "")
-                 if before else "-")
-        ratio = f"{seconds / before[0]:.2f}x" if before else "-"
-        print(f"| {name:<26} | {seconds:>8.1f} | {peak:>8.0f} | "
-              f"{shown:<{19 + len(f'{size:,}')}} | {ratio:>5} |")
+        if baseline:
+            shown = (f"{before[0]:.0f} s" + (f", {before[1]:,.0f} MB" if before[1] else "")
+                     if before else "-")
+            ratio = f"{seconds / before[0]:.2f}x" if before else "-"
+        else:
+            compared = name == "cold dvc repro" and embedded_cold
+            shown = f"{embedded_cold:.0f} s" if compared else "-"
+            ratio = f"{seconds / embedded_cold:.2f}x" if compared and embedded_cold else "-"
+        print(f"| {name:<26} | {seconds:>8.1f} | {peaks.largest:>8.0f} | {peaks.driver:>8.0f} | "
+              f"{peaks.total:>8.0f} | {shown:<24} | {ratio:>5} |")
     print(f"\n- training window: {report['rows']:,} rows in "
           f"{sum(b['verdict'] == 'accepted' for b in report['batches'])} accepted batches")
     print(f"- CT, calm month: {calm['decision']['action']} ("
@@ -181,11 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"- drift: {len(drift.get('drifted', []))} of {len(drift.get('features', []))} "
           f"features drifted on {drift.get('current_rows')} current rows")
     cold = rows[0]
-    print(f"- cold repro: {cold[1]:.1f} s, {cold[2]:,.0f} MB on {MONTHS * per_month:,} rows "
-          f"({cold[1] / (MONTHS * per_month) * 1e6:.0f} us per row); before, on "
-          f"{size:,} rows: {baseline['cold dvc repro'][0]:.0f} s, "
-          f"{baseline['cold dvc repro'][1]:,.0f} MB"
-          + (" (277,000 rows had 16 features then)" if size == 277_000 else ""))
+    print(f"- cold repro: {cold[1]:.1f} s, largest process {cold[2].largest:,.0f} MB, all "
+          f"{cold[2].total:,.0f} MB on {MONTHS * per_month:,} rows "
+          f"({cold[1] / (MONTHS * per_month) * 1e6:.0f} us per row)")
     if args.keep:
         print(f"- project copy kept in {project.root}")
     else:
