@@ -36,23 +36,26 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlpipeline.config import ServiceConfig, load_service_config
+from mlpipeline.engine import each_task, session_for, uses_spark
 from mlpipeline.schema import Schema
 from serving.champion import Champion, LoadedModel, is_missing
 from serving.prediction_log import part_name
 from serving.schemas import logged_as_text
 from serving.scoring import column_errors
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
 SUFFIXES = (".csv", ".parquet")
-ENGINE = "embedded"
 
 
 class BatchError(Exception):
@@ -65,6 +68,12 @@ class Counts:
     scored: int = 0
     rejected: int = 0
     ignored_columns: set[str] = field(default_factory=set)
+
+    def add(self, other: Counts) -> None:
+        self.rows += other.rows
+        self.scored += other.scored
+        self.rejected += other.rejected
+        self.ignored_columns |= other.ignored_columns
 
 
 def input_files(path: Path) -> list[Path]:
@@ -225,59 +234,116 @@ def score_files(files: list[Path], folder: Path, model: LoadedModel, chunk_rows:
                 strict: bool, progress: Callable[[int], None], job_id: str
                 ) -> tuple[Counts, list[dict]]:
     """Fill `folder` (predictions/, rejects.parquet, and log/: the prediction log's parts)
-    from `files`; the counts and, per input, its path, md5 and rows.
+    from `files`, one after the other; the counts and, per input, its path, md5 and rows."""
+    prepare_folder(folder)
+    counts, inputs = Counts(), []
+    with (pq.ParquetWriter(folder / "rejects.parquet", REJECT_SCHEMA) as rejects,
+          ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="score") as scorers):
+        for number, path in enumerate(files):
+            found, scored_input = score_file(number, path, folder, model, chunk_rows, strict,
+                                             progress, job_id, rejects.write_table, scorers)
+            counts.add(found)
+            inputs.append(scored_input)
+    return counts, inputs
 
-    Chunks are scored on SCORING_THREADS threads while the next ones are read and checked:
+
+def prepare_folder(folder: Path) -> None:
+    (folder / "predictions").mkdir()
+    (folder / LOG_PARTS).mkdir()
+
+
+def score_file(number: int, path: Path, folder: Path, model: LoadedModel, chunk_rows: int,
+               strict: bool, progress: Callable[[int], None], job_id: str,
+               reject: Callable[[pa.Table], None], scorers: ThreadPoolExecutor
+               ) -> tuple[Counts, dict]:
+    """One input file into predictions/part-NUMBER.parquet and the log's parts; its refused
+    records to `reject`. Both engines run this (on Spark, one task per file).
+
+    Chunks are scored on the `scorers` threads while the next ones are read and checked:
     the ONNX runtime lets go of the GIL, and each chunk is scored by the same
     single-threaded session as the service's (a multi-threaded one sums a forest's trees in
     another order: probabilities 4e-7 apart, and a label at the threshold could flip).
     Results are written in input order; at most SCORING_THREADS chunks wait for it."""
     layout = prediction_schema(model)
-    (folder / "predictions").mkdir()
-    counts, inputs = Counts(), []
+    counts = Counts()
     known = {*model.schema.feature_names, *model.schema.logged_columns}
     pending: collections.deque[Future[ScoredChunk]] = collections.deque()
-    (folder / LOG_PARTS).mkdir()
     written = 0
 
     def write(done: ScoredChunk) -> None:
         nonlocal written
         predictions.write_table(done.predictions)
         written += 1
-        name = part_name(dt.datetime.now(dt.UTC), "batch", written)
+        name = part_name(dt.datetime.now(dt.UTC), f"batch{number:05d}", written)
         pq.write_table(done.log, folder / LOG_PARTS / name)
 
-    with (pq.ParquetWriter(folder / "rejects.parquet", REJECT_SCHEMA) as rejects,
-          ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="score") as scorers):
-        for number, path in enumerate(files):
-            rows = 0
-            with pq.ParquetWriter(folder / "predictions" / f"part-{number:05d}.parquet",
-                                  layout) as predictions:
-                for chunk in read_chunks(path, model.schema, chunk_rows):
-                    counts.ignored_columns.update(set(chunk) - known)
-                    chunk = {name: values for name, values in chunk.items() if name in known}
-                    size = len(next(iter(chunk.values()), []))
-                    valid, refused = checked(chunk, model, f"{path}")
-                    if refused:
-                        if strict:
-                            row, reason = refused[0]
-                            raise BatchError(f"STRICT=1: {path} row {rows + row} is refused "
-                                             f"({reason}); nothing was written")
-                        rejects.write_table(reject_table(chunk, refused, str(path), rows))
-                    if size > len(refused):
-                        pending.append(scorers.submit(scored_chunk, model, valid, layout,
-                                                      job_id))
-                    while len(pending) > SCORING_THREADS:
-                        write(pending.popleft().result())
-                    rows += size
-                    counts.rows += size
-                    counts.scored += size - len(refused)
-                    counts.rejected += len(refused)
-                    progress(size)
-                while pending:  # this file's last chunks, before its part is closed
-                    write(pending.popleft().result())
-            inputs.append({"path": str(path), "md5": md5(path), "rows": rows})
-    return counts, inputs
+    rows = 0
+    with pq.ParquetWriter(folder / "predictions" / f"part-{number:05d}.parquet",
+                          layout) as predictions:
+        for chunk in read_chunks(path, model.schema, chunk_rows):
+            counts.ignored_columns.update(set(chunk) - known)
+            chunk = {name: values for name, values in chunk.items() if name in known}
+            size = len(next(iter(chunk.values()), []))
+            valid, refused = checked(chunk, model, f"{path}")
+            if refused:
+                if strict:
+                    row, reason = refused[0]
+                    raise BatchError(f"STRICT=1: {path} row {rows + row} is refused "
+                                     f"({reason}); nothing was written")
+                reject(reject_table(chunk, refused, str(path), rows))
+            if size > len(refused):
+                pending.append(scorers.submit(scored_chunk, model, valid, layout, job_id))
+            while len(pending) > SCORING_THREADS:
+                write(pending.popleft().result())
+            rows += size
+            counts.rows += size
+            counts.scored += size - len(refused)
+            counts.rejected += len(refused)
+            progress(size)
+        while pending:  # this file's last chunks, before its part is closed
+            write(pending.popleft().result())
+    return counts, {"path": str(path), "md5": md5(path), "rows": rows}
+
+
+def score_files_on_spark(files: list[Path], folder: Path, params: ServiceConfig,
+                         model: LoadedModel, strict: bool, job_id: str, spark: SparkSession
+                         ) -> tuple[Counts, list[dict]]:
+    """The same, one Spark task per input file (engine.kind: spark): each task loads the
+    same version from the registry and runs `score_file`, writing its parts into `folder`
+    (a path the executors share); only counts come back to the driver."""
+    prepare_folder(folder)
+    refused_parts = folder / ".rejects"
+    refused_parts.mkdir()
+    version, chunk_rows = model.version, params.score.chunk_rows
+
+    def task(item: dict) -> dict:
+        number, path = item["number"], Path(item["path"])
+        try:
+            on_executor = load_model(params, version, None)
+            with (pq.ParquetWriter(refused_parts / f"part-{number:05d}.parquet",
+                                   REJECT_SCHEMA) as rejects,
+                  ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="score") as scorers):
+                found, scored_input = score_file(number, path, folder, on_executor, chunk_rows,
+                                                 strict, lambda rows: None, job_id,
+                                                 rejects.write_table, scorers)
+        except BatchError as error:
+            return {"error": str(error)}
+        return {"counts": {**asdict(found), "ignored_columns": sorted(found.ignored_columns)},
+                "input": {**scored_input, "path": item["shown"]}}
+
+    results = each_task(spark, [{"number": i, "path": str(p.resolve()), "shown": str(p)}
+                                for i, p in enumerate(files)], task)
+    if errors := [r["error"] for r in results if "error" in r]:
+        raise BatchError(errors[0])
+    counts = Counts()
+    for result in results:
+        counts.add(Counts(**{**result["counts"],
+                             "ignored_columns": set(result["counts"]["ignored_columns"])}))
+    with pq.ParquetWriter(folder / "rejects.parquet", REJECT_SCHEMA) as rejects:
+        for part in sorted(refused_parts.glob("part-*.parquet")):  # in input order
+            rejects.write_table(pq.read_table(part))
+    shutil.rmtree(refused_parts)
+    return counts, [r["input"] for r in results]
 
 
 SCORING_THREADS = 2
@@ -338,7 +404,8 @@ def _alive(pid: int) -> bool:
 
 
 def run(params: ServiceConfig, input_path: Path, output: Path, version: str | None = None,
-        alias: str | None = None, overwrite: bool = False, strict: bool = False) -> dict:
+        alias: str | None = None, overwrite: bool = False, strict: bool = False,
+        spark: SparkSession | None = None) -> dict:
     """The job: score INPUT into OUTPUT; returns the manifest."""
     started = dt.datetime.now(dt.UTC)
     clock = time.perf_counter()
@@ -351,8 +418,13 @@ def run(params: ServiceConfig, input_path: Path, output: Path, version: str | No
     bar = _progress(files)
 
     def fill(folder: Path) -> dict:
-        counts, inputs = score_files(files, folder, model, params.score.chunk_rows, strict,
-                                     bar.update, job_id)
+        if uses_spark(params):
+            with session_for(params, "score", spark) as session:
+                counts, inputs = score_files_on_spark(files, folder.resolve(), params, model,
+                                                      strict, job_id, session)
+        else:
+            counts, inputs = score_files(files, folder, model, params.score.chunk_rows,
+                                         strict, bar.update, job_id)
         log = params.path(params.serving.prediction_log_dir)
         hand_to_log(folder / LOG_PARTS, log)
         manifest = {
@@ -365,7 +437,7 @@ def run(params: ServiceConfig, input_path: Path, output: Path, version: str | No
             # where the scored records are, for the drift check (make drift CURRENT=OUTPUT)
             "prediction_log": {"dir": str(log), "request_id": job_id,
                                "records": counts.scored, "source": "batch"},
-            "engine": ENGINE,
+            "engine": params.engine.kind,
             "chunk_rows": params.score.chunk_rows,
             "started_at": started.isoformat(timespec="seconds"),
             "ended_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

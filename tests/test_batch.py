@@ -237,3 +237,38 @@ def test_a_drifted_file_scored_in_batch_is_found_drifted_by_the_next_check(
     missing = scoring_project.run(sys.executable, "-m", "monitoring.drift", "--current",
                                   str(tmp_path), check=False)
     assert missing.returncode != 0 and "no manifest.json there" in missing.stderr
+
+
+@pytest.mark.slow
+def test_on_spark_the_job_writes_the_same_folder_with_the_same_answers(
+        scoring_project: Project, tmp_path: Path) -> None:
+    """engine.kind: spark (here local[2]): one task per input file, each scoring with the
+    same version; the same predictions, rejects and counts as the embedded job, the manifest
+    naming the engine, and the records in the prediction log under the job's id."""
+    from mlpipeline.engine import start_session
+    from serving import batch
+
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    frame = two_thousand_records(scoring_project, folder / "a.csv", bad_row=5)
+    frame.drop(index=5).astype({"credit_score": float}).to_parquet(folder / "b.parquet")
+    embedded = load_params(scoring_project.root)
+    on_spark = embedded.model_copy(update={"engine": embedded.engine.model_copy(
+        update={"kind": "spark", "master": "local[2]"})})
+    session = start_session(on_spark, "tests")
+    try:
+        ran = {"embedded": batch.run(embedded, folder, tmp_path / "embedded"),
+               "spark": batch.run(on_spark, folder, tmp_path / "spark", spark=session)}
+    finally:
+        session.stop()
+    assert ran["spark"]["engine"] == "spark" and ran["embedded"]["engine"] == "embedded"
+    for key in ("model", "inputs", "rows", "ignored_columns"):
+        assert ran["spark"][key] == ran["embedded"][key], key
+    assert ran["spark"]["rows"] == {"in": 3999, "scored": 3998, "rejected": 1}
+    for name in ("predictions", "rejects.parquet"):
+        tables = [pq.read_table(tmp_path / engine / name) for engine in ("embedded", "spark")]
+        assert tables[0].equals(tables[1]), name
+    reject = pq.read_table(tmp_path / "spark" / "rejects.parquet").to_pylist()
+    assert [(Path(r["file"]).name, r["row"]) for r in reject] == [("a.csv", 5)]
+    log = read_log(scoring_project.root / "logs/predictions")
+    assert (log["request_id"] == ran["spark"]["job_id"]).sum() == 3998

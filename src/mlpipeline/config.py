@@ -268,6 +268,7 @@ class ServiceConfig(_Strict):
     mlflow: MlflowParams = MlflowParams()
     serving: ServingParams = ServingParams()
     score: ScoreParams = ScoreParams()
+    engine: EngineParams = EngineParams()  # the data stages' and `make score`'s
     root: Path = Path(".")  # folder of params.yaml; relative paths resolve against it
 
     def path(self, relative: str | Path) -> Path:
@@ -302,7 +303,6 @@ class Params(ServiceConfig):
     monitoring: MonitoringParams = MonitoringParams()
     ct: CtParams = CtParams()
     stack: StackParams = StackParams()
-    engine: EngineParams = EngineParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

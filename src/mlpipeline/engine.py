@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlpipeline.config import Params
+from mlpipeline.config import ServiceConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -36,11 +36,11 @@ BASE_CONF: dict[str, str] = {
 }
 
 
-def uses_spark(params: Params) -> bool:
+def uses_spark(params: ServiceConfig) -> bool:
     return params.engine.kind == "spark"
 
 
-def start_session(params: Params, app: str) -> SparkSession:
+def start_session(params: ServiceConfig, app: str) -> SparkSession:
     """A session on engine.master (or ENGINE_MASTER), its Python workers on this interpreter."""
     try:
         from pyspark.sql import SparkSession
@@ -65,7 +65,7 @@ def start_session(params: Params, app: str) -> SparkSession:
 
 
 @contextlib.contextmanager
-def session_for(params: Params, app: str, spark: SparkSession | None = None
+def session_for(params: ServiceConfig, app: str, spark: SparkSession | None = None
                 ) -> Iterator[SparkSession]:
     """The caller's session (tests share one per module), else one for this stage, stopped
     when the stage ends so the cluster lists the application as finished."""
