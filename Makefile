@@ -55,7 +55,7 @@ help:
 	@echo "make shadow-report          the challenger in shadow beside the champion on live requests, and what comes next"
 	@echo "make approve V=3 [NOTE=..]  promotion.mode manual: version 3 (the waiting challenger) serves"
 	@echo "make reject V=3 [NOTE=..]   promotion.mode manual: version 3 never serves"
-	@echo "make stack / stack-down      PostgreSQL + S3 + MLflow server + 2 replicas, as processes"
+	@echo "make stack / stack-down      PostgreSQL + S3 + MLflow server + 2 replicas + Spark master and 2 workers, as processes"
 
 $(UV):
 	$(PYTHON_EXE) -m venv $(TOOLS)

@@ -35,11 +35,13 @@ ENV.pop("MLFLOW_TRACKING_URI", None)  # each project copy uses its own embedded 
 
 # xdist hands out test files in collection order (--dist loadfile --no-loadscope-reorder):
 # the longest go first, so the short ones fill in behind them at the end instead of a long
-# one starting last and adding up. Seconds on two workers: loop ~360, stack ~280, landing
-# ~250, the other tasks' loops ~190, pipeline ~150, killed cycle ~110, serving (live) ~110,
-# promotions ~70, tracking server ~50, registry ~50, serving ~50, monitoring ~35.
+# one starting last and adding up. Seconds on two workers: loop ~360, stack ~340 (its data
+# stages on Spark), landing ~250, the other tasks' loops ~190, pipeline ~150, killed cycle
+# ~110, serving (live) ~110, engines ~100, promotions ~70, tracking server ~50, registry ~50,
+# serving ~50, monitoring ~35.
 RUN_FIRST = ("tests/test_loop.py", "tests/test_stack.py", "tests/test_landing.py",
              "tests/test_tasks_loop.py", "tests/test_pipeline.py", "tests/test_ct_killed.py",
+             "tests/test_engines.py",
              "tests/test_serving_live.py", "tests/test_shadow.py",
              "tests/test_promotions.py", "tests/test_tracking_server.py",
              "tests/test_registry.py", "tests/test_serving.py", "tests/test_monitoring.py")

@@ -2,7 +2,8 @@
 jobs (`engine.kind: spark`, here on `local[2]`, one session for the module) on the same
 landed data: the same reports/validation.json, the same splits and reference sample row for
 row, the same test metrics for binary, multiclass and regression, and the same refusal with
-the same message for every kind of bad batch of the landing tests."""
+the same message for every kind of bad batch of the landing tests. (`dvc repro` on a
+standalone cluster, with the same reports as in process: tests/test_stack.py.)"""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import pandas as pd
 import pytest
 
 from mlpipeline import ingest, prepare, validate
-from mlpipeline import stack as stack_module
-from mlpipeline.config import StackParams, load_params
+from mlpipeline.config import load_params
 from mlpipeline.engine import start_session
 from mlpipeline.evaluate import evaluate
+from mlpipeline.lineage import file_md5
 from mlpipeline.train import fit, training_rows
-from tests.conftest import BIN, Project, make_project
+from tests.conftest import Project, make_project
 from tests.test_landing import BAD_BATCHES, _corrupt, land
 
 pytestmark = pytest.mark.slow
@@ -86,6 +87,11 @@ def test_both_engines_validate_split_and_score_alike(
     on_spark = data_stages(project, "spark", spark)
     assert on_spark["report"]["passed"] and len(on_spark["train"]) > 1000
     assert_same(embedded, on_spark)
+    # Spark writes the same bytes again: CT's same-data guard compares the split's md5.
+    train_split = project.root / "data/prepared/train.parquet"
+    written = file_md5(train_split)
+    prepare.run(load_params(project.root), spark)
+    assert file_md5(train_split) == written
     # The same rows train the same model (on Spark, the newest train.max_rows rows are
     # chosen on the cluster and collected through Arrow): the test metrics agree to 1e-9.
     params = load_params(project.root)
@@ -174,42 +180,3 @@ def test_both_engines_drop_repeated_rows_and_reused_ids_alike(
     assert "column 'application_id', rule unique ids: 1 of " in (on_spark["refusal"] or "")
     assert_same(embedded, on_spark)
 
-
-def test_dvc_repro_on_a_standalone_cluster_gives_the_embedded_reports(tmp_path: Path) -> None:
-    """A standalone master and two workers from the environment's spark-class (as `make
-    stack` starts them); a project with engine.kind: spark on it passes `dvc repro`, its
-    validation and metrics reports equal the embedded engine's, and the master lists the
-    stages' applications as finished."""
-    project = make_project(tmp_path / "project")
-
-    def on_cluster(params: dict[str, Any]) -> None:
-        params["train"]["hyperparams"]["random_forest"]["n_estimators"] = 10
-        params["engine"] = {"kind": "spark", "master": "spark://127.0.0.1:1",  # ENGINE_MASTER
-                            "conf": {"spark.executor.memory": "512m",
-                                     "spark.sql.shuffle.partitions": 4}}
-    project.set_params(on_cluster)
-    project.commit("engine: spark")
-    cluster = stack_module.start_spark_cluster(tmp_path / "cluster", StackParams(
-        spark_master_port=0, spark_ui_port=0, spark_workers=2, spark_worker_memory="1g"))
-    try:
-        repro = project.run(str(BIN / "dvc"), "repro",
-                            env={"ENGINE_MASTER": cluster["url"]})
-        assert "(Spark)" in repro.stdout
-        assert (project.root / "data/interim/validated.parquet").is_dir()
-        apps = stack_module.spark_applications(cluster)
-    finally:
-        stack_module.stop_spark_cluster(cluster)
-    assert {a["name"] for a in apps} >= {"mlpipeline ingest", "mlpipeline validate",
-                                          "mlpipeline prepare"}
-    assert all(a["state"] == "FINISHED" for a in apps), apps
-    reports = {name: (project.root / f"reports/{name}.json").read_text()
-               for name in ("validation", "metrics")}
-
-    def embedded(params: dict[str, Any]) -> None:
-        params["engine"]["kind"] = "embedded"
-    project.set_params(embedded)
-    project.run(str(BIN / "dvc"), "repro")  # the data stages again, in process
-    again = {name: json.loads((project.root / f"reports/{name}.json").read_text())
-             for name in reports}
-    assert again["validation"] == json.loads(reports["validation"])
-    assert again["metrics"] == pytest.approx(json.loads(reports["metrics"]), abs=1e-9)

@@ -14,6 +14,7 @@ Faults: the tracking server stops while the replicas serve, and during a CT cycl
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import psutil
 import pytest
 
@@ -75,6 +77,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, d
     params.write_text(set_values(params.read_text(), {
         "stack.s3_port": 0, "stack.mlflow_port": 0, "stack.replica_ports": [0, 0],
         "stack.spark_master_port": 0, "stack.spark_ui_port": 0,
+        # The data stages as Spark jobs on the stack's standalone cluster (ENGINE_MASTER).
+        "engine.kind": "spark",
+        "engine.conf": {"spark.executor.memory": "512m", "spark.sql.shuffle.partitions": 4},
         # A long poll: the replicas below switch models on the webhook, not on a poll.
         "stack.poll_seconds": 120,
         "serving.log_flush_seconds": 0.5,
@@ -147,12 +152,18 @@ def test_the_loop_on_the_production_stack(stack: tuple[Project, dict[str, Any]],
     project, state = stack
     server = state["mlflow"]["url"]
     urls = [r["url"] for r in state["replicas"]]
-    on_server = {"MLFLOW_TRACKING_URI": server}
+    # What `source .stack/env.sh` exports: the tracking server and the Spark master.
+    on_server = {"MLFLOW_TRACKING_URI": server, "ENGINE_MASTER": state["spark"]["url"]}
+    env_sh = (Path(state["folder"]) / "env.sh").read_text()
+    assert all(f"export {k}={v}" in env_sh for k, v in on_server.items())
     client = MlflowClient(tracking_uri=server, registry_uri=server)
 
-    # v1: the pipeline registers on the server; both replicas load it on the alias webhook.
-    project.run(str(BIN / "dvc"), "repro", env=on_server)
+    # v1: the pipeline registers on the server, its data stages run on the stack's Spark
+    # master; both replicas load v1 on the alias webhook.
+    repro = project.run(str(BIN / "dvc"), "repro", env=on_server)
+    assert repro.stdout.count("(Spark)") == 3, repro.stdout
     project.commit("v1")
+    same_as_embedded(project, tmp_path / "embedded")
     assert not (project.root / "mlflow.db").exists()
     assert [v.version for v in client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
     for url in urls:
@@ -194,6 +205,12 @@ def test_the_loop_on_the_production_stack(stack: tuple[Project, dict[str, Any]],
             assert time.monotonic() < deadline, "the traffic stalled after the swap"
             time.sleep(0.05)  # traffic keeps running on v2
     summary = json.loads(project.read("reports/ct/summary.json"))
+    # The master lists the data stages of both runs (repro, then the cycle's), finished.
+    apps = stack_module.spark_applications(state["spark"])
+    names = [a["name"] for a in apps]
+    stages = ("mlpipeline ingest", "mlpipeline validate", "mlpipeline prepare")
+    assert set(names) == set(stages) and all(names.count(s) >= 2 for s in stages), names
+    assert {a["state"] for a in apps} == {"FINISHED"}
     assert summary["window"]["kind"] == "log"
     assert summary["window"]["rows"] == len(batch)  # both replicas' logs, one window
     assert summary["decision"]["action"] == "retrain" and summary["drift"]["detected"]
@@ -253,6 +270,27 @@ def test_the_loop_on_the_production_stack(stack: tuple[Project, dict[str, Any]],
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
 
 
+def same_as_embedded(project: Project, copy: Path) -> None:
+    """The reports of a repro on the cluster equal the embedded engine's on the same data:
+    its data stages in process in a copy of the project, then the same fit and evaluate."""
+    from mlpipeline import ingest, prepare, validate
+    from mlpipeline.config import TEST_SPLIT, TRAIN_SPLIT, EngineParams
+    from mlpipeline.evaluate import evaluate
+    from mlpipeline.train import fit
+
+    shutil.copytree(project.root, copy, symlinks=True,
+                    ignore=shutil.ignore_patterns(".stack", "logs", ".git"))
+    params = load_params(copy).model_copy(update={"engine": EngineParams()})
+    ingest.run(params)
+    validate.run(params)
+    prepare.run(params)
+    assert (copy / "reports/validation.json").read_text() == project.read(
+        "reports/validation.json")
+    model, _ = fit(pd.read_parquet(copy / TRAIN_SPLIT), params)
+    metrics = evaluate(model, pd.read_parquet(copy / TEST_SPLIT), params)[0]
+    assert metrics == pytest.approx(json.loads(project.read("reports/metrics.json")), abs=1e-9)
+
+
 def admin(url: str, state: dict[str, Any]) -> dict[str, Any]:
     token = state["replica_env"]["SERVING_ADMIN_TOKEN"]
     return httpx.post(f"{url}/admin/reload", headers={"Authorization": f"Bearer {token}"},
@@ -299,6 +337,9 @@ def test_a_cycle_whose_tracking_server_dies_leaves_the_champion(
     client = MlflowClient(tracking_uri=server, registry_uri=server)
     champion = client.get_model_version_by_alias(MODEL, "champion").version
     versions = {v.version for v in client.search_model_versions(f"name = '{MODEL}'")}
+    # About the tracking server, not the engine: the data stages in process (fast).
+    on_spark = project.read("params.yaml")
+    (project.root / "params.yaml").write_text(set_values(on_spark, {"engine.kind": "embedded"}))
     params_before, lock_before = project.read("params.yaml"), project.read("dvc.lock")
 
     env = {**ENV, "MLFLOW_TRACKING_URI": server, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
@@ -325,6 +366,7 @@ def test_a_cycle_whose_tracking_server_dies_leaves_the_champion(
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion
     after = {v.version for v in client.search_model_versions(f"name = '{MODEL}'")}
     assert after == versions  # nothing half-registered
+    (project.root / "params.yaml").write_text(on_spark)
 
 
 def test_stopping_a_part_does_not_wait_on_its_zombie() -> None:

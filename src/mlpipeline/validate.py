@@ -10,6 +10,9 @@ hide among good ones. Then the same value rules over the whole window.
 reports/validation.json lists every batch with its verdict and the window's checks. On any
 failure the stage exits non-zero naming the batch file, the rule and how many rows broke it,
 and writes no output, so DVC runs nothing downstream and the champion cannot move.
+
+On Spark (engine.kind: spark, `validate_on_spark`) each batch is one task running the same
+`batch_checks`, and what spans batches is worked out on the cluster: the same report.
 """
 
 from __future__ import annotations
