@@ -315,6 +315,10 @@ def score_files_on_spark(files: list[Path], folder: Path, params: ServiceConfig,
     refused_parts = folder / ".rejects"
     refused_parts.mkdir()
     version, chunk_rows = model.version, params.score.chunk_rows
+    # Executors have the cluster's environment, not this process's: name the registry the
+    # driver resolved (MLFLOW_TRACKING_URI included) in the settings they get.
+    params = params.model_copy(update={"mlflow": params.mlflow.model_copy(
+        update={"tracking_uri": params.tracking_uri()})})
 
     def task(item: dict) -> dict:
         number, path = item["number"], Path(item["path"])

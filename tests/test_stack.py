@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import psutil
+import pyarrow.parquet as pq
 import pytest
 
 from mlpipeline import stack as stack_module
@@ -249,6 +250,10 @@ def test_the_loop_on_the_production_stack(stack: tuple[Project, dict[str, Any]],
     assert json.loads(clone.read("reports/metrics.json")) == json.loads(
         project.read("reports/metrics.json"))
 
+    # make score on the stack's cluster: one task per file, loading v2 from the server; the
+    # same folder as the job in process.
+    score_on_the_cluster(project, state, tmp_path)
+
     # PostgreSQL restarts under the server; then `make rollback` goes through it.
     params = load_params(project.root)
     stack_module.stop_part(params, "postgres")
@@ -268,6 +273,29 @@ def test_the_loop_on_the_production_stack(stack: tuple[Project, dict[str, Any]],
     for url in urls:
         assert wait_served(url, "1", timeout=30)["loaded_by"] == "webhook"
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+
+
+def score_on_the_cluster(project: Project, state: dict[str, Any], folder: Path) -> None:
+    from mlpipeline.config import EngineParams
+    from serving import batch
+
+    server, spark = state["mlflow"]["url"], state["spark"]
+    landed = sorted((project.root / "data/raw").glob("*.csv"))[-1]
+    project.run(sys.executable, "-m", "serving.batch", "--input", str(landed), "--output",
+                str(folder / "scored-on-spark"),
+                env={"MLFLOW_TRACKING_URI": server, "ENGINE_MASTER": spark["url"]})
+    manifest = json.loads((folder / "scored-on-spark" / "manifest.json").read_text())
+    assert (manifest["engine"], manifest["model"]["version"]) == ("spark", "2")
+    assert manifest["rows"]["in"] == manifest["rows"]["scored"] > 1000
+    assert "mlpipeline score" in {a["name"] for a in stack_module.spark_applications(spark)}
+    params = load_params(project.root)
+    in_process = params.model_copy(update={
+        "engine": EngineParams(),
+        "mlflow": params.mlflow.model_copy(update={"tracking_uri": server})})
+    batch.run(in_process, landed, folder / "scored-in-process")
+    for name in ("predictions", "rejects.parquet"):
+        assert pq.read_table(folder / "scored-on-spark" / name).equals(
+            pq.read_table(folder / "scored-in-process" / name)), name
 
 
 def same_as_embedded(project: Project, copy: Path) -> None:

@@ -52,15 +52,22 @@ def start_session(params: ServiceConfig, app: str) -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     master = params.engine.spark_master()
-    if master.startswith("local"):
+    if master.startswith("local") or "://127.0.0.1:" in master or "://localhost:" in master:
+        # The driver's own ports on loopback too (a remote cluster must reach it: not then).
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    builder = SparkSession.builder.master(master).appName(f"mlpipeline {app}")
     conf = {**BASE_CONF, **{k: str(v).lower() if isinstance(v, bool) else str(v)
                             for k, v in params.engine.conf.items()}}
+    # Spark Connect (sc://host:15002, e.g. Databricks) is a remote session without a local
+    # JVM (it needs pyspark's `connect` extra: grpcio); anything else is a master URL.
+    remote = master.startswith("sc://")
+    builder = SparkSession.builder.remote(master) if remote else SparkSession.builder.master(
+        master)
+    builder = builder.appName(f"mlpipeline {app}")
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
+    if not remote:
+        session.sparkContext.setLogLevel("ERROR")
     return session
 
 

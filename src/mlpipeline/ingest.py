@@ -9,6 +9,9 @@ hash, row count and columns, and `validate` refuses it with everything else it f
 
 Each row keeps where it came from (`_batch`: the file name, `_row`: its row in that file), so
 every validation message can name the file and the row to fix.
+
+The window's table is one Parquet file, or on Spark (engine.kind: spark) a folder with one
+partition per batch (`_batch=FILE/`), each written by the task that read that file.
 """
 
 from __future__ import annotations
