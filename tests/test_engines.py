@@ -23,7 +23,7 @@ from mlpipeline.evaluate import evaluate
 from mlpipeline.lineage import file_md5
 from mlpipeline.train import fit, training_rows
 from tests.conftest import Project, make_project
-from tests.test_landing import BAD_BATCHES, _corrupt, land
+from tests.test_landing import BAD_BATCHES, bad_batch, land
 
 pytestmark = pytest.mark.slow
 
@@ -129,22 +129,13 @@ def landed(tmp_path_factory: pytest.TempPathFactory) -> Project:
 def test_both_engines_refuse_a_bad_batch_with_the_same_message(
         landed: Project, spark: Any, case: str) -> None:
     p = landed
-    landing = p.root / "data" / "landing"
-    originals = {f: f.read_bytes() for f in landing.glob("*.csv")}
-    written = _corrupt(case)(p)
-    try:
+    with bad_batch(p, case):
         p.run("python", "-m", "mlpipeline.source")
         embedded = data_stages(p, "embedded", spark)
         on_spark = data_stages(p, "spark", spark)
         file, rule = BAD_BATCHES[case]
         assert f"batch {file}: {rule}" in (on_spark["refusal"] or ""), on_spark["refusal"]
         assert_same(embedded, on_spark)
-    finally:
-        for path in written:
-            if path in originals:
-                path.write_bytes(originals[path])
-            else:
-                path.unlink()
 
 
 def test_both_engines_drop_repeated_rows_and_reused_ids_alike(

@@ -12,11 +12,12 @@ One project with `source.kind: files`, yearly batches and string class labels
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,21 @@ def _corrupt(name: str) -> Callable[[Project], list[Path]]:
     return case
 
 
+@contextlib.contextmanager
+def bad_batch(p: Project, case: str) -> Iterator[list[Path]]:
+    """The case's bad files landed for the block; the landing folder as it was after it."""
+    originals = {f: f.read_bytes() for f in (p.root / "data" / "landing").glob("*.csv")}
+    written = _corrupt(case)(p)
+    try:
+        yield written
+    finally:
+        for path in written:
+            if path in originals:
+                path.write_bytes(originals[path])
+            else:
+                path.unlink()
+
+
 BAD_BATCHES = {
     "zero_bytes": ("2017-01-01.csv", "rule readable file: empty file (0 bytes)"),
     "header_only": ("2017-01-01.csv", "rule at least 100 rows: the batch has 0 rows"),
@@ -208,9 +224,7 @@ BAD_BATCHES = {
 def test_a_bad_batch_is_refused_naming_file_rule_and_count(landed: Project, case: str) -> None:
     p = landed
     before = registry_state(p)
-    originals = {f: f.read_bytes() for f in (p.root / "data" / "landing").glob("*.csv")}
-    written = _corrupt(case)(p)
-    try:
+    with bad_batch(p, case):
         result = p.dvc("repro", check=False)
         output = result.stdout + result.stderr
         file, rule = BAD_BATCHES[case]
@@ -222,12 +236,6 @@ def test_a_bad_batch_is_refused_naming_file_rule_and_count(landed: Project, case
         report = json.loads(p.read("reports/validation.json"))
         assert report["passed"] is False
         assert {b["file"]: b["verdict"] for b in report["batches"]}[file] == "refused"
-    finally:
-        for path in written:
-            if path in originals:
-                path.write_bytes(originals[path])
-            else:
-                path.unlink()
 
 
 def test_one_ct_cycle_on_a_landed_batch_slides_by_batches_across_a_leap_year(
