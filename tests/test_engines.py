@@ -19,8 +19,9 @@ import pytest
 from mlpipeline import ingest, prepare, validate
 from mlpipeline.config import load_params
 from mlpipeline.engine import start_session
-from mlpipeline.evaluate import evaluate
+from mlpipeline.evaluate import evaluate, scored_test
 from mlpipeline.lineage import file_md5
+from mlpipeline.register import gate_evidence
 from mlpipeline.train import fit, training_rows
 from tests.conftest import Project, make_project
 from tests.test_landing import BAD_BATCHES, bad_batch, land
@@ -102,9 +103,54 @@ def test_both_engines_validate_split_and_score_alike(
         model, info = fit(rows, params, known)
         assert (info["train_rows"], info["train_rows_available"]) == (5000, available)
         metrics.append(evaluate(model, embedded["test"], params)[0])
-    assert metrics[0].keys() == metrics[1].keys()
-    for name, value in metrics[0].items():
-        assert metrics[1][name] == pytest.approx(value, abs=1e-9), name
+    assert_close(metrics[0], metrics[1])
+    same_evaluation_and_gate(project, spark, model, fit(embedded["train"].tail(2000), params)[0])
+
+
+def assert_close(expected: dict[str, float], found: dict[str, float]) -> None:
+    assert found.keys() == expected.keys()
+    for name, value in expected.items():
+        assert found[name] == pytest.approx(value, abs=1e-9), name
+
+
+def same_evaluation_and_gate(project: Project, spark: Any, model: Any, champion: Any) -> None:
+    """evaluate and the gate score the test split on the cluster (only labels, slice columns
+    and scores come back) and agree with the same stages in process: metrics, per-row
+    predictions, plot tables, the check rows (a seeded sample: check_rows below the split's
+    size), the champion's metrics, the slices and the behaviour checks."""
+    answers = {}
+    for kind in ("embedded", "spark"):
+        set_engine(project, kind)
+        params = load_params(project.root)
+        schema = params.schema
+        params = params.model_copy(update={
+            "evaluate": params.evaluate.model_copy(update={"check_rows": 700}),
+            "gate": params.gate.model_copy(update={
+                "slices": [schema.categorical[0], schema.numeric[0]], "slice_min_rows": 50,
+                "invariant_features": [schema.categorical[0]]})})
+        session = spark if kind == "spark" else None
+        answers[kind] = (scored_test(params, model, session),
+                         gate_evidence(params, model, champion, session))
+    ((metrics, predictions, plots), check), gate = answers["embedded"]
+    ((spark_metrics, spark_predictions, spark_plots), spark_check), spark_gate = answers["spark"]
+    assert_close(metrics, spark_metrics)
+    pd.testing.assert_frame_equal(spark_predictions, predictions, check_dtype=False)
+    assert plots.keys() == spark_plots.keys()
+    for name, table in plots.items():
+        pd.testing.assert_frame_equal(spark_plots[name], table, rtol=1e-9)
+    assert len(check) == 700
+    pd.testing.assert_frame_equal(spark_check, check, check_dtype=False)
+    (champion_metrics, error, slices, behaviour) = gate
+    assert champion_metrics is not None and not error and slices and behaviour
+    assert_close(champion_metrics, spark_gate[0])
+    assert spark_gate[1] == error
+    assert len(spark_gate[2]) == len(slices)
+    for found, expected in zip(spark_gate[2], slices, strict=True):
+        assert (found.name, found.rows, found.passed) == (expected.name, expected.rows,
+                                                          expected.passed)
+        assert (found.challenger, found.champion) == pytest.approx(
+            (expected.challenger, expected.champion), abs=1e-9)
+    assert [b.as_dict() for b in spark_gate[3]] == [b.as_dict() for b in behaviour]
 
 
 @pytest.fixture(scope="module")

@@ -268,13 +268,13 @@ def test_a_version_with_another_contract_is_served_by_its_own_contract(
             frame = pd.read_parquet(root / split)
             frame["has_cosigner"] = rng.choice(["no", "yes"], size=len(frame))
             frames[split] = frame
-        frames[REFERENCE].to_parquet(root / REFERENCE)  # logged, and scored, with the model
+        for split, frame in frames.items():  # the run describes, and scores, the split files
+            frame.to_parquet(root / split)
         model, info = train.fit(frames[TRAIN_SPLIT], wider_params)
-        metrics, predictions, plots = evaluate.evaluate(model, frames[TEST_SPLIT], wider_params)
+        (metrics, predictions, plots), check = evaluate.scored_test(wider_params, model)
         run = tracking.log_training_run(
-            wider_params, model=model, metrics=metrics, train=frames[TRAIN_SPLIT],
-            test=frames[TEST_SPLIT], plot_tables=plots, predictions=predictions,
-            train_info=info)
+            wider_params, model=model, metrics=metrics, check_rows=check, plot_tables=plots,
+            predictions=predictions, train_info=info)
         registry = Registry(wider_params)
         new = registry.register(run)
         registry.set_champion(new, "manual", note="a version with one more feature")

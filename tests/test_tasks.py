@@ -403,11 +403,15 @@ def test_slices_compare_both_models_by_the_task_metric(name: str) -> None:
     gate = params.gate.model_copy(update={"slices": ["region", "credit_score"],
                                           "slice_min_rows": 50, "slice_tolerance": 0.0})
     params = params.model_copy(update={"gate": gate})
-    same = slice_comparison(params, test, forest, forest)
+
+    def scores(model: object) -> np.ndarray:
+        return params.task.scores(model, test[params.schema.feature_names])
+
+    same = slice_comparison(params, test, scores(forest), scores(forest))
     compared = [s for s in same if s.passed is not None]
     assert compared and all(s.passed and s.challenger == s.champion for s in compared)
     assert {s.feature for s in compared} == {"region", "credit_score"}
-    worse = slice_comparison(params, test, dummy, forest)  # a baseline against the forest
+    worse = slice_comparison(params, test, scores(dummy), scores(forest))  # baseline vs forest
     failed = [s for s in worse if s.passed is False]
     assert failed, [(s.name, s.challenger, s.champion, s.note) for s in worse]
     lower = gate.compare_metric in params.task.lower_is_better

@@ -111,6 +111,10 @@ class EvaluateParams(_Strict):
     threshold: float = Field(0.5, gt=0, lt=1)
     calibration_bins: int = Field(10, gt=1)
     curve_points: int = Field(200, ge=10)  # ROC and PR curves are thinned to about this many
+    # The ONNX twin's parity and the gate's behaviour checks run on a seeded sample of this
+    # many test rows (all when fewer; null: all): they move rows one by one in Python, and
+    # the sample is what comes back to the driver on Spark. Metrics and slices use every row.
+    check_rows: int | None = Field(100_000, ge=1)
 
 
 class GateParams(_Strict):
@@ -228,8 +232,9 @@ ENGINE_MASTER_ENV = "ENGINE_MASTER"
 class EngineParams(_Strict):
     """Where the data stages (ingest, validate, prepare) run: in this process (embedded) or
     as Spark jobs on `master` (local[*], spark://host:7077, k8s://..., yarn, sc://host:15002).
-    The same rules and the same answers either way; train, the registry and the service stay
-    on one machine."""
+    The same rules and the same answers either way. On Spark, evaluate and the gate score the
+    test split there too; the estimator's fit, the registry and the service stay on one
+    machine."""
 
     kind: Literal["embedded", "spark"] = "embedded"
     master: str = "local[*]"

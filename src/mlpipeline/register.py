@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import joblib
 import numpy as np
@@ -31,7 +31,8 @@ from mlpipeline.config import (
     Params,
     load_params,
 )
-from mlpipeline.evaluate import evaluate
+from mlpipeline.engine import session_for, uses_spark
+from mlpipeline.evaluate import check_positions, check_rows_on_spark, from_scores, scores_on_spark
 from mlpipeline.gate import (
     SliceResult,
     compare_slices,
@@ -40,16 +41,19 @@ from mlpipeline.gate import (
     slice_labels,
 )
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
-def slice_comparison(params: Params, test: pd.DataFrame, challenger: Any,
-                     champion: Any | None) -> list[SliceResult]:
-    """gate.compare_metric of both models on each slice of the test split (gate.slices)."""
+
+def slice_comparison(params: Params, test: pd.DataFrame, challenger: np.ndarray,
+                     champion: np.ndarray | None) -> list[SliceResult]:
+    """gate.compare_metric of both models' scores on each slice of the test split (the
+    gate.slices columns of `test`, its labels in the same order as the scores)."""
     task, schema, gate = params.task, params.schema, params.gate
     metric = str(gate.compare_metric)
     actual = test[schema.target].reset_index(drop=True)
 
-    def scorer(model: Any) -> Any:
-        scores = task.scores(model, test[schema.feature_names])
+    def scorer(scores: np.ndarray) -> Any:
         return lambda mask: task.metrics(actual[mask], np.asarray(scores)[mask])[metric]
 
     binned = set(schema.numeric) - set(schema.boolean)  # a boolean slices by its two values
@@ -79,11 +83,50 @@ def behaviour_checks(params: Params, test: pd.DataFrame, model: Any) -> list[Beh
     return results
 
 
+def gate_evidence(params: Params, model: Any, champion: Any | None,
+                  spark: SparkSession | None = None
+                  ) -> tuple[dict[str, float] | None, str, list[SliceResult],
+                             list[BehaviourResult]]:
+    """What the gate weighs beside the challenger's metrics: the champion's metrics on the
+    current test split (or why it could not be scored), both models per slice, the
+    challenger's behaviour on the check rows. With engine.kind: spark the test split is
+    scored on the cluster and only labels, slice columns and scores come back."""
+    schema, task = params.schema, params.task
+    keep = list(dict.fromkeys([schema.time_column, schema.target, *params.gate.slices]))
+    models = {"challenger": model} if params.gate.slices else {}
+    champion_error = ""
+    if not uses_spark(params):
+        test = pd.read_parquet(params.path(TEST_SPLIT))
+        check = test.iloc[check_positions(len(test), params)].reset_index(drop=True)
+        scores = {name: task.scores(m, test[schema.feature_names]) for name, m in models.items()}
+        if champion is not None:
+            try:
+                scores["champion"] = task.scores(champion, test[schema.feature_names])
+            except Exception as error:  # e.g. the schema changed under the champion
+                champion_error = f"{type(error).__name__}: {error}"
+        table = test[keep].reset_index(drop=True)
+    else:
+        with session_for(params, "register", spark) as session:
+            check = check_rows_on_spark(session, params)
+            if champion is not None:
+                try:  # fails here, with the model's own error, as in process
+                    task.scores(champion, check.head(1)[schema.feature_names])
+                    models["champion"] = champion
+                except Exception as error:
+                    champion_error = f"{type(error).__name__}: {error}"
+            table, scores = (scores_on_spark(session, params, models, check.head(1), keep)
+                             if models else (pd.DataFrame(columns=keep), {}))
+    champion_metrics = None if "champion" not in scores else from_scores(
+        table[schema.target], scores["champion"], table[schema.time_column], params)[0]
+    slices = slice_comparison(params, table, scores["challenger"], scores.get("champion")
+                              ) if params.gate.slices else []
+    return champion_metrics, champion_error, slices, behaviour_checks(params, check, model)
+
+
 def main() -> None:
     params = load_params()
     run = json.loads(params.path(RUN_INFO).read_text())
     challenger_metrics = json.loads(params.path(METRICS).read_text())
-    test = pd.read_parquet(params.path(TEST_SPLIT))
 
     from mlpipeline.registry import (  # mlflow: paid only by MLflow stages
         AWAITING,
@@ -100,17 +143,16 @@ def main() -> None:
         earlier.tags.get("approval") == AWAITING) else None
     version = registry.register(run, challenger=waiting_before is None)
 
-    champion_metrics, champion_error, champion_model = None, "", None
+    champion_model, load_error = None, ""
     if champion is not None:
         try:
             champion_model = registry.load_sklearn(str(champion.version))
-            champion_metrics, _, _ = evaluate(champion_model, test, params)
-        except Exception as error:  # e.g. the schema changed under the champion
-            champion_error = f"{type(error).__name__}: {error}"
-            champion_model = None
+        except Exception as error:  # e.g. its artefact is gone
+            load_error = f"{type(error).__name__}: {error}"
     model = joblib.load(params.path(MODEL_FILE))
-    slices = slice_comparison(params, test, model, champion_model) if params.gate.slices else []
-    behaviour = behaviour_checks(params, test, model)
+    champion_metrics, champion_error, slices, behaviour = gate_evidence(
+        params, model, champion_model)
+    champion_error = load_error or champion_error
     # Training is deterministic: the same artefact bytes mean the same model as the champion.
     same_model = champion is not None and champion.tags.get("model_md5") == run["model_md5"]
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.models import infer_signature
 
 from mlpipeline import onnx_export
@@ -158,30 +159,66 @@ def signature(schema: Schema, example: pd.DataFrame, predictions: Any) -> Any:
     return ModelSignature(inputs, infer_signature(example, predictions).outputs)
 
 
-def dataset(frame: pd.DataFrame, source: str | None, target: str, name: str, md5: str) -> Any:
-    """An MLflow dataset input for a split: its digest is the split file's md5 (as DVC keeps
-    it) and its schema is read from the column types. MLflow would infer the schema value by
+class SplitDataset(PandasDataset):
+    """A split described by its file (split_dataset): the profile counts the file's rows, not
+    those of the empty frame that carries the columns."""
+
+    rows = 0
+    columns = 0
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return {"num_rows": self.rows, "num_elements": self.rows * self.columns}
+
+
+def split_dataset(path: Path, source: str | None, target: str, name: str, md5: str) -> Any:
+    """An MLflow dataset input for a split file, from its Parquet footer alone: its digest is
+    the file's md5 (as DVC keeps it), its schema the column types (a column is required when
+    no row group counts a null), its profile the footer's row count. No row is read: at 10M
+    rows the splits do not fit beside the model, and MLflow would infer the schema value by
     value in Python (58 s of a 1M-row evaluate) and hash the frame again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from mlflow.data.pandas_dataset import from_pandas
     from mlflow.types import ColSpec
     from mlflow.types import Schema as ColumnSchema
 
-    def kind(column: pd.Series) -> str:
-        if pd.api.types.is_datetime64_any_dtype(column):
+    footer = pq.ParquetFile(path)
+    columns = footer.schema_arrow
+    rows = footer.metadata.num_rows
+
+    def kind(type_: pa.DataType) -> str:
+        if pa.types.is_timestamp(type_) or pa.types.is_date(type_):
             return "datetime"
-        if pd.api.types.is_bool_dtype(column):
+        if pa.types.is_boolean(type_):
             return "boolean"
-        if pd.api.types.is_integer_dtype(column):
+        if pa.types.is_integer(type_):
             return "long"
-        return "double" if pd.api.types.is_float_dtype(column) else "string"
+        return "double" if pa.types.is_floating(type_) else "string"
+
+    def has_nulls(index: int) -> bool:  # unknown without statistics: say it may be null
+        groups = [footer.metadata.row_group(g).column(index).statistics
+                  for g in range(footer.metadata.num_row_groups)]
+        return any(s is None or not s.has_null_count or s.null_count > 0 for s in groups)
 
     where = {"source": source} if source else {}  # none: MLflow names the code
-    found = from_pandas(frame, targets=target, name=name, digest=md5[:8], **where)
+    named = from_pandas(columns.empty_table().to_pandas(), targets=target, name=name,
+                        digest=md5[:8], **where)
+    found = SplitDataset(named.df, named.source, targets=target, name=name, digest=md5[:8])
+    found.rows, found.columns = rows, len(columns)
     # `schema` is a cached_property: a value in the instance's dict is what it returns.
     found.__dict__["schema"] = ColumnSchema([
-        ColSpec(kind(frame[c]), str(c), required=not frame[c].isna().any())
-        for c in frame.columns])
+        ColSpec(kind(field.type), field.name, required=not has_nulls(i))
+        for i, field in enumerate(columns)])
     return found
+
+
+def first_rows(path: Path, rows: int) -> pd.DataFrame:
+    """The first rows of a Parquet file, reading only its first batch."""
+    import pyarrow.parquet as pq
+
+    batch = next(pq.ParquetFile(path).iter_batches(batch_size=rows), None)
+    return pd.DataFrame() if batch is None else batch.to_pandas()
 
 
 def trusted_types(model: Any) -> list[str]:
@@ -196,13 +233,15 @@ def log_training_run(
     *,
     model: Any,
     metrics: dict[str, float],
-    train: pd.DataFrame,
-    test: pd.DataFrame,
+    check_rows: pd.DataFrame,
     plot_tables: dict[str, pd.DataFrame],
     predictions: pd.DataFrame,
     train_info: dict[str, Any],
 ) -> dict[str, Any]:
-    """One MLflow run for one trained model; returns what the registry stage needs."""
+    """One MLflow run for one trained model; returns what the registry stage needs.
+
+    The splits are described from their files (split_dataset), never read whole: the ONNX
+    twin is checked on `check_rows` (evaluate.check_rows of the test split)."""
     import matplotlib.pyplot as plt
 
     experiment = experiment_id(params)
@@ -220,7 +259,6 @@ def log_training_run(
         # The trained artefact's own hash (as in dvc.lock): same bytes, same model.
         "model_md5": file_md5(params.path(MODEL_FILE)),
     }
-    features = train[schema.feature_names]
     with store(params), mlflow.start_run(
             experiment_id=experiment, run_name=f"{params.train.model}-{params.window.end}") as run:
         mlflow.set_tags({**lineage, "mlflow.source.git.commit": commit,
@@ -231,11 +269,12 @@ def log_training_run(
         mlflow.log_metric("train_rows", train_info["train_rows"])
         dataset_tags = {"dvc_md5": data_version, "window": window}
         mlflow.log_input(
-            dataset(train, str(TRAIN_SPLIT), schema.target, f"train-{window}", data_version),
+            split_dataset(params.path(TRAIN_SPLIT), str(TRAIN_SPLIT), schema.target,
+                          f"train-{window}", data_version),
             context="training", tags=dataset_tags)
         mlflow.log_input(
-            dataset(test, None, schema.target, f"test-{window}",
-                    file_md5(params.path(TEST_SPLIT))),
+            split_dataset(params.path(TEST_SPLIT), None, schema.target, f"test-{window}",
+                          file_md5(params.path(TEST_SPLIT))),
             context="evaluation", tags={"window": window})
         for name, fig in task.figures(plot_tables, predictions).items():
             mlflow.log_figure(fig, name)
@@ -253,18 +292,20 @@ def log_training_run(
             reference[PREDICTION_COLUMN] = prediction.to_numpy()
             reference.to_parquet(Path(tmp) / REFERENCE.name, index=False)
             mlflow.log_artifact(str(Path(tmp) / REFERENCE.name), "reference")
-        onnx_bytes, onnx_figures = onnx_export.export(model, task, test)
+        onnx_bytes, onnx_figures = onnx_export.export(model, task, check_rows)
         error_text = onnx_figures.pop("onnx_error_text", None)
         if error_text:
             mlflow.log_text(error_text, onnx_export.ERROR_FILE)
         mlflow.set_tags({k: v for k, v in onnx_figures.items() if isinstance(v, str)})
         mlflow.log_metrics({k: v for k, v in onnx_figures.items() if not isinstance(v, str)})
         # Numbers as doubles, as the schema declares them (an integer column cannot hold null).
+        features = first_rows(params.path(TRAIN_SPLIT), 1000)[schema.feature_names]
         example = features.dropna(subset=schema.boolean).head(5).astype(
             {name: "float64" for name in schema.numeric})
         example = example.astype({name: bool for name in schema.boolean})  # as the signature
+        target = pd.read_parquet(params.path(TRAIN_SPLIT), columns=[schema.target])
         contract = ModelContract(schema=schema, threshold=params.evaluate.threshold,
-                                 value_buckets=task.value_buckets(train[schema.target]))
+                                 value_buckets=task.value_buckets(target[schema.target]))
         with tempfile.TemporaryDirectory() as tmp:
             # The contract the version is served by travels inside the model, beside it.
             contract_path = Path(tmp) / CONTRACT_FILE

@@ -87,7 +87,7 @@ def newest_on_spark(params: Params, spark: SparkSession) -> tuple[pd.DataFrame, 
 
     time_column, limit = params.schema.time_column, params.train.max_rows
     frame = (spark.read.parquet(str(params.path(TRAIN_SPLIT).resolve()))
-             .withColumn("_position", F.monotonically_increasing_id()))
+             .select("*", F.col("_metadata.row_index").alias("_position")))  # place in file
     newest = pd.DataFrame(frame.orderBy(F.col(time_column).desc(), F.col("_position").desc())
                           .limit(limit or 0).toPandas())
     newest = newest.sort_values([time_column, "_position"], kind="stable")
