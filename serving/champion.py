@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -202,14 +202,16 @@ class Champion:
     def _load(self, version: Any) -> LoadedModel:
         # Resolve through our own client, never MLflow's global URI (it may name another store).
         location = self.client.get_model_version_download_uri(self.name, version.version)
-        local = Path(self._mlflow.artifacts.download_artifacts(
-            artifact_uri=location, dst_path=self._scratch(),
-            tracking_uri=self.client.tracking_uri))
-        model = self._mlflow.sklearn.load_model(str(local))
-        twin = local / "extra_files" / onnx_export.FILE_NAME
-        onnx_session = onnx_export.session(twin.read_bytes()) if twin.is_file() else None
-        contract = self._contract(local / "extra_files" / CONTRACT_FILE, version.version)
-        shutil.rmtree(local, ignore_errors=True)  # all of it is in memory now
+        # The download is gone once the model is in memory, and after a failed load too (a
+        # replica checks every poll: each leftover folder would stay in the temp dir).
+        with tempfile.TemporaryDirectory(prefix="champion-") as scratch:
+            local = Path(self._mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=scratch,
+                tracking_uri=self.client.tracking_uri))
+            model = self._mlflow.sklearn.load_model(str(local))
+            twin = local / "extra_files" / onnx_export.FILE_NAME
+            onnx_session = onnx_export.session(twin.read_bytes()) if twin.is_file() else None
+            contract = self._contract(local / "extra_files" / CONTRACT_FILE, version.version)
         schema = contract.schema
         task = task_for(schema, contract.threshold)
         run = self.client.get_run(version.run_id) if version.run_id else None
@@ -251,11 +253,6 @@ class Champion:
         log.warning("version %s carries no %s: serving it with params.yaml's schema",
                     version, CONTRACT_FILE)
         return self.fallback_contract
-
-    def _scratch(self) -> str:
-        import tempfile
-
-        return tempfile.mkdtemp(prefix="champion-")
 
 
 def _first_line(error: Exception) -> str:

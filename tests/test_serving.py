@@ -790,6 +790,28 @@ def test_a_model_is_swapped_in_already_naming_what_loaded_it(trained_project: Pr
     assert champion.current.metadata["loaded_by"] == "webhook"
 
 
+def test_loading_a_version_leaves_nothing_in_the_temp_dir(
+        trained_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica loads each new champion (and every shadow) into a scratch folder: it is
+    removed once the model is in memory, and when the load fails (a leftover a load each
+    poll would pile up; 6,000 empty folders were found in /tmp)."""
+    import tempfile
+
+    from serving.champion import Champion
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    champion = Champion(service_params(trained_project, tmp_path))
+    assert champion.load().version == champion_version(champion.params)
+    broken = champion.client.get_model_version(champion.name, champion_version(champion.params))
+    monkeypatch.setattr(champion, "_contract", lambda *args: (_ for _ in ()).throw(
+        ValueError("no contract")))
+    with pytest.raises(ValueError, match="no contract"):
+        champion._load(broken)
+    assert list(scratch.iterdir()) == []
+
+
 def test_a_shadow_scores_every_request_off_the_request_path_and_both_answers_are_logged(
         trained_project: Project, tmp_path: Path) -> None:
     """A service started under promotion.mode auto shadows the challenger the registry tags
