@@ -23,6 +23,7 @@ Imports mlflow and evidently (~6 s each): it runs in its own process, never in t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import tempfile
@@ -36,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from mlpipeline.config import RAW_DIR, Params, load_params
-from mlpipeline.prediction_log import log_types, read_log, read_log_table
+from mlpipeline.engine import session_for, uses_spark
+from mlpipeline.prediction_log import log_types, read_log, sampled_log_table
 from mlpipeline.schema import PREDICTION_COLUMN, Schema, coerce, row_ids
 from mlpipeline.source import dated_batches, read_batch
 from mlpipeline.tasks import Task
@@ -131,14 +133,12 @@ def log_window(params: Params, since: dt.datetime | None, until: dt.datetime | N
     until = until or dt.datetime.now(dt.UTC)
     since = since or until - dt.timedelta(hours=params.monitoring.log_window_hours)
     schema, task = params.schema, params.task
-    table = read_log_table(params.path(params.serving.prediction_log_dir), since, until,
-                           [*schema.feature_names, *task.log_score_columns],
-                           types=log_types(schema), request_id=request_id)
-    rows = 0 if table is None else table.num_rows
-    if table is not None and rows > params.monitoring.max_rows:
-        # Sampled before pandas: converting two million rows costs more than the test.
-        keep = np.random.default_rng(0).choice(rows, params.monitoring.max_rows, replace=False)
-        table = table.take(np.sort(keep))
+    with contextlib.ExitStack() as stack:  # on Spark the log is read and sampled there
+        spark = stack.enter_context(session_for(params, "drift")) if uses_spark(params) else None
+        table, rows = sampled_log_table(
+            params.path(params.serving.prediction_log_dir), since, until,
+            [*schema.feature_names, *task.log_score_columns], log_types(schema),
+            params.monitoring.max_rows, request_id, spark)
     log = pd.DataFrame() if table is None else table.to_pandas()
     frame = (typed_features(log, schema) if not log.empty
              else pd.DataFrame(columns=schema.feature_names))

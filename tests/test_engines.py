@@ -7,6 +7,7 @@ standalone cluster, with the same reports as in process: tests/test_stack.py.)""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 from collections.abc import Iterator
@@ -14,17 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from mlpipeline import ingest, prepare, validate
+from mlpipeline import ingest, prediction_log, prepare, validate
 from mlpipeline.config import load_params
 from mlpipeline.engine import start_session
 from mlpipeline.evaluate import evaluate, scored_test
 from mlpipeline.lineage import file_md5
+from mlpipeline.prediction_log import compact, sampled_log_table
 from mlpipeline.register import gate_evidence
 from mlpipeline.train import fit, training_rows
 from tests.conftest import Project, make_project
 from tests.test_landing import BAD_BATCHES, bad_batch, land
+from tests.test_prediction_log import filled
 
 pytestmark = pytest.mark.slow
 
@@ -151,6 +155,31 @@ def same_evaluation_and_gate(project: Project, spark: Any, model: Any, champion:
         assert (found.challenger, found.champion) == pytest.approx(
             (expected.challenger, expected.champion), abs=1e-9)
     assert [b.as_dict() for b in spark_gate[3]] == [b.as_dict() for b in behaviour]
+
+
+def test_the_drift_checks_log_sample_is_drawn_on_the_cluster_alike(
+        tmp_path: Path, spark: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drift check's window of the prediction log: on Spark each log file is counted and
+    sampled by a task, and the rows that come back are the very monitoring.max_rows rows the
+    reader in process draws (a span over part of three days, one part compacted, one with a
+    column the others lack); a span under the limit comes back whole."""
+    log = tmp_path / "log"
+    ages = filled(log)
+    compact(log, today=dt.date(2026, 12, 2))  # the first day as one day file, as in service
+    types = {"age": pa.float64(), "has_cosigner": pa.string()}
+    since = dt.datetime(2026, 11, 30, 12, 2, tzinfo=dt.UTC)
+    def sample(limit: int, session: Any) -> Any:
+        return sampled_log_table(log, since, None, ["age", "has_cosigner"], types, limit,
+                                 spark=session)
+
+    for limit in (37, 1000):
+        embedded, rows = sample(limit, None)
+        with monkeypatch.context() as patched:  # the reader in process is the fallback only
+            patched.setattr(prediction_log, "read_log_table", None)
+            on_spark, spark_rows = sample(limit, spark)
+        assert rows == spark_rows == len(ages) - 40  # the first day's first two parts: out
+        assert embedded.num_rows == min(limit, rows)
+        assert on_spark.equals(embedded), (on_spark.to_pandas(), embedded.to_pandas())
 
 
 @pytest.fixture(scope="module")

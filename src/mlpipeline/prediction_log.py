@@ -40,12 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
     from mlpipeline.schema import Schema
 
 DAY_PREFIX = "date="
@@ -193,10 +196,24 @@ def read_log_table(log: Path, since: dt.datetime | None = None,
     return _read_log_table(log, since, until, columns, shadow, types, request_id)
 
 
-def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | None,
-                    columns: list[str] | None, shadow: bool,
-                    types: Mapping[str, pa.DataType] | None,
-                    request_id: str | None = None) -> pa.Table | None:
+@dataclass
+class LogScan:
+    """What a reader of a span reads: the files, their one schema, the rows' filter and the
+    columns wanted. `read` reads some of the files as one table."""
+    files: list[Path]
+    schema: pa.Schema
+    condition: ds.Expression | None
+    wanted: list[str] | None
+
+    def read(self, files: list[Path] | None = None) -> pa.Table:
+        dataset = ds.dataset([str(f) for f in (self.files if files is None else files)],
+                             schema=self.schema, format="parquet")
+        return dataset.to_table(columns=self.wanted, filter=self.condition)
+
+
+def _scan(log: Path, since: dt.datetime | None, until: dt.datetime | None,
+          columns: list[str] | None, shadow: bool, types: Mapping[str, pa.DataType] | None,
+          request_id: str | None = None) -> LogScan:
     # A record lies in the partition of the day it was written: its serving day, or the next
     # when it was served just before midnight and flushed after.
     last_day = until.date() + dt.timedelta(days=1) if until is not None else None
@@ -205,8 +222,6 @@ def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | N
     # before a swap to another contract lacks a feature, a client sent 9 where another sent
     # 9.0 (parts written before the log typed columns by the contract).
     files, schema = _conformed(log, listed, types)
-    if not files:
-        return None
     served = ds.field("served_at")
     condition = None
     if since is not None:
@@ -221,22 +236,27 @@ def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | N
         one = ds.field("request_id") == request_id
         condition = one if condition is None else condition & one
     wanted = None if columns is None else [c for c in columns if c in schema.names]
+    return LogScan(files, schema, condition, wanted)
 
-    def scan(paths: list[Path]) -> pa.Table:
-        dataset = ds.dataset([str(f) for f in paths], schema=schema, format="parquet")
-        return dataset.to_table(columns=wanted, filter=condition)
 
+def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | None,
+                    columns: list[str] | None, shadow: bool,
+                    types: Mapping[str, pa.DataType] | None,
+                    request_id: str | None = None) -> pa.Table | None:
+    scan = _scan(log, since, until, columns, shadow, types, request_id)
+    if not scan.files:
+        return None
     try:
-        return scan(files)
+        return scan.read()
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError):
         # A footer that reads but pages that do not (a part damaged on disk): find it, move
         # it away, read the rest.
         damaged = 0
-        for file in files:
+        for file in scan.files:
             try:
-                scan([file])
+                scan.read([file])
             except FileNotFoundError:
                 raise
             except (pa.ArrowException, OSError) as error:
@@ -245,6 +265,71 @@ def _read_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | N
         if not damaged:  # not one file's fault: say what it is
             raise
         return _read_log_table(log, since, until, columns, shadow, types, request_id)
+
+
+def sample_positions(rows: int, limit: int) -> np.ndarray:
+    """Which of a span's `rows` rows a check of at most `limit` rows reads: a seeded draw,
+    in the log's order (the same rows on both engines)."""
+    if rows <= limit:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(0).choice(rows, limit, replace=False))
+
+
+def sampled_log_table(log: Path, since: dt.datetime | None, until: dt.datetime | None,
+                      columns: list[str], types: Mapping[str, pa.DataType], limit: int,
+                      request_id: str | None = None, spark: SparkSession | None = None
+                      ) -> tuple[pa.Table | None, int]:
+    """At most `limit` of the rows served in the span (sample_positions) and how many there
+    were. With a Spark session each log file is read by a task on the cluster, twice (its
+    rows counted, then its drawn rows taken): only the sample comes to this process."""
+    if spark is not None:
+        scan = _scan(log, since, until, columns, False, types, request_id)
+        found = _sampled_on_spark(scan, limit, spark) if scan.files else (None, 0)
+        if found is not None:
+            return found
+    table = read_log_table(log, since, until, columns, types=types, request_id=request_id)
+    rows = 0 if table is None else table.num_rows
+    # Sampled before pandas: converting two million rows costs more than the test.
+    return (None if table is None else table.take(sample_positions(rows, limit))), rows
+
+
+def _sampled_on_spark(scan: LogScan, limit: int, spark: SparkSession
+                      ) -> tuple[pa.Table, int] | None:
+    """None when a file cannot be read there: the reader in process sets it aside."""
+    import base64
+
+    from mlpipeline.engine import each_task
+
+    def count(item: dict) -> dict:
+        try:
+            return {"rows": scan.read([Path(item["path"])]).num_rows}
+        except (pa.ArrowException, OSError) as error:
+            return {"error": f"{type(error).__name__}: {error}"}
+
+    def take(item: dict) -> dict:
+        try:  # a compaction may have merged the file away since it was counted
+            table = scan.read([Path(item["path"])]).take(item["positions"])
+        except (pa.ArrowException, OSError) as error:
+            return {"error": f"{type(error).__name__}: {error}"}
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as stream:
+            stream.write_table(table)
+        return {"arrow": base64.b64encode(sink.getvalue().to_pybytes()).decode()}
+
+    files = [{"path": str(f.resolve())} for f in scan.files]
+    counted = each_task(spark, files, count)
+    if any("error" in c for c in counted):
+        return None
+    sizes = np.array([c["rows"] for c in counted])
+    wanted = sample_positions(int(sizes.sum()), limit)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    chosen = [{**f, "positions": (wanted[(wanted >= lo) & (wanted < hi)] - lo).tolist()}
+              for f, lo, hi in zip(files, starts[:-1], starts[1:], strict=True)]
+    taken = each_task(spark, [c for c in chosen if c["positions"]], take)
+    if any("error" in t for t in taken):
+        return None
+    tables = [pa.ipc.open_stream(base64.b64decode(t["arrow"])).read_all() for t in taken]
+    return (pa.concat_tables(tables) if tables else scan.read([]).slice(0, 0)), int(sizes.sum())
 
 
 @dataclass
