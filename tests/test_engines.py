@@ -27,7 +27,7 @@ from mlpipeline.prediction_log import compact, sampled_log_table
 from mlpipeline.register import gate_evidence
 from mlpipeline.train import fit, training_rows
 from tests.conftest import Project, make_project
-from tests.test_landing import BAD_BATCHES, bad_batch, land
+from tests.test_landing import BAD_BATCHES, bad_batch, land, yearly_landing
 from tests.test_prediction_log import filled
 
 pytestmark = pytest.mark.slow
@@ -186,15 +186,7 @@ def test_the_drift_checks_log_sample_is_drawn_on_the_cluster_alike(
 def landed(tmp_path_factory: pytest.TempPathFactory) -> Project:
     """The landing tests' folder of yearly batches (string labels, a boolean feature)."""
     project = make_project(tmp_path_factory.mktemp("landed") / "project")
-
-    def files_source(params: dict[str, Any]) -> None:
-        params["source"].update(kind="files", path="data/landing")
-        params["window"].update(start="2014-01-01", end="2016-01-01")
-        params["prepare"]["test_batches"] = 1
-        params["validate"]["max_batch_days"] = 366
-        params["schema"]["classes"] = ["repaid", "default"]
-        params["schema"]["features"].append({"name": "is_customer", "type": "boolean"})
-    project.set_params(files_source)
+    project.set_params(yearly_landing)
     for year in (2013, 2014, 2015, 2016):
         land(project, year)
     return project

@@ -63,20 +63,22 @@ def registry_state(project: Project) -> tuple[str | None, int]:
     return (str(champion[0]) if champion else None), versions
 
 
+def yearly_landing(params: dict[str, Any]) -> None:
+    """params.yaml for a landing folder of yearly batches (`land`): string labels and a
+    boolean feature; the landing and the engine tests use it."""
+    params["source"].update(kind="files", path="data/landing")
+    params["window"].update(start="2014-01-01", end="2016-01-01")
+    params["prepare"]["test_batches"] = 1  # yearly batches: test on the last year
+    params["validate"]["max_batch_days"] = 366  # the newest batch's rows: within its year
+    params["schema"]["classes"] = ["repaid", "default"]
+    params["schema"]["features"].append({"name": "is_customer", "type": "boolean"})
+    params["ct"]["cooldown_batches"] = 1
+
+
 @pytest.fixture(scope="module")
 def landed(tmp_path_factory: pytest.TempPathFactory) -> Project:
     project = make_project(tmp_path_factory.mktemp("landed") / "project")
-
-    def files_source(params: dict[str, Any]) -> None:
-        params["source"].update(kind="files", path="data/landing")
-        params["window"].update(start="2014-01-01", end="2016-01-01")
-        params["prepare"]["test_batches"] = 1  # yearly batches: test on the last year
-        params["validate"]["max_batch_days"] = 366  # the newest batch's rows: within its year
-        params["schema"]["classes"] = ["repaid", "default"]
-        params["schema"]["features"].append({"name": "is_customer", "type": "boolean"})
-        params["ct"]["cooldown_batches"] = 1
-
-    project.set_params(files_source)
+    project.set_params(yearly_landing)
     for year in (2013, 2014, 2015):
         land(project, year)
     project.commit("a folder of yearly batches")

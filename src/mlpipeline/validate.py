@@ -383,20 +383,16 @@ def report(validation: Validation, window_rows: int) -> dict[str, Any]:
 
 def validate_on_spark(params: Params, spark: SparkSession, batches: list[BatchFile],
                       out: Path) -> tuple[list[Check], list[BatchVerdict], int]:
-    """The same rules on Spark: each batch is one task running `batch_checks` on its rows;
-    rows repeated from earlier batches, ids used before and ids repeated in the window are
-    window functions over every batch's keys on the cluster; the window's checks are the
-    sum of each batch's share. The typed window is written to `out`, batch by batch."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
+    """The same rules on Spark, in three passes: each batch is one task running
+    `batch_checks` on its rows and writing their keys; rows repeated from earlier batches,
+    ids used before and ids repeated in the window are window functions over every batch's
+    keys on the cluster; each window batch is one task again, writing its typed rows to
+    `out`. The window's checks are the sum of each batch's share."""
     schema, rules = params.schema, params.validate_
     dataset = params.path(DATASET).resolve()
     work = out.with_name(f".{out.name}.work-{os.getpid()}")
-    keys_dir, flags_dir = work / "keys", work / "flags"
     replace_path(work)
     drop = rules.repeated_rows == "drop"
-    first_of_day = first_files_of_day(batches)
     union = sorted({c for b in batches for c in b.columns})
     had_ids = dataset.glob(f"{BATCH_COLUMN}=*/part.parquet")  # older batches' ids
     if schema.id_column and schema.id_column not in union and any(
@@ -405,63 +401,8 @@ def validate_on_spark(params: Params, spark: SparkSession, batches: list[BatchFi
     columns = [*schema.columns, *present(union, schema), BATCH_COLUMN, ROW_COLUMN]
     id_column = schema.id_column if schema.id_column in columns else None
 
-    def keys(order: int, rows: pd.DataFrame, hashes: Any) -> None:
-        ids = (batch_ids(rows, schema).reindex(rows.index) if id_column
-               else pd.Series(None, index=rows.index, dtype=object))
-        shown = rows[id_column].map(repr) if id_column else ids
-        write_partition(pd.DataFrame({
-            "_order": order, ROW_COLUMN: rows[ROW_COLUMN].astype("int64"), "_hash": hashes,
-            "_id": ids.astype(object), "_id_shown": shown.astype(object)}), keys_dir,
-            str(rows[BATCH_COLUMN].iloc[0]), KEY_TYPES)
-
-    def own(item: dict) -> dict:
-        batch, order = BatchFile.from_dict(item["batch"]), item["order"]
-        raw = read_partition(dataset, batch.file)
-        if batch.role == "before window":
-            if raw is not None and id_column in raw.columns and len(raw):
-                keys(order, raw, pd.Series(None, index=raw.index, dtype="Int64"))
-            return {"checks": [], "passed": False}
-        found = file_checks(batch, schema, first_of_day[batch.file], rules)
-        if any(not c.passed for c in found) or raw is None:
-            return {"checks": [asdict(c) for c in found], "passed": False}
-        rows = raw.reindex(columns=columns)
-        typed, checks = batch_checks(rows, batch, schema, rules)
-        if len(rows):
-            keys(order, rows, row_hashes(typed, schema).view("int64"))
-        return {"checks": [asdict(c) for c in found + checks], "passed": True}
-
-    firsts = each_task(spark, [{"batch": asdict(b), "order": i} for i, b in enumerate(batches)],
-                       own)
-    # Across batches, on the cluster: a row or an id seen in an earlier batch (by order).
-    found = spark.read.parquet(str(keys_dir)) if keys_dir.exists() else None
-    per_batch: dict[str, Any] = {}
-    if found is not None:
-        checked = F.col("_hash").isNotNull()
-        marked = (found
-                  .withColumn("repeated", checked & (F.min("_order").over(
-                      Window.partitionBy("_hash")) < F.col("_order")))
-                  .withColumn("reused", checked & F.col("_id").isNotNull() & (F.min(
-                      "_order").over(Window.partitionBy("_id")) < F.col("_order")))
-                  .filter(checked))
-        marked = marked.withColumn("gone", F.col("repeated") | (F.col("reused") & F.lit(drop)))
-        in_window = F.col(BATCH_COLUMN).isin([b.file for b in batches if b.role == "window"])
-        # The window's own "unique ids": a kept row whose id a kept row before it carries.
-        marked = marked.withColumn("duplicate", F.when(
-            in_window & ~F.col("gone") & F.col("_id").isNotNull(), F.row_number().over(
-                Window.partitionBy(F.when(in_window & ~F.col("gone"), F.col("_id")))
-                .orderBy("_order", ROW_COLUMN)) > 1).otherwise(False))
-        for row in marked.groupBy(BATCH_COLUMN).agg(
-                F.sum(F.col("repeated").cast("int")).alias("repeated"),
-                F.sum(F.col("reused").cast("int")).alias("reused"),
-                F.sum(F.col("gone").cast("int")).alias("gone"),
-                F.count("*").alias("rows"),
-                F.min(F.when(F.col("reused"), F.struct(ROW_COLUMN, "_id_shown"))).alias("first"),
-        ).collect():
-            per_batch[row[BATCH_COLUMN]] = row
-        (marked.filter(F.col("gone") | F.col("duplicate"))
-         .select(BATCH_COLUMN, ROW_COLUMN, "gone", "duplicate")
-         .write.partitionBy(BATCH_COLUMN).parquet(str(flags_dir)))
-
+    firsts = _own_checks_on_spark(spark, params, batches, columns, id_column, work / "keys")
+    per_batch = _across_batches_on_spark(spark, batches, work / "keys", work / "flags", drop)
     checks: list[Check] = []
     verdicts: list[BatchVerdict] = []
     window_items = []
@@ -491,6 +432,105 @@ def validate_on_spark(params: Params, spark: SparkSession, batches: list[BatchFi
 
     staged = out.with_name(f".{out.name}.spark-{os.getpid()}")
     replace_path(staged)
+    parts = _window_on_spark(spark, params, window_items, columns, id_column,
+                             work / "flags", staged)
+    rows = sum(p["rows"] for p in parts)
+    skeleton_columns = columns if set(schema.columns) <= set(union) else union
+    skeleton = check_frame(pd.DataFrame(columns=skeleton_columns), schema,
+                           min_rows=rules.min_rows, **value_rules(rules))
+    checks += window_checks(skeleton, [[Check(**c) for c in p["checks"]] for p in parts], rows)
+    replace_path(work)
+    replace_path(out)
+    if any(not c.passed for c in checks):
+        replace_path(staged)
+    elif staged.exists():
+        os.replace(staged, out)
+    return checks, verdicts, rows
+
+
+def _own_checks_on_spark(spark: SparkSession, params: Params, batches: list[BatchFile],
+                         columns: list[str], id_column: str | None, keys_dir: Path
+                         ) -> list[dict[str, Any]]:
+    """Pass 1, one task per batch: its own checks (file_checks, batch_checks) and, for a
+    batch that passed them or lies before the window, its rows' keys (KEY_TYPES)."""
+    schema, rules = params.schema, params.validate_
+    dataset = params.path(DATASET).resolve()
+    first_of_day = first_files_of_day(batches)
+
+    def keys(order: int, rows: pd.DataFrame, hashes: Any) -> None:
+        ids = (batch_ids(rows, schema).reindex(rows.index) if id_column
+               else pd.Series(None, index=rows.index, dtype=object))
+        shown = rows[id_column].map(repr) if id_column else ids
+        write_partition(pd.DataFrame({
+            "_order": order, ROW_COLUMN: rows[ROW_COLUMN].astype("int64"), "_hash": hashes,
+            "_id": ids.astype(object), "_id_shown": shown.astype(object)}), keys_dir,
+            str(rows[BATCH_COLUMN].iloc[0]), KEY_TYPES)
+
+    def own(item: dict) -> dict:
+        batch, order = BatchFile.from_dict(item["batch"]), item["order"]
+        raw = read_partition(dataset, batch.file)
+        if batch.role == "before window":
+            if raw is not None and id_column in raw.columns and len(raw):
+                keys(order, raw, pd.Series(None, index=raw.index, dtype="Int64"))
+            return {"checks": [], "passed": False}
+        found = file_checks(batch, schema, first_of_day[batch.file], rules)
+        if any(not c.passed for c in found) or raw is None:
+            return {"checks": [asdict(c) for c in found], "passed": False}
+        rows = raw.reindex(columns=columns)
+        typed, checks = batch_checks(rows, batch, schema, rules)
+        if len(rows):
+            keys(order, rows, row_hashes(typed, schema).view("int64"))
+        return {"checks": [asdict(c) for c in found + checks], "passed": True}
+
+    return each_task(spark, [{"batch": asdict(b), "order": i} for i, b in enumerate(batches)],
+                     own)
+
+
+def _across_batches_on_spark(spark: SparkSession, batches: list[BatchFile], keys_dir: Path,
+                             flags_dir: Path, drop: bool) -> dict[str, Any]:
+    """Pass 2, on the cluster over every row's keys: a row or an id seen in an earlier batch
+    (by order), an id repeated among the window's kept rows. Counts per batch come back;
+    the rows to drop or to flag are written to `flags_dir`, partitioned by batch."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if not keys_dir.exists():
+        return {}
+    checked = F.col("_hash").isNotNull()
+    marked = (spark.read.parquet(str(keys_dir))
+              .withColumn("repeated", checked & (F.min("_order").over(
+                  Window.partitionBy("_hash")) < F.col("_order")))
+              .withColumn("reused", checked & F.col("_id").isNotNull() & (F.min(
+                  "_order").over(Window.partitionBy("_id")) < F.col("_order")))
+              .filter(checked))
+    marked = marked.withColumn("gone", F.col("repeated") | (F.col("reused") & F.lit(drop)))
+    in_window = F.col(BATCH_COLUMN).isin([b.file for b in batches if b.role == "window"])
+    # The window's own "unique ids": a kept row whose id a kept row before it carries.
+    marked = marked.withColumn("duplicate", F.when(
+        in_window & ~F.col("gone") & F.col("_id").isNotNull(), F.row_number().over(
+            Window.partitionBy(F.when(in_window & ~F.col("gone"), F.col("_id")))
+            .orderBy("_order", ROW_COLUMN)) > 1).otherwise(False))
+    per_batch = {row[BATCH_COLUMN]: row for row in marked.groupBy(BATCH_COLUMN).agg(
+        F.sum(F.col("repeated").cast("int")).alias("repeated"),
+        F.sum(F.col("reused").cast("int")).alias("reused"),
+        F.sum(F.col("gone").cast("int")).alias("gone"),
+        F.count("*").alias("rows"),
+        F.min(F.when(F.col("reused"), F.struct(ROW_COLUMN, "_id_shown"))).alias("first"),
+    ).collect()}
+    (marked.filter(F.col("gone") | F.col("duplicate"))
+     .select(BATCH_COLUMN, ROW_COLUMN, "gone", "duplicate")
+     .write.partitionBy(BATCH_COLUMN).parquet(str(flags_dir)))
+    return per_batch
+
+
+def _window_on_spark(spark: SparkSession, params: Params, window_items: list[dict[str, Any]],
+                     columns: list[str], id_column: str | None, flags_dir: Path,
+                     staged: Path) -> list[dict[str, Any]]:
+    """Pass 3, one task per window batch: its rows without those pass 2 dropped, the
+    window's value rules on them (their share of the window's checks), the typed rows
+    written to `staged` as the batch's partition."""
+    schema, rules = params.schema, params.validate_
+    dataset = params.path(DATASET).resolve()
 
     def window_part(item: dict) -> dict:
         batch = BatchFile.from_dict(item["batch"])
@@ -515,19 +555,7 @@ def validate_on_spark(params: Params, spark: SparkSession, batches: list[BatchFi
         write_partition(typed, staged, batch.file, typed_types(schema, id_column))
         return {"checks": [asdict(c) for c in part], "rows": int(kept.sum())}
 
-    parts = each_task(spark, window_items, window_part)
-    rows = sum(p["rows"] for p in parts)
-    skeleton_columns = columns if set(schema.columns) <= set(union) else union
-    skeleton = check_frame(pd.DataFrame(columns=skeleton_columns), schema,
-                           min_rows=rules.min_rows, **value_rules(rules))
-    checks += window_checks(skeleton, [[Check(**c) for c in p["checks"]] for p in parts], rows)
-    replace_path(work)
-    replace_path(out)
-    if any(not c.passed for c in checks):
-        replace_path(staged)
-    elif staged.exists():
-        os.replace(staged, out)
-    return checks, verdicts, rows
+    return each_task(spark, window_items, window_part)
 
 
 # The cross-batch keys of each row (Spark engine): its batch's order, its row, the hash of its
