@@ -35,6 +35,8 @@ BASE_CONF: dict[str, str] = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
 
+LOG_CONF = Path(__file__).with_name("spark-log4j2.properties")  # the driver JVM's: errors only
+
 
 def uses_spark(params: ServiceConfig) -> bool:
     return params.engine.kind == "spark"
@@ -55,8 +57,9 @@ def start_session(params: ServiceConfig, app: str) -> SparkSession:
     if master.startswith("local") or "://127.0.0.1:" in master or "://localhost:" in master:
         # The driver's own ports on loopback too (a remote cluster must reach it: not then).
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    conf = {**BASE_CONF, **{k: str(v).lower() if isinstance(v, bool) else str(v)
-                            for k, v in params.engine.conf.items()}}
+    quiet = {"spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{LOG_CONF}"}
+    conf = {**BASE_CONF, **quiet, **{k: str(v).lower() if isinstance(v, bool) else str(v)
+                                     for k, v in params.engine.conf.items()}}
     # Spark Connect (sc://host:15002, e.g. Databricks) is a remote session without a local
     # JVM (it needs pyspark's `connect` extra: grpcio); anything else is a master URL.
     remote = master.startswith("sc://")
