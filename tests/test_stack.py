@@ -206,11 +206,14 @@ def test_the_loop_on_the_production_stack(stack: tuple[Project, dict[str, Any]],
             assert time.monotonic() < deadline, "the traffic stalled after the swap"
             time.sleep(0.05)  # traffic keeps running on v2
     summary = json.loads(project.read("reports/ct/summary.json"))
-    # The master lists the data stages of both runs (repro, then the cycle's), finished.
+    # The master lists the stages of both runs (repro, then the cycle's) that ran there,
+    # and the cycle's drift check (the log sampled there), all finished.
     apps = stack_module.spark_applications(state["spark"])
     names = [a["name"] for a in apps]
-    stages = ("mlpipeline ingest", "mlpipeline validate", "mlpipeline prepare")
-    assert set(names) == set(stages) and all(names.count(s) >= 2 for s in stages), names
+    stages = [f"mlpipeline {s}" for s in ("ingest", "validate", "prepare", "evaluate",
+                                          "register")]
+    assert set(names) == {*stages, "mlpipeline drift"}, names
+    assert all(names.count(s) >= 2 for s in stages), names
     assert {a["state"] for a in apps} == {"FINISHED"}
     assert summary["window"]["kind"] == "log"
     assert summary["window"]["rows"] == len(batch)  # both replicas' logs, one window
