@@ -115,6 +115,7 @@ class EvaluateParams(_Strict):
     # many test rows (all when fewer; null: all): they move rows one by one in Python, and
     # the sample is what comes back to the driver on Spark. Metrics and slices use every row.
     check_rows: int | None = Field(100_000, ge=1)
+    seed: int = 7  # which rows those are
 
 
 class GateParams(_Strict):

@@ -61,11 +61,12 @@ def from_scores(actual: pd.Series, scores: np.ndarray, times: pd.Series, params:
 
 def check_positions(rows: int, params: Params) -> np.ndarray:
     """Which rows of the test split the row-by-row checks use: evaluate.check_rows of them,
-    drawn with gate.seed and kept in split order (the same rows on both engines)."""
+    drawn with evaluate.seed and kept in split order (the same rows on both engines)."""
     limit = params.evaluate.check_rows
     if limit is None or rows <= limit:
         return np.arange(rows)
-    return np.sort(np.random.default_rng(params.gate.seed).choice(rows, limit, replace=False))
+    return np.sort(np.random.default_rng(params.evaluate.seed).choice(rows, limit,
+                                                                replace=False))
 
 
 def spark_test_split(spark: SparkSession, params: Params) -> DataFrame:
