@@ -69,6 +69,12 @@ def check_positions(rows: int, params: Params) -> np.ndarray:
                                                                 replace=False))
 
 
+def read_test_split(params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The test split read in this process, and its check rows (check_positions)."""
+    test = pd.read_parquet(params.path(TEST_SPLIT))
+    return test, test.iloc[check_positions(len(test), params)].reset_index(drop=True)
+
+
 def spark_test_split(spark: SparkSession, params: Params) -> DataFrame:
     """The test split on the cluster, each row with its place in the file."""
     from pyspark.sql import functions as F
@@ -132,8 +138,7 @@ def scored_test(params: Params, model: Any, spark: SparkSession | None = None
     this process or, with engine.kind: spark, on the cluster."""
     schema = params.schema
     if not uses_spark(params):
-        test = pd.read_parquet(params.path(TEST_SPLIT))
-        check = test.iloc[check_positions(len(test), params)].reset_index(drop=True)
+        test, check = read_test_split(params)
         return evaluate(model, test, params), check
     with session_for(params, "evaluate", spark) as session:
         check = check_rows_on_spark(session, params)

@@ -26,13 +26,17 @@ from mlpipeline.config import (
     METRICS,
     MODEL_FILE,
     RUN_INFO,
-    TEST_SPLIT,
     TRAIN_INFO,
     Params,
     load_params,
 )
 from mlpipeline.engine import session_for, uses_spark
-from mlpipeline.evaluate import check_positions, check_rows_on_spark, from_scores, scores_on_spark
+from mlpipeline.evaluate import (
+    check_rows_on_spark,
+    from_scores,
+    read_test_split,
+    scores_on_spark,
+)
 from mlpipeline.gate import (
     SliceResult,
     compare_slices,
@@ -96,8 +100,7 @@ def gate_evidence(params: Params, model: Any, champion: Any | None,
     models = {"challenger": model} if params.gate.slices else {}
     champion_error = ""
     if not uses_spark(params):
-        test = pd.read_parquet(params.path(TEST_SPLIT))
-        check = test.iloc[check_positions(len(test), params)].reset_index(drop=True)
+        test, check = read_test_split(params)
         scores = {name: task.scores(m, test[schema.feature_names]) for name, m in models.items()}
         if champion is not None:
             try:
