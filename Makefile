@@ -25,13 +25,14 @@ export UV_PYTHON := $(PYTHON_EXE)
 # 7), and the pipeline, the CT cycle and the tests start hundreds of processes.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help setup demo repro test test-fast lint ui dashboard serve score bench-score bench bench-request bench-workers bench-data bench-log bench-tasks bench-reload ct drift shadow-report compact-log models lineage card approve reject rollback stack stack-down clean
+.PHONY: help setup demo repro lock test test-fast lint ui dashboard serve score bench-score bench bench-request bench-workers bench-data bench-log bench-tasks bench-reload ct drift shadow-report compact-log models lineage card approve reject rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
 	@echo "make demo TASK=regression|multiclass   the same loop for that task, in .demo/TASK/"
 	@echo "make test   set up, run the tests (pytest)"
 	@echo "make test-fast  the unit tests only (no DVC pipeline, no servers; under a minute)"
+	@echo "make lock   the dvc.lock and tracked reports a fresh clone's dvc repro writes (commit them)"
 	@echo "make lint   ruff, mypy; actionlint, zizmor, check-jsonschema on the workflows; hadolint, compose schema"
 	@echo "make score INPUT=path OUTPUT=folder [V=n|ALIAS=name] [OVERWRITE=1] [STRICT=1]  score files with a version"
 	@echo "make bench  this service vs mlflow models serve (needs wrk, or falls back to Python)"
@@ -66,6 +67,11 @@ setup: $(UV)
 
 repro: setup
 	$(RUN) dvc repro
+
+# After a change to a stage's code or params: dvc.lock and the tracked reports as a fresh
+# clone's `dvc repro` writes them (in a throw-away copy; make test holds HEAD to it).
+lock: setup
+	$(RUN) python -m mlpipeline.relock
 
 # `make demo TASK=regression` (or multiclass): the same loop for another task, in a copy of the
 # project with that preset's params (src/mlpipeline/presets/), so this project's params, data

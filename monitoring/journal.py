@@ -26,14 +26,15 @@ from mlpipeline.config import (
     PARAMS_FILE,
     PLOTS_DIR,
     PLOTS_SPEC,
+    RUN_INFO,
     VALIDATION_REPORT,
 )
 
 JOURNAL_DIR = ".ct-journal"
 ENTRY = "journal.json"
 # What a cycle may rewrite that git tracks; DVC-cached outputs come back with `dvc checkout`.
-TRACKED = [Path(PARAMS_FILE), Path("dvc.lock"), METRICS, GATE_REPORT, VALIDATION_REPORT,
-           PLOTS_SPEC]
+TRACKED = [Path(PARAMS_FILE), Path("dvc.lock"), METRICS, RUN_INFO, GATE_REPORT,
+           VALIDATION_REPORT, PLOTS_SPEC]
 
 
 @dataclass

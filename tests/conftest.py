@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # The source clock and training window that params.yaml ships with (CT moves them).
 INITIAL_STATE = {"source.n_batches": 8, "window.start": "2026-01-05", "window.end": "2026-02-23"}
+INITIAL_TAG = "initial"  # a project copy's first commit
+TRAINED_TAG = "trained"  # the shared trained project's commit right after its `dvc repro`
 
 ENV = {
     **os.environ,
@@ -108,6 +110,7 @@ def make_project(root: Path, preset: str | None = None) -> Project:
     params.write_text(set_values(params.read_text(), INITIAL_STATE))
     project = Project(root)
     project.commit("initial state")
+    project.git("tag", INITIAL_TAG)  # HEAD's dvc.lock and reports, as on a fresh clone
     return project
 
 
@@ -122,5 +125,6 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     project = make_project(tmp_path_factory.mktemp("trained") / "project")
     project.dvc("repro")
     project.commit("trained")
+    project.git("tag", TRAINED_TAG)  # what a fresh repro wrote, whatever tests do after
     return project
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ENV, REPO, Project
+from tests.conftest import ENV, REPO, TRAINED_TAG, Project
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +68,27 @@ def test_pipeline_writes_every_output_and_tracks_the_run(trained_project: Projec
     assert inputs == [(f"train-{run_info['training_window']}", train_md5)]
 
 
+def test_a_fresh_repro_writes_the_committed_lock_and_reports(trained_project: Project) -> None:
+    """The committed state is what HEAD's code produces: a fresh copy's `dvc repro` writes
+    HEAD's dvc.lock and tracked reports again, but for the MLflow run's traces (run.json,
+    gate.json's run id and their hashes in the lock). Each stage, path or field that differs
+    is named (`make lock` writes them anew)."""
+    from mlpipeline.relock import committed_state, differences
+
+    head = committed_state(REPO)
+    fresh = committed_state(trained_project.root, TRAINED_TAG)
+    assert "reports/run.json" in head and "reports/gate.json" in head
+    assert differences(head, fresh) == [], "run `make lock` and commit what it writes"
+    # The exceptions are real ones: a new run, with its own id.
+    assert json.loads(fresh["reports/gate.json"])["run_id"] != json.loads(
+        head["reports/gate.json"])["run_id"]
+    # A timing differs on every run: it is MLflow's (fit_seconds), not a DVC output's.
+    assert "fit_seconds" not in trained_project.read("models/train_info.json")
+    [run] = [r for r in mlflow_runs(trained_project) if r["run_id"] == json.loads(
+        fresh["reports/run.json"])["run_id"]]
+    assert run["metrics"]["fit_seconds"] > 0
+
+
 def test_logged_model_has_signature_and_input_example(trained_project: Project) -> None:
     run = json.loads(trained_project.read("reports/run.json"))
     model_dir = next((trained_project.root / "mlartifacts").glob(
@@ -92,6 +113,11 @@ def test_noop_repro_then_force_repro_is_reproducible(trained_project: Project) -
     assert p.read("reports/metrics.json") == first_metrics
     assert p.read("reports/predictions.csv") == first_predictions
     assert len(mlflow_runs(p)) == 2
+    # Every output the same bytes again (the MLflow run's traces aside): the lock as well.
+    from mlpipeline.relock import committed_state, differences, working_state
+
+    first = committed_state(p.root, TRAINED_TAG)
+    assert differences(first, working_state(p.root, list(first))) == []
 
 
 def test_experiment_run_is_tracked_and_comparable(trained_project: Project) -> None:

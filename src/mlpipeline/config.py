@@ -440,6 +440,9 @@ TEST_SPLIT = Path("data/prepared/test.parquet")
 REFERENCE = Path("data/prepared/reference.parquet")
 MODEL_FILE = Path("models/model.joblib")
 TRAIN_INFO = Path("models/train_info.json")
+# The fit's seconds, for MLflow: beside the model but not a DVC output (a timing differs every
+# run, and a DVC output must be the same bytes on every machine). Keyed by the model's md5.
+FIT_TIMING = Path("models/fit_timing.json")
 VALIDATION_REPORT = Path("reports/validation.json")
 METRICS = Path("reports/metrics.json")
 PREDICTIONS = Path("reports/predictions.csv")

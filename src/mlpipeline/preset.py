@@ -22,7 +22,8 @@ from mlpipeline.plots_page import TEMPLATE_FILE as PLOTS_TEMPLATE
 PRESETS_DIR = Path(__file__).parent / "presets"
 # What a pipeline run needs from the project; src/ because dvc.yaml hashes stage code.
 PROJECT_FILES = ["dvc.yaml", PARAMS_FILE, ".dvcignore", ".gitignore", ".dvc/config",
-                 ".dvc/.gitignore", "data/.gitignore", "data/landing/.gitkeep", "src",
+                 ".dvc/.gitignore", "data/.gitignore", "reports/.gitignore",
+                 "data/landing/.gitkeep", "src",
                  PLOTS_TEMPLATE]
 _SECTION = re.compile(r"^([A-Za-z_]\w*):", re.MULTILINE)
 
@@ -60,9 +61,20 @@ def preset_text(name: str) -> str:
     return path.read_text()
 
 
+def committed_pipeline_state(root: Path) -> dict[str, str]:
+    """dvc.lock and the tracked reports as HEAD has them (none outside a git repository)."""
+    from mlpipeline.relock import committed_state
+
+    try:
+        return committed_state(root)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return {}
+
+
 def copy_project(root: Path, dest: Path, preset: str | None = None) -> Path:
-    """A fresh copy of the project at `dest` (params from `preset` if given), committed in a
-    git repository of its own, ready for `dvc repro`."""
+    """A fresh copy of the project at `dest`, committed in a git repository of its own, ready
+    for `dvc repro`: its code and params, and HEAD's dvc.lock and reports as a fresh clone
+    has them; with a `preset`, that preset's params and no lock (it is another pipeline)."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -76,6 +88,10 @@ def copy_project(root: Path, dest: Path, preset: str | None = None) -> Path:
     if preset is not None:
         params = dest / PARAMS_FILE
         params.write_text(apply(params.read_text(), preset_text(preset)))
+    else:  # as a fresh clone has it: the committed dvc.lock and reports
+        for path, text in committed_pipeline_state(root).items():
+            (dest / path).parent.mkdir(parents=True, exist_ok=True)
+            (dest / path).write_text(text)
 
     def git(*args: str) -> None:
         subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)

@@ -24,6 +24,7 @@ from mlflow.models import infer_signature
 
 from mlpipeline import onnx_export
 from mlpipeline.config import (
+    FIT_TIMING,
     MODEL_FILE,
     REFERENCE,
     TEST_SPLIT,
@@ -221,6 +222,16 @@ def first_rows(path: Path, rows: int) -> pd.DataFrame:
     return pd.DataFrame() if batch is None else batch.to_pandas()
 
 
+def fit_seconds(params: Params, model_md5: str) -> float | None:
+    """How long `train` took to fit this model (models/fit_timing.json), or None when that
+    file is of another model: DVC's run cache restored the model without fitting it."""
+    try:
+        timing = json.loads(params.path(FIT_TIMING).read_text())
+    except (OSError, ValueError):
+        return None
+    return float(timing["fit_seconds"]) if timing.get("model_md5") == model_md5 else None
+
+
 def trusted_types(model: Any) -> list[str]:
     """The classes skops must be told to trust to save and load this (our own) model."""
     import skops.io
@@ -265,7 +276,9 @@ def log_training_run(
                          "model_type": params.train.model, "task": task.name})
         mlflow.log_params(flat_params(params))
         mlflow.log_metrics(metrics)
-        mlflow.log_metric("fit_seconds", train_info["fit_seconds"])
+        seconds = fit_seconds(params, lineage["model_md5"])
+        if seconds is not None:
+            mlflow.log_metric("fit_seconds", seconds)
         mlflow.log_metric("train_rows", train_info["train_rows"])
         dataset_tags = {"dvc_md5": data_version, "window": window}
         mlflow.log_input(

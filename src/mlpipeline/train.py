@@ -19,8 +19,16 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from mlpipeline.config import MODEL_FILE, TRAIN_INFO, TRAIN_SPLIT, Params, load_params
+from mlpipeline.config import (
+    FIT_TIMING,
+    MODEL_FILE,
+    TRAIN_INFO,
+    TRAIN_SPLIT,
+    Params,
+    load_params,
+)
 from mlpipeline.engine import session_for, uses_spark
+from mlpipeline.lineage import file_md5
 from mlpipeline.schema import training_target
 from mlpipeline.tasks import Task
 from mlpipeline.tasks.base import SCALED
@@ -50,7 +58,9 @@ def build_pipeline(task: Task, model: str, hyperparams: dict[str, Any], seed: in
 def fit(frame: pd.DataFrame, params: Params, available: int | None = None
         ) -> tuple[Pipeline, dict[str, Any]]:
     """The task's pipeline fitted on the newest train.max_rows rows of `frame` (all when
-    null); `available`: the train split's rows when `frame` is already those newest rows."""
+    null), and what models/train_info.json says of it: nothing that changes from run to run
+    (it is a DVC output). `available`: the train split's rows when `frame` is already those
+    newest rows."""
     schema, task, train = params.schema, params.task, params.train
     try:
         pipeline = build_pipeline(task, train.model, train.chosen_hyperparams(), train.seed)
@@ -59,7 +69,6 @@ def fit(frame: pd.DataFrame, params: Params, available: int | None = None
     available = len(frame) if available is None else available
     if train.max_rows is not None and available > train.max_rows:  # the most recent rows
         frame = frame.sort_values(schema.time_column, kind="stable").tail(train.max_rows)
-    started = time.perf_counter()
     target = training_target(frame[schema.target], schema)
     pipeline.fit(frame[schema.feature_names], target)
     # train.hyperparams.n_jobs is for fitting; the saved model predicts on one thread, so a
@@ -74,7 +83,6 @@ def fit(frame: pd.DataFrame, params: Params, available: int | None = None
         "train_rows": len(frame),
         "train_rows_available": available,
         **task.target_summary(target),
-        "fit_seconds": round(time.perf_counter() - started, 3),
     }
     return pipeline, info
 
@@ -106,12 +114,16 @@ def training_rows(params: Params, spark: SparkSession | None = None
 def main() -> None:
     params = load_params()
     frame, available = training_rows(params)
+    started = time.perf_counter()
     pipeline, info = fit(frame, params, available)
+    seconds = round(time.perf_counter() - started, 3)
     params.path(MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, params.path(MODEL_FILE))
     params.path(TRAIN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    params.path(FIT_TIMING).write_text(json.dumps(
+        {"model_md5": file_md5(params.path(MODEL_FILE)), "fit_seconds": seconds}) + "\n")
     print(f"train: {info['model']} ({info['task']}) on {info['train_rows']} rows in "
-          f"{info['fit_seconds']} s -> {MODEL_FILE}")
+          f"{seconds} s -> {MODEL_FILE}")
 
 
 if __name__ == "__main__":
