@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 
 from mlpipeline import ingest, prediction_log, prepare, validate
-from mlpipeline.config import load_params
+from mlpipeline.config import TEST_SPLIT, load_params
 from mlpipeline.engine import start_session
 from mlpipeline.evaluate import evaluate, scored_test
 from mlpipeline.lineage import file_md5
@@ -121,7 +121,8 @@ def same_evaluation_and_gate(project: Project, spark: Any, model: Any, champion:
     """evaluate and the gate score the test split on the cluster (only labels, slice columns
     and scores come back) and agree with the same stages in process: metrics, per-row
     predictions, plot tables, the check rows (a seeded sample: check_rows below the split's
-    size), the champion's metrics, the slices and the behaviour checks."""
+    size), the champion's metrics, the slices and the behaviour checks; the champion, said
+    to have trained on the first half of the test split, compared on the other half."""
     answers = {}
     for kind in ("embedded", "spark"):
         set_engine(project, kind)
@@ -133,8 +134,11 @@ def same_evaluation_and_gate(project: Project, spark: Any, model: Any, champion:
                 "slices": [schema.categorical[0], schema.numeric[0]], "slice_min_rows": 50,
                 "invariant_features": [schema.categorical[0]]})})
         session = spark if kind == "spark" else None
-        answers[kind] = (scored_test(params, model, session),
-                         gate_evidence(params, model, champion, session))
+        evaluation = scored_test(params, model, session)
+        times = pd.read_parquet(params.path(TEST_SPLIT), columns=[schema.time_column])
+        seen = (times[schema.time_column].sort_values().iloc[len(times) // 2], "a test")
+        answers[kind] = (evaluation, gate_evidence(params, model, champion, evaluation[0][0],
+                                                   seen, session))
     ((metrics, predictions, plots), check), gate = answers["embedded"]
     ((spark_metrics, spark_predictions, spark_plots), spark_check), spark_gate = answers["spark"]
     assert_close(metrics, spark_metrics)
@@ -144,17 +148,22 @@ def same_evaluation_and_gate(project: Project, spark: Any, model: Any, champion:
         pd.testing.assert_frame_equal(spark_plots[name], table, rtol=1e-9)
     assert len(check) == 700
     pd.testing.assert_frame_equal(spark_check, check, check_dtype=False)
-    (champion_metrics, error, slices, behaviour) = gate
-    assert champion_metrics is not None and not error and slices and behaviour
-    assert_close(champion_metrics, spark_gate[0])
-    assert spark_gate[1] == error
-    assert len(spark_gate[2]) == len(slices)
-    for found, expected in zip(spark_gate[2], slices, strict=True):
+    assert gate.champion_metrics is not None and not gate.champion_error
+    assert gate.slices and gate.behaviour and gate.comparison is not None
+    rows, of = gate.comparison.rows, gate.comparison.test_rows
+    assert 0 < rows < of and gate.champion_metrics["rows"] == rows
+    assert gate.comparison.challenger["rows"] == rows
+    assert_close(gate.champion_metrics, spark_gate.champion_metrics)
+    assert_close(gate.comparison.challenger, spark_gate.comparison.challenger)
+    assert spark_gate.champion_error == gate.champion_error
+    assert len(spark_gate.slices) == len(gate.slices)
+    assert sum(s.rows for s in gate.slices if s.feature == gate.slices[0].feature) == rows
+    for found, expected in zip(spark_gate.slices, gate.slices, strict=True):
         assert (found.name, found.rows, found.passed) == (expected.name, expected.rows,
                                                           expected.passed)
         assert (found.challenger, found.champion) == pytest.approx(
             (expected.challenger, expected.champion), abs=1e-9)
-    assert [b.as_dict() for b in spark_gate[3]] == [b.as_dict() for b in behaviour]
+    assert [b.as_dict() for b in spark_gate.behaviour] == [b.as_dict() for b in gate.behaviour]
 
 
 def test_the_drift_checks_log_sample_is_drawn_on_the_cluster_alike(

@@ -12,7 +12,14 @@ import pytest
 
 from mlpipeline.behaviour import directional, invariance
 from mlpipeline.config import GateParams, load_params
-from mlpipeline.gate import compare_slices, format_table, slice_labels
+from mlpipeline.gate import (
+    Comparison,
+    champion_seen_until,
+    compare_slices,
+    format_table,
+    slice_labels,
+    unseen_rows,
+)
 from mlpipeline.gate import decide as gate_decide
 from mlpipeline.registry import Promotion, champion_at
 from tests.conftest import REPO
@@ -60,6 +67,42 @@ def test_the_champion_itself_is_not_promoted_again() -> None:
 def test_unscorable_champion_blocks_automatic_promotion() -> None:
     verdict = decide(GOOD, None, GATE, champion_version="2", champion_error="KeyError: 'age'")
     assert not verdict.promote and "could not be scored" in verdict.reason
+
+
+def test_the_champion_is_compared_only_on_test_rows_after_its_training() -> None:
+    """A champion scored on rows it trained on looks better than it is: the comparison uses
+    the later rows, both models' figures on them, and says which rows they were."""
+    times = pd.Series(pd.to_datetime(["2026-02-17 00:00", "2026-02-18 20:00", "2026-02-19 00:00",
+                                      "2026-02-20 00:00"]))
+    seen, source = champion_seen_until({"trained_until": "2026-02-18T20:00:00"}, 7)
+    assert unseen_rows(times, seen).tolist() == [False, False, True, True]
+    # In the UTC times of a feed that sends "Z", the same instant.
+    assert unseen_rows(times.dt.tz_localize("UTC"), seen).tolist() == [False, False, True, True]
+    # A version registered before `trained_until`: its window's last batch (+ its days).
+    window, how = champion_seen_until({"training_window": "2026-01-05..2026-02-11"}, 7)
+    assert unseen_rows(times, window).tolist() == [False, True, True, True]
+    assert "training window" in how
+    assert champion_seen_until({}, 7)[0] is None
+
+    later = Comparison(2, 4, "2026-02-18T20:00:00", source, {**GOOD, "roc_auc": 0.70})
+    verdict = decide(GOOD, {"roc_auc": 0.75}, GATE, champion_version="2", comparison=later)
+    assert not verdict.promote  # 0.70 on those rows, not the 0.80 of the whole split
+    assert ("roc_auc vs champion v2: 0.7000 vs 0.7400 (champion 0.7500 on the same 2 of 4 "
+            "test rows, those after its training (to 2026-02-18T20:00:00)") in verdict.reason
+
+
+def test_no_test_row_after_the_champions_training_means_no_automatic_promotion() -> None:
+    none_left = Comparison(0, 2400, "2026-02-18T20:26:15", "its trained_until tag", {})
+    verdict = decide(GOOD, None, GATE, champion_version="2", comparison=none_left)
+    assert not verdict.promote
+    assert verdict.reason.startswith("kept champion v2: none of the 2400 test rows is newer "
+                                     "than its training (to 2026-02-18T20:26:15")
+    assert "not promoted automatically" in verdict.reason
+    assert [c.name for c in verdict.checks] == ["roc_auc >= floor", "precision >= floor"]
+    # A floor broken says so first: that is the verdict whatever the champion.
+    below = decide({**GOOD, "precision": 0.1}, None, GATE, champion_version="2",
+                   comparison=none_left)
+    assert below.reason.startswith("rejected: precision >= floor")
 
 
 def test_table_lists_every_check() -> None:

@@ -44,6 +44,22 @@ def awaiting_paragraph(mode: str, version: str) -> str:
             + f"`make approve V={version}` or `make reject V={version}`.")
 
 
+def compared_rows(champion: str, comparison: dict[str, Any] | None) -> str:
+    """How the champion was compared, after "On the window's latest rows, never seen in
+    training": on the same rows, on those after its own training, or not at all."""
+    if not comparison:
+        return "."
+    rows, total = comparison["rows"], comparison["test_rows"]
+    until = comparison["champion_trained_until"]
+    if rows == total:
+        return f"; the champion {champion} scored again on the same rows."
+    if rows:
+        return (f"; the champion {champion} scored again on the {rows} of these {total} rows "
+                f"after its own training (to {until}), and this version on the same rows.")
+    return (f"; the champion {champion} is not compared: none of the {total} test rows is "
+            f"newer than its training (to {until}).")
+
+
 def model_card(params: Params, report: dict[str, Any], run: dict[str, Any],
                train_info: dict[str, Any]) -> str:
     """Markdown for one registered version: purpose, data, metrics, slices, behaviour, the
@@ -69,12 +85,20 @@ def model_card(params: Params, report: dict[str, Any], run: dict[str, Any],
                  ["training split (DVC md5)", run.get("data_version")],
                  ["raw batches (DVC md5)", run.get("raw_data_version")]]), "",
              "## Test metrics", "",
-             f"On the window's latest rows, never seen in training; the champion {compared} "
-             "scored again on the same rows.", ""]
+             "On the window's latest rows, never seen in training" + compared_rows(
+                 compared, report.get("comparison")), ""]
     champion = (before or {}).get("metrics_on_current_test") or {}
     metrics = {k: v for k, v in report["challenger_metrics"].items() if k != "rows"}
-    lines += [*markdown_table(["metric", "this version", "champion"],
-                              [[k, v, champion.get(k)] for k, v in metrics.items()]), ""]
+    comparison = report.get("comparison") or {}
+    if comparison.get("rows") and comparison["rows"] < comparison["test_rows"]:
+        ours = comparison["challenger"]
+        lines += [*markdown_table(["metric", "this version", "this version, same rows",
+                                   "champion"],
+                                  [[k, v, ours.get(k), champion.get(k)]
+                                   for k, v in metrics.items()]), ""]
+    else:
+        lines += [*markdown_table(["metric", "this version", "champion"],
+                                  [[k, v, champion.get(k)] for k, v in metrics.items()]), ""]
     lines += ["## Gate", "", f"{verdict}: {report.get('gate_reason', report['reason'])}", "",
               *([awaiting_paragraph(params.promotion.mode, version), ""]
                 if report.get("awaiting_approval") else []),

@@ -53,6 +53,60 @@ class SliceResult:
         return f"{self.feature}={self.value}"
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """The test rows the champion is compared on: those after the newest row it trained on
+    (a model scored again on rows it learnt from looks better than it is), and the
+    challenger's metrics on the same rows."""
+    rows: int  # test rows compared
+    test_rows: int  # the whole test split
+    champion_trained_until: str  # ISO time; "" when unknown (then every row is compared)
+    source: str  # where that time comes from (its trained_until tag, or its window)
+    challenger: dict[str, float]  # the challenger's metrics on those rows
+
+    @property
+    def restricted(self) -> bool:
+        return self.rows < self.test_rows
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def described(self) -> str:
+        if not self.restricted:
+            return "the same rows"
+        return (f"the same {self.rows} of {self.test_rows} test rows, those after its training "
+                f"(to {self.champion_trained_until})")
+
+
+def champion_seen_until(tags: dict[str, str], batch_days: int
+                        ) -> tuple[pd.Timestamp | None, str]:
+    """The newest time among the rows a registered version trained on: its `trained_until`
+    tag; for a version registered before that tag existed, the end of its training window's
+    last batch (its name plus `batch_days`, validate.max_batch_days: no row of that batch is
+    dated later); None when neither tag is there."""
+    if tags.get("trained_until"):
+        return pd.Timestamp(tags["trained_until"]), "its trained_until tag"
+    window = tags.get("training_window", "")
+    if ".." in window:
+        end = window.split("..")[1]
+        bound = pd.Timestamp(end) + pd.Timedelta(days=batch_days) - pd.Timedelta(1, "us")
+        return bound, f"its training window {window} (+{batch_days} days: its last batch)"
+    return None, "unknown (no trained_until or training_window tag)"
+
+
+def unseen_rows(times: pd.Series, seen_until: pd.Timestamp | None) -> np.ndarray:
+    """Which rows are dated after `seen_until` (every row when it is None)."""
+    if seen_until is None:
+        return np.ones(len(times), dtype=bool)
+    zone = getattr(pd.to_datetime(times).dt, "tz", None)
+    if zone is not None and seen_until.tzinfo is None:
+        seen_until = seen_until.tz_localize(zone)
+    elif zone is None and seen_until.tzinfo is not None:
+        seen_until = seen_until.tz_convert("UTC").tz_localize(None)
+    return (pd.to_datetime(times) > seen_until).to_numpy()
+
+
 MISSING = "(missing)"
 
 
@@ -141,6 +195,7 @@ def decide(
     champion_error: str = "",
     slices: Sequence[SliceResult] = (),
     behaviour: Sequence[BehaviourResult] = (),
+    comparison: Comparison | None = None,
 ) -> GateVerdict:
     """Floors first, then no regression against the champion scored on the same test rows.
 
@@ -153,6 +208,9 @@ def decide(
     gate.slice_tolerance fails the gate, named with both figures and its rows. `behaviour`
     (mlpipeline.behaviour): a directional or invariance check broken on more than
     gate.max_violation_share of its rows fails the gate, named with the feature and the share.
+    `comparison`: the test rows after the champion's training, and the challenger's metrics
+    there; the champion's are on those rows. When none is left there is no fair comparison:
+    the challenger is not promoted automatically, and the verdict says so.
     """
     def holds(metric: str, value: float, bound: float) -> bool:
         return within(value, bound, metric in lower_is_better)
@@ -165,11 +223,13 @@ def decide(
     metric = str(gate.compare_metric)
     if champion is not None:
         lower = metric in lower_is_better
+        ours = (comparison.challenger if comparison else challenger)[metric]
         bound = regression_bound(champion[metric], gate.tolerance, lower)
+        rows = comparison.described if comparison else "the same rows"
         checks.append(GateCheck(
-            f"{metric} vs champion v{champion_version}", challenger[metric], round(bound, 6),
-            holds(metric, challenger[metric], bound),
-            note=f"champion {champion[metric]:.4f} on the same rows, tolerance {gate.tolerance}"
+            f"{metric} vs champion v{champion_version}", ours, round(bound, 6),
+            holds(metric, ours, bound),
+            note=f"champion {champion[metric]:.4f} on {rows}, tolerance {gate.tolerance}"
                  f" ({'lower' if lower else 'higher'} is better)",
         ))
 
@@ -196,11 +256,18 @@ def decide(
     if champion_error:
         return GateVerdict(False, f"rejected: champion v{champion_version} could not be scored "
                                   f"on the current test split ({champion_error})", checks)
-    if champion is None:
-        return GateVerdict(True, "promoted: first model to clear the floors", checks)
     if same_model_as_champion:
         return GateVerdict(False, f"kept champion v{champion_version}: the challenger is the "
                                   "same trained model, nothing new to promote", checks)
+    if comparison is not None and comparison.rows == 0:
+        return GateVerdict(False, (
+            f"kept champion v{champion_version}: none of the {comparison.test_rows} test rows "
+            f"is newer than its training (to {comparison.champion_trained_until}, "
+            f"{comparison.source}), so the two cannot be compared on rows neither learnt from; "
+            "the challenger cleared the floors but is not promoted automatically (a person may: "
+            "python -m mlpipeline.registry promote VERSION)"), checks)
+    if champion is None:
+        return GateVerdict(True, "promoted: first model to clear the floors", checks)
     return GateVerdict(True, f"promoted: clears the floors and does not regress against "
                              f"champion v{champion_version}", checks)
 

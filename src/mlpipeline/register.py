@@ -12,12 +12,14 @@ reports/gate.json says why.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import joblib
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from mlpipeline.behaviour import BehaviourResult, directional, invariance
 from mlpipeline.card import model_card
@@ -26,6 +28,7 @@ from mlpipeline.config import (
     METRICS,
     MODEL_FILE,
     RUN_INFO,
+    TEST_SPLIT,
     TRAIN_INFO,
     Params,
     load_params,
@@ -38,11 +41,14 @@ from mlpipeline.evaluate import (
     scores_on_spark,
 )
 from mlpipeline.gate import (
+    Comparison,
     SliceResult,
+    champion_seen_until,
     compare_slices,
     decide,
     format_table,
     slice_labels,
+    unseen_rows,
 )
 
 if TYPE_CHECKING:
@@ -87,17 +93,50 @@ def behaviour_checks(params: Params, test: pd.DataFrame, model: Any) -> list[Beh
     return results
 
 
+@dataclass
+class Evidence:
+    """What the gate weighs beside the challenger's metrics."""
+    champion_metrics: dict[str, float] | None  # on the compared rows; None: not scored
+    champion_error: str  # why the champion could not be scored ("" when it could)
+    slices: list[SliceResult]
+    behaviour: list[BehaviourResult]
+    comparison: Comparison | None  # which rows the two were compared on (with a champion)
+
+
+def earliest_time(path: Path, column: str) -> pd.Timestamp | None:
+    """The oldest time in a Parquet file's column, from its footer's statistics (None:
+    unknown), so the gate knows without reading the split whether the champion saw any of
+    its rows."""
+    footer = pq.ParquetFile(path).metadata
+    index = footer.schema.to_arrow_schema().get_field_index(column)
+    found = []
+    for group in range(footer.num_row_groups):
+        stats = footer.row_group(group).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        found.append(pd.Timestamp(stats.min))
+    return min(found) if found else None
+
+
 def gate_evidence(params: Params, model: Any, champion: Any | None,
-                  spark: SparkSession | None = None
-                  ) -> tuple[dict[str, float] | None, str, list[SliceResult],
-                             list[BehaviourResult]]:
+                  challenger_metrics: dict[str, float],
+                  champion_seen: tuple[pd.Timestamp | None, str] = (None, ""),
+                  spark: SparkSession | None = None) -> Evidence:
     """What the gate weighs beside the challenger's metrics: the champion's metrics on the
-    current test split (or why it could not be scored), both models per slice, the
-    challenger's behaviour on the check rows. With engine.kind: spark the test split is
-    scored on the cluster and only labels, slice columns and scores come back."""
+    test rows after its own training (`champion_seen`: the newest time it trained on, and
+    where that comes from), or why it could not be scored; the challenger's on the same
+    rows; both models per slice of those rows; the challenger's behaviour on the check
+    rows. With engine.kind: spark the test split is scored on the cluster and only labels,
+    times, slice columns and scores come back."""
     schema, task = params.schema, params.task
+    seen_until, seen_source = champion_seen
+    earliest = earliest_time(params.path(TEST_SPLIT), schema.time_column)
+    # The challenger is scored again only where its figures on the compared rows can differ
+    # from its whole test split's (reports/metrics.json), or for the slices.
+    overlap = champion is not None and seen_until is not None and (
+        earliest is None or not unseen_rows(pd.Series([earliest]), seen_until)[0])
     keep = list(dict.fromkeys([schema.time_column, schema.target, *params.gate.slices]))
-    models = {"challenger": model} if params.gate.slices else {}
+    models = {"challenger": model} if params.gate.slices or overlap else {}
     champion_error = ""
     if not uses_spark(params):
         test, check = read_test_split(params)
@@ -119,11 +158,32 @@ def gate_evidence(params: Params, model: Any, champion: Any | None,
                     champion_error = f"{type(error).__name__}: {error}"
             table, scores = (scores_on_spark(session, params, models, check.head(1), keep)
                              if models else (pd.DataFrame(columns=keep), {}))
-    champion_metrics = None if "champion" not in scores else from_scores(
-        table[schema.target], scores["champion"], table[schema.time_column], params)[0]
-    slices = slice_comparison(params, table, scores["challenger"], scores.get("champion")
-                              ) if params.gate.slices else []
-    return champion_metrics, champion_error, slices, behaviour_checks(params, check, model)
+    comparison, champion_metrics = None, None
+    compared = np.ones(len(table), dtype=bool)
+    if "champion" in scores:
+        compared = unseen_rows(table[schema.time_column], seen_until)
+        ours = challenger_metrics
+        if not compared.all() and compared.any():
+            ours = metrics_on(params, table, scores["challenger"], compared)
+        comparison = Comparison(int(compared.sum()), len(table),
+                                "" if seen_until is None else seen_until.isoformat(),
+                                seen_source, ours if compared.any() else {})
+        if compared.any():
+            champion_metrics = metrics_on(params, table, scores["champion"], compared)
+    slices = slice_comparison(
+        params, table[compared], scores["challenger"][compared],
+        scores["champion"][compared] if champion_metrics is not None else None
+    ) if params.gate.slices else []
+    return Evidence(champion_metrics, champion_error, slices,
+                    behaviour_checks(params, check, model), comparison)
+
+
+def metrics_on(params: Params, table: pd.DataFrame, scores: np.ndarray, rows: np.ndarray
+               ) -> dict[str, float]:
+    """A model's test metrics on some rows of the test table (`rows`: a mask)."""
+    schema = params.schema
+    return from_scores(table[schema.target][rows], scores[rows],
+                       table[schema.time_column][rows], params)[0]
 
 
 def main() -> None:
@@ -153,17 +213,19 @@ def main() -> None:
         except Exception as error:  # e.g. its artefact is gone
             load_error = f"{type(error).__name__}: {error}"
     model = joblib.load(params.path(MODEL_FILE))
-    champion_metrics, champion_error, slices, behaviour = gate_evidence(
-        params, model, champion_model)
-    champion_error = load_error or champion_error
+    seen = (champion_seen_until(champion.tags, params.validate_.max_batch_days or 0)
+            if champion is not None else (None, ""))
+    evidence = gate_evidence(params, model, champion_model, challenger_metrics, seen)
+    champion_error = load_error or evidence.champion_error
+    slices, behaviour, comparison = evidence.slices, evidence.behaviour, evidence.comparison
     # Training is deterministic: the same artefact bytes mean the same model as the champion.
     same_model = champion is not None and champion.tags.get("model_md5") == run["model_md5"]
 
-    verdict = decide(challenger_metrics, champion_metrics, params.gate,
+    verdict = decide(challenger_metrics, evidence.champion_metrics, params.gate,
                      lower_is_better=params.task.lower_is_better,
                      champion_version=str(champion.version) if champion else None,
                      same_model_as_champion=same_model, champion_error=champion_error,
-                     slices=slices, behaviour=behaviour)
+                     slices=slices, behaviour=behaviour, comparison=comparison)
 
     # promotion.mode manual or shadow: a passing challenger waits for a person (make approve
     # or reject), superseding any challenger still waiting; in shadow mode the replicas
@@ -200,7 +262,10 @@ def main() -> None:
         "checks": verdict.as_dict()["checks"],
         "challenger_metrics": challenger_metrics,
         "champion_before": None if champion is None else {
-            "version": str(champion.version), "metrics_on_current_test": champion_metrics},
+            "version": str(champion.version),
+            "metrics_on_current_test": evidence.champion_metrics},
+        # Which test rows the champion and the challenger were compared on.
+        "comparison": None if comparison is None else comparison.as_dict(),
         "champion_after": None if now is None else str(now.version),
         "run_id": run["run_id"],
     }
@@ -222,6 +287,13 @@ def main() -> None:
     if waiting_before is not None and verdict.promote:
         print(f"register: v{waiting_before.version}, which awaited a decision, is superseded "
               f"by v{version}")
+    if comparison is not None and comparison.restricted:
+        print(f"register: champion v{champion.version} trained on rows up to "  # type: ignore[union-attr]
+              f"{comparison.champion_trained_until} ({comparison.source}): compared on "
+              + (f"the {comparison.rows} of {comparison.test_rows} test rows after that"
+                 if comparison.rows else
+                 f"none of the {comparison.test_rows} test rows (all are older): comparison "
+                 "skipped, the challenger is not promoted automatically"))
     print(format_table(verdict))
     if slices:
         compared = [s for s in slices if s.passed is not None]

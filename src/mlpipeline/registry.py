@@ -62,7 +62,8 @@ SHADOW_TAG = "shadow"
 
 LOCK_SUFFIX = ".promotion-lock"
 LINEAGE_TAGS = ["run_id", "git_commit", "git_dirty", "data_version", "raw_data_version",
-                "training_window", "params_hash", "model_md5", "gate", "gate_reason"]
+                "training_window", "trained_until", "params_hash", "model_md5", "gate",
+                "gate_reason"]
 
 
 def in_shadow(version: Any) -> bool:
@@ -441,7 +442,7 @@ class Registry:
 
     def record_gate(self, run_id: str, report: dict[str, Any], tags: dict[str, str]) -> None:
         """The gate's verdict on the training run it judged: tags and gate.json; as MLflow
-        tables, the champion re-scored on the same test rows beside this run's figures
+        tables, the champion re-scored on the compared test rows beside this run's figures
         (gate_champion.json: not this run's own metrics, which its charts show) and the
         per-slice comparison (gate_slices.json) when there are."""
         import pandas as pd
@@ -450,7 +451,9 @@ class Registry:
         champion = report.get("champion_before") or {}
         if champion.get("metrics_on_current_test"):
             tags = {**tags, "gate_champion_version": champion["version"]}
-            ours = report["challenger_metrics"]
+            # On the rows they were compared on: the test rows after the champion's training.
+            ours = (report.get("comparison") or {}).get("challenger") or \
+                report["challenger_metrics"]
             self.client.log_table(run_id, pd.DataFrame(
                 [{"metric": k, "this run": ours.get(k), f"champion v{champion['version']}": v}
                  for k, v in champion["metrics_on_current_test"].items()]),

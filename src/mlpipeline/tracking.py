@@ -266,6 +266,7 @@ def log_training_run(
         "data_version": data_version,
         "raw_data_version": raw_data_version(params.root),
         "training_window": window,
+        "trained_until": str(train_info.get("trained_until", "")),
         "params_hash": params_hash(params),
         # The trained artefact's own hash (as in dvc.lock): same bytes, same model.
         "model_md5": file_md5(params.path(MODEL_FILE)),

@@ -82,6 +82,9 @@ def fit(frame: pd.DataFrame, params: Params, available: int | None = None
         "hyperparams": train.chosen_hyperparams(),
         "train_rows": len(frame),
         "train_rows_available": available,
+        # The newest row it learnt from: the gate compares a later challenger with this model
+        # only on test rows after it (a model re-scored on its own training rows flatters).
+        "trained_until": pd.Timestamp(frame[schema.time_column].max()).isoformat(),
         **task.target_summary(target),
     }
     return pipeline, info
