@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mlpipeline.config import (
     GATE_REPORT,
     METRICS,
@@ -45,6 +47,9 @@ class Journal:
     champion_before: str | None
     step: str = "start"
     files: dict[str, bool] = field(default_factory=dict)  # path -> existed before
+    # dvc.lock's outputs that were not in the workspace before the cycle (a fresh clone has
+    # the lock but no data): put back means absent again, not "missing from the cache".
+    absent_outputs: list[str] = field(default_factory=list)
 
     @property
     def folder(self) -> Path:
@@ -64,6 +69,8 @@ class Journal:
             if source.is_file():
                 (staging / "files" / path).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, staging / "files" / path)
+        journal.absent_outputs = [path for path in lock_outputs(root)
+                                  if not (root / path).exists()]
         staging.mkdir(exist_ok=True)
         journal._write(staging)
         staging.rename(journal.folder)  # the journal exists whole, or not at all
@@ -84,7 +91,8 @@ class Journal:
         tmp = folder / f"{ENTRY}.tmp"
         tmp.write_text(json.dumps({"started": self.started, "pid": self.pid,
                                    "champion_before": self.champion_before,
-                                   "step": self.step, "files": self.files}, indent=2))
+                                   "step": self.step, "files": self.files,
+                                   "absent_outputs": self.absent_outputs}, indent=2))
         os.replace(tmp, folder / ENTRY)
 
     @classmethod
@@ -96,7 +104,7 @@ class Journal:
             return None
         data = json.loads(entry.read_text())
         return cls(root, data["started"], data["pid"], data["champion_before"], data["step"],
-                   data["files"])
+                   data["files"], data.get("absent_outputs", []))
 
     def restore_files(self) -> list[str]:
         """Tracked files back as they were, then the DVC outputs they name. Returns problems."""
@@ -113,10 +121,20 @@ class Journal:
                 problems.append(f"{path}: {error}")
         if not (self.root / "dvc.lock").is_file():  # nothing had run: no outputs to put back
             return problems
-        result = subprocess.run([sys.executable, "-m", "dvc", "checkout", "--force", "--quiet"],
+        result = subprocess.run([sys.executable, "-m", "dvc", "checkout", "--force"],
                                 cwd=self.root, capture_output=True, text=True)
         if result.returncode != 0:
-            problems.append(f"dvc checkout: {result.stderr.strip()[-300:]}")
+            # What the cache cannot give back is fine where it was not here before the cycle:
+            # the cycle made it, so it goes. Anything else is a problem to name.
+            failed = failed_targets(result.stderr)
+            gone = [t for t in failed if t.rstrip("/") in self.absent_outputs]
+            for made in (self.root / target for target in gone):
+                if made.is_dir():
+                    shutil.rmtree(made)
+                else:
+                    made.unlink(missing_ok=True)
+            if not failed or len(gone) < len(failed):
+                problems.append(f"dvc checkout: {result.stderr.strip()[-300:]}")
         return problems
 
     def end(self) -> None:
@@ -130,6 +148,30 @@ class Journal:
     def describe(self) -> str:
         return (f"the CT cycle started at {self.started} (pid {self.pid}) was interrupted "
                 f"at step '{self.step}'")
+
+
+def lock_outputs(root: Path) -> list[str]:
+    """Every output path dvc.lock records (none without a lock)."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return []
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return [out["path"] for stage in stages.values() for out in stage.get("outs") or []]
+
+
+def failed_targets(stderr: str) -> list[str]:
+    """The paths `dvc checkout` lists after "Checkout failed for following targets:"."""
+    lines = stderr.splitlines()
+    start = next((i for i, line in enumerate(lines)
+                  if "Checkout failed for following targets" in line), None)
+    if start is None:
+        return []
+    targets = []
+    for line in lines[start + 1:]:
+        if not line.strip() or line.startswith(("Is your cache", "<http")):
+            break
+        targets.append(line.strip())
+    return targets
 
 
 def recover(root: Path, set_champion: Any) -> dict[str, Any] | None:

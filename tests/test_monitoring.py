@@ -518,7 +518,9 @@ def test_a_store_that_cannot_be_opened_fails_step_1_and_puts_back_what_it_moved(
     assert "cannot use the MLflow store" in summary["error"]
     assert summary["restore_problems"] == []  # the champion could not have moved
     assert project.read("params.yaml") == params  # the source clock did not move
-    assert not (project.root / "dvc.lock").exists()  # as before: nothing was ever run here
+    # As a fresh clone was: the committed lock, and no data (none of it in the DVC cache).
+    assert project.git("diff", "HEAD", "--", "dvc.lock").stdout == ""
+    assert not (project.root / "data/raw").exists()
     assert not (project.root / ".ct-journal").exists()
 
 

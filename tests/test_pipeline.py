@@ -117,6 +117,7 @@ def test_noop_repro_then_force_repro_is_reproducible(trained_project: Project) -
     from mlpipeline.relock import committed_state, differences, working_state
 
     first = committed_state(p.root, TRAINED_TAG)
+    first.pop("reports/gate.json")  # now v1 is champion: the gate compares the two
     assert differences(first, working_state(p.root, list(first))) == []
 
 
@@ -205,8 +206,9 @@ def test_corrupted_batch_stops_the_pipeline_at_validate(project: Project, corrup
         in output
     assert "landing folder landing/" in output  # where to fix it, not data/raw
     assert "Traceback" not in output
-    for downstream in ["data/prepared", "models", "reports/metrics.json", "mlflow.db"]:
+    for downstream in ["data/prepared", "models/model.joblib", "mlflow.db"]:
         assert not (project.root / downstream).exists(), downstream
+    assert project.git("diff", "--", "reports/metrics.json").stdout == ""  # HEAD's, as cloned
     report = json.loads(project.read("reports/validation.json"))
     assert report["passed"] is False
 
