@@ -65,8 +65,10 @@ def typed_features(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
 
 def logged_outcomes(log: pd.DataFrame, labelled: pd.DataFrame, task: Task) -> pd.DataFrame:
     """The served predictions of the rows whose outcomes arrived: on the id where both carry
-    one (schema.id_column), else on the feature values, with log rows that have no id. The
-    latest answer per id (or per feature row) wins; `joined_on` says which join found it.
+    one (schema.id_column), else on the feature values, with log rows that have no id. Every
+    version that answered an outcome's row keeps its answer (its latest, when it answered
+    more than once): one row per outcome and version. `joined_on` says which join found it,
+    `_outcome` which outcome (its place among the labelled rows).
 
     An outcome whose id is not in the log is never matched on its features with a row
     logged under another id: that is another application that only looks the same.
@@ -75,27 +77,36 @@ def logged_outcomes(log: pd.DataFrame, labelled: pd.DataFrame, task: Task) -> pd
     keys = schema.feature_names
     answers = [*task.log_score_columns, "model_version"]
     if log.empty or not {*keys, *answers} <= set(log.columns):
-        return pd.DataFrame(columns=[*keys, schema.target, *answers, "joined_on"])
+        return pd.DataFrame(columns=[*keys, schema.target, *answers, "joined_on", OUTCOME])
     served = typed_features(log, schema).assign(
         **{name: log[name].to_numpy() for name in answers}, _id=_ids(log, schema))
     outcomes = typed_features(labelled, schema).assign(
-        **{schema.target: labelled[schema.target].to_numpy()}, _id=_ids(labelled, schema))
-    by_id = outcomes[outcomes["_id"].notna()].merge(
-        served[served["_id"].notna()].drop_duplicates("_id", keep="last")[["_id", *answers]],
-        on="_id", how="inner", validate="many_to_one")
+        **{schema.target: labelled[schema.target].to_numpy()}, _id=_ids(labelled, schema),
+        **{OUTCOME: np.arange(len(labelled))})
+    version = served["model_version"].astype(str)
+    with_id = served[served["_id"].notna()].assign(_version=version).drop_duplicates(
+        ["_id", "_version"], keep="last")
+    by_id = outcomes[outcomes["_id"].notna()].merge(with_id[["_id", *answers]], on="_id",
+                                                    how="inner")
     rest = outcomes[~outcomes["_id"].isin(by_id["_id"]) | outcomes["_id"].isna()]
-    anonymous = served[served["_id"].isna()].drop_duplicates(keys, keep="last")
+    anonymous = served[served["_id"].isna()].assign(_version=version).drop_duplicates(
+        [*keys, "_version"], keep="last")
     by_features = rest.merge(anonymous[[*keys, *answers]], on=keys, how="inner")
     joined = pd.concat([by_id.assign(joined_on="id"), by_features.assign(joined_on="features")],
                        ignore_index=True)
     return joined.drop(columns="_id")
 
 
+OUTCOME = "_outcome"  # logged_outcomes: which labelled row a joined answer is for
+
+
 def join_counts(joined: pd.DataFrame, outcomes: int) -> dict[str, int]:
-    """How the outcomes found their predictions, for the report."""
-    on_id = int((joined["joined_on"] == "id").sum())
-    return {"on_id": on_id, "on_features": len(joined) - on_id,
-            "outcomes_without_prediction": outcomes - len(joined)}
+    """How the outcomes found their predictions, for the report: each outcome once, however
+    many versions answered it."""
+    found = joined.drop_duplicates(OUTCOME)
+    on_id = int((found["joined_on"] == "id").sum())
+    return {"on_id": on_id, "on_features": len(found) - on_id,
+            "outcomes_without_prediction": outcomes - len(found)}
 
 
 def _ids(frame: pd.DataFrame, schema: Schema) -> pd.Series:
@@ -378,11 +389,18 @@ def judged_by_version(served: pd.DataFrame, labelled: pd.DataFrame, champion: st
     `min_rows` rows on)."""
     target = task.schema.target
     versions = served["model_version"].astype(str)
+    # An outcome that several versions answered (a request sent again after a promotion)
+    # counts for each of them: said per version, so the rows add up.
+    several = served[OUTCOME].map(versions.groupby(served[OUTCOME]).nunique()) > 1 \
+        if OUTCOME in served.columns else pd.Series(False, index=served.index)
     by_version: dict[str, dict[str, Any]] = {}
     for version, rows in served.groupby(versions, sort=True):
         metrics = (task.metrics(rows[target], task.scores_from_log(rows))
                    if len(rows) >= min_rows else {})
         by_version[str(version)] = {"rows": len(rows), "metrics": metrics, "source": SERVED}
+        if several[rows.index].any():
+            by_version[str(version)]["ids_answered_by_several"] = int(
+                several[rows.index].sum())
     own = served[versions == champion]
     if len(own) >= min_rows:
         actual, scores, source = own[target], task.scores_from_log(own), SERVED
@@ -390,8 +408,10 @@ def judged_by_version(served: pd.DataFrame, labelled: pd.DataFrame, champion: st
     elif len(labelled) >= min_rows:
         actual, scores = labelled[target], rescored()
         source, joined = f"champion v{champion} re-scored on outcomes", None
+        shared = by_version.get(champion, {}).get("ids_answered_by_several")
         by_version[champion] = {"rows": len(labelled), "served_rows": len(own),
-                                "source": source, "metrics": task.metrics(actual, scores)}
+                                "source": source, "metrics": task.metrics(actual, scores),
+                                **({"ids_answered_by_several": shared} if shared else {})}
     else:
         return None
     metrics = by_version[champion]["metrics"]
@@ -431,13 +451,16 @@ def describe(summary: dict[str, Any]) -> str:
 
 def version_line(version: str, entry: dict[str, Any], floors: dict[str, float]) -> str:
     """`v1 3000 rows served: roc_auc 0.6742` (the floored metrics, where there are enough
-    rows), or the champion's re-scored figure with how many answers it served itself."""
+    rows), or the champion's re-scored figure with how many answers it served itself; how
+    many of its rows another version answered too."""
     shown = ", ".join(f"{name} {entry['metrics'][name]:.4f}" for name in floors
                       if name in entry["metrics"])
     if "served_rows" in entry:
         rows = f"{entry['served_rows']} served, re-scored on {entry['rows']} outcomes"
     else:
         rows = f"{entry['rows']} rows served"
+    if entry.get("ids_answered_by_several"):
+        rows += f" ({entry['ids_answered_by_several']} also answered by another version)"
     return f"v{version} {rows}" + (f": {shown}" if shown else " (too few for metrics)")
 
 

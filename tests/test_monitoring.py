@@ -136,13 +136,44 @@ def test_served_predictions_are_joined_with_the_outcomes_that_arrived_later() ->
     batch = synthetic_batch(PARAMS.source, 0).head(3)
     batch.loc[0, "credit_score"] = float("nan")  # a missing value still matches itself
     served = batch[schema.feature_names].astype(object).where(batch.notna(), None)
-    log = pd.concat([served.iloc[[0, 1]], served.iloc[[1]]], ignore_index=True).assign(
-        probability=[0.1, 0.2, 0.3], model_version=["1", "1", "2"])
+    log = pd.concat([served.iloc[[0, 1, 1]], served.iloc[[1]]], ignore_index=True).assign(
+        probability=[0.1, 0.15, 0.2, 0.3], model_version=["1", "1", "1", "2"])
     joined = logged_outcomes(log, batch, PARAMS.task)
-    assert len(joined) == 2  # row 2 was never served
-    assert list(joined["probability"]) == [0.1, 0.3]  # the latest answer for row 1
-    assert list(joined[schema.target]) == list(batch[schema.target].iloc[:2])
+    # Row 2 was never served; row 1 was answered by v1 (twice: its latest counts) and by v2.
+    assert list(zip(joined["_outcome"], joined["model_version"], joined["probability"],
+                    strict=True)) == [(0, "1", 0.1), (1, "1", 0.2), (1, "2", 0.3)]
+    assert list(joined[schema.target]) == list(batch[schema.target].iloc[[0, 1, 1]])
+    assert join_counts(joined, 3) == {"on_id": 0, "on_features": 2,
+                                      "outcomes_without_prediction": 1}
     assert logged_outcomes(pd.DataFrame(), batch, PARAMS.task).empty
+
+
+def test_every_version_is_credited_with_every_answer_it_gave() -> None:
+    """One batch's 1,500 applications answered by v1, then 300 of them again by v2 (sent
+    again after a promotion): v1 keeps its 1,500 answers, v2 has its 300, and both say that
+    300 ids were answered by both."""
+    from monitoring.drift import describe, judged_by_version
+
+    schema, task = PARAMS.schema, PARAMS.task
+    batch = synthetic_batch(PARAMS.source, 0)
+    requests = batch[[schema.id_column, *schema.feature_names]]
+    log = pd.concat([requests.assign(probability=0.2, model_version="1"),
+                     requests.head(300).assign(probability=0.6, model_version="2")],
+                    ignore_index=True)
+    joined = logged_outcomes(log, batch, task)
+    scored = judged_by_version(joined, batch, "2", task, 200, {"roc_auc": 0.7},
+                               lambda: pytest.fail("v2 answered enough rows itself"))
+    assert scored is not None
+    by_version = scored.result.by_version
+    assert {v: (e["rows"], e.get("ids_answered_by_several")) for v, e in by_version.items()} \
+        == {"1": (1500, 300), "2": (300, 300)}
+    assert scored.result.joined == {"on_id": 1500, "on_features": 0,
+                                    "outcomes_without_prediction": 0}
+    summary = {"window": {"description": "batch", "rows": 1500}, "report_html": None,
+               "reference": {"champion": "2", "training_window": "w", "rows": 1},
+               "decision": {"reasons": [], "action": "no-retrain"},
+               "performance": scored.result.as_dict()}
+    assert "v1 1500 rows served (300 also answered by another version)" in describe(summary)
 
 
 def joined_answers(versions: dict[str, tuple[int, bool]]) -> pd.DataFrame:
@@ -155,7 +186,8 @@ def joined_answers(versions: dict[str, tuple[int, bool]]) -> pd.DataFrame:
         probability = np.where(target == 1, 0.8, 0.2) if good else rng.random(rows)
         parts.append(pd.DataFrame({"default": target, "probability": probability,
                                    "model_version": version, "joined_on": "id"}))
-    return pd.concat(parts, ignore_index=True)
+    joined = pd.concat(parts, ignore_index=True)
+    return joined.assign(_outcome=range(len(joined)))  # each answer for another outcome
 
 
 def test_a_new_champion_is_not_credited_with_its_predecessor_s_answers() -> None:
