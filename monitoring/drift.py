@@ -38,7 +38,13 @@ import pandas as pd
 
 from mlpipeline.config import RAW_DIR, Params, load_params
 from mlpipeline.engine import session_for, uses_spark
-from mlpipeline.prediction_log import log_types, read_log, sampled_log_table
+from mlpipeline.prediction_log import (
+    QUARANTINE,
+    log_types,
+    not_read,
+    read_log,
+    sampled_log_table,
+)
 from mlpipeline.schema import PREDICTION_COLUMN, Schema, coerce, row_ids
 from mlpipeline.source import dated_batches, read_batch
 from mlpipeline.tasks import Task
@@ -303,11 +309,21 @@ def run_check(params: Params, current: str | None = None, since: dt.datetime | N
         "decision": verdict.as_dict(),
         "report_html": str(html.relative_to(params.root)) if snapshot is not None else None,
         "champion_data_version": info.data_version,
+        "prediction_log": log_contents(params),
     }
     summary["history"] = keep_history(params, summary, snapshot, window, scored)
     (out_dir / REPORT_JSON).write_text(json.dumps(summary, indent=2, default=float) + "\n")
     prom.write(prom.drift_metrics(summary), out_dir / prom.DRIFT_FILE)  # for Prometheus
     return summary
+
+
+def log_contents(params: Params) -> dict[str, Any]:
+    """What in the prediction log folder no reader read (left in place, named and counted);
+    what could not be read was moved to its quarantine, named as it went."""
+    folder = params.serving.prediction_log_dir
+    unread = not_read(params.path(folder))
+    return {"dir": str(folder), "quarantine": f"{folder}/{QUARANTINE}",
+            "not_read_count": len(unread), "not_read": unread}
 
 
 def keep_history(params: Params, summary: dict[str, Any], drift_snapshot: Any, window: Window,
@@ -444,6 +460,12 @@ def describe(summary: dict[str, Any]) -> str:
         lines.append("  - outcomes by the version that answered: " + "; ".join(
             version_line(version, entry, performance["floors"])
             for version, entry in performance["by_version"].items()))
+    log = summary.get("prediction_log") or {}
+    if log.get("not_read"):
+        shown = ", ".join(log["not_read"][:5]) + (", ..." if len(log["not_read"]) > 5 else "")
+        lines.append(f"  - prediction log: {log['not_read_count']} file(s) or folder(s) in "
+                     f"{log['dir']} not read, left in place (neither a part-*.parquet nor a "
+                     f"day-*.parquet of a date=YYYY-MM-DD folder): {shown}")
     lines.append(f"drift: decision {verdict['action'].upper()}"
                  + (f"; report {summary['report_html']}" if summary["report_html"] else ""))
     return "\n".join(lines)

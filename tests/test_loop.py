@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from mlpipeline.config import load_params, set_values
-from mlpipeline.prediction_log import read_log
+from mlpipeline.prediction_log import QUARANTINE, read_log
 from monitoring.demo import send, upcoming_traffic, wait_for_version
 from monitoring.drift import describe, log_window, run_check
 from serving.launch import free_port, start_service, wait_http_ok
@@ -75,10 +75,11 @@ def damage_the_log(log: Path, name: str) -> None:
     (day / f"part-empty-{name}.parquet").write_bytes(b"")
     (day / f"part-corrupt-{name}.parquet").write_bytes(b"PAR1 half a file")
     (log / f"date=garbage-{name}").mkdir()
+    (day / f"zero-{name}.parquet").write_bytes(b"")  # not a part: named, left in place
 
 
 def quarantined(log: Path) -> list[str]:
-    return sorted(p.name for p in (log / "quarantine").rglob("*")
+    return sorted(p.name for p in (log / QUARANTINE).rglob("*")
                   if p.is_file() or p.name.startswith("date=garbage"))
 
 
@@ -126,6 +127,10 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
         assert summary["window"]["kind"] == "log" and summary["window"]["rows"] == sent
         assert "3 unreadable file(s) or partition(s) moved to" in out
         assert len(quarantined(log_dir)) == 6
+        unread = json.loads(project.read("reports/monitoring/drift.json"))["prediction_log"]
+        assert unread["not_read_count"] == 2 and all(
+            p.endswith(("/zero-first.parquet", "/zero-second.parquet")) for p in unread["not_read"])
+        assert "2 file(s) or folder(s) in logs/predictions not read, left in place" in out
         days = list((project.root / "logs/predictions").glob("date=*"))  # the cycle compacted
         assert days and all([f.name for f in d.iterdir()] == ["day-000001.parquet"]
                             for d in days), [list(d.iterdir()) for d in days]

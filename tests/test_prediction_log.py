@@ -8,11 +8,19 @@ import datetime as dt
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlpipeline.prediction_log import QUARANTINE, compact, day_files, log_types, read_log
+from mlpipeline.prediction_log import (
+    QUARANTINE,
+    compact,
+    day_files,
+    log_types,
+    not_read,
+    read_log,
+)
 from mlpipeline.schema import Schema
 from serving.prediction_log import PredictionLog
 
@@ -134,7 +142,7 @@ def test_a_window_opens_only_its_days(tmp_path: Path) -> None:
     assert read_log(tmp_path, dt.datetime(2027, 1, 1, tzinfo=UTC)).empty
     assert (tmp_path / "date=2026-11-30" / "part-broken.parquet").exists()
     assert len(read_log(tmp_path)) == 300  # reading everything meets it: set aside, not fatal
-    assert (tmp_path / "quarantine/date=2026-11-30/part-broken.parquet").exists()
+    assert (tmp_path / "_quarantine/date=2026-11-30/part-broken.parquet").exists()
     assert len(day_files(tmp_path / "date=2026-12-01")) == 5
 
 
@@ -175,7 +183,7 @@ def test_int_then_float_parts_read_and_compact_as_the_contract_types(tmp_path: P
 def test_unreadable_files_and_partitions_are_quarantined_not_fatal(tmp_path: Path) -> None:
     """A 0-byte part (a writer killed on a shared volume), a corrupt one, one whose pages are
     damaged behind a good footer, a column of another type, a partition that is not a date:
-    each is moved to quarantine/ and named; every good row is still read and compacted."""
+    each is moved to _quarantine/ and named; every good row is still read and compacted."""
     ages = filled(tmp_path)
     day = tmp_path / "date=2026-12-01"
     (day / "part-empty.parquet").write_bytes(b"")
@@ -201,11 +209,48 @@ def test_unreadable_files_and_partitions_are_quarantined_not_fatal(tmp_path: Pat
     (day / "part-late-empty.parquet").write_bytes(b"")
     (tmp_path / "date=2026-13-01").mkdir()
     result = compact(tmp_path, types=TYPES)
-    assert result.quarantined == ["quarantine/date=2026-13-01",
-                                  "quarantine/date=2026-12-01/part-late-empty.parquet"]
+    assert result.quarantined == ["_quarantine/date=2026-13-01",
+                                  "_quarantine/date=2026-12-01/part-late-empty.parquet"]
     assert "2 unreadable file(s) or partition(s) moved to" in result.describe(tmp_path, None)
     assert (result.parts, result.rows) == (16, 301)
     assert sorted(read_log(tmp_path, types=TYPES)["age"]) == sorted(ages)
+
+
+def test_outside_readers_read_the_log_after_a_quarantine(tmp_path: Path) -> None:
+    """pandas (Arrow's dataset discovery) reads the log folder as the log: the quarantine is
+    not part of it. An older version's quarantine/ moves there at the next compaction."""
+    ages = filled(tmp_path)
+    (tmp_path / "date=2026-12-01" / "part-empty.parquet").write_bytes(b"")
+    legacy = tmp_path / "quarantine" / "date=2026-11-30"
+    legacy.mkdir(parents=True)
+    (legacy / "part-old.parquet").write_bytes(b"PAR1 from an older version")
+    result = compact(tmp_path, types=TYPES)
+    assert result.quarantined == ["_quarantine/date=2026-12-01/part-empty.parquet"]
+    assert not (tmp_path / "quarantine").exists()
+    assert (tmp_path / QUARANTINE / "date=2026-11-30" / "part-old.parquet").is_file()
+    outside = pd.read_parquet(tmp_path)
+    assert sorted(outside["age"]) == sorted(ages) and len(outside) == 300
+
+
+def test_what_no_reader_reads_is_named(tmp_path: Path) -> None:
+    """Files a reader skips are not skipped silently: a 0-byte file not named part-* or
+    day-*, a note, a subfolder, a folder beside the days; what is being written is not."""
+    filled(tmp_path)
+    day = tmp_path / "date=2026-12-01"
+    (day / "zero.parquet").write_bytes(b"")
+    (day / "README.txt").write_text("exported by hand\n")
+    (day / "backup").mkdir()
+    (day / ".part-123.parquet.tmp").write_bytes(b"")  # a writer's part, not yet renamed
+    (tmp_path / "export.csv").write_text("age\n1\n")
+    (tmp_path / "date=garbage").mkdir()
+    assert not_read(tmp_path) == ["date=2026-12-01/README.txt", "date=2026-12-01/backup/",
+                                  "date=2026-12-01/zero.parquet", "date=garbage/",
+                                  "export.csv"]
+    read_log(tmp_path)  # the reader moves the partition that is not a date aside ...
+    compact(tmp_path)
+    assert not_read(tmp_path) == ["date=2026-12-01/README.txt", "date=2026-12-01/backup/",
+                                  "date=2026-12-01/zero.parquet", "export.csv"]
+    assert (day / "zero.parquet").exists()  # ... and leaves what is not the log's in place
 
 
 def test_a_damaged_part_met_while_compacting_is_set_aside(tmp_path: Path) -> None:
@@ -217,7 +262,7 @@ def test_a_damaged_part_met_while_compacting_is_set_aside(tmp_path: Path) -> Non
     damaged[4:2000] = b"\xff" * 1996
     (day / "part-pages.parquet").write_bytes(bytes(damaged))
     result = compact(tmp_path, types=TYPES)
-    assert result.quarantined == ["quarantine/date=2026-12-02/part-pages.parquet"]
+    assert result.quarantined == ["_quarantine/date=2026-12-02/part-pages.parquet"]
     assert (result.parts, result.rows) == (15, 300) and not list(day.glob(".*.tmp"))
     assert sorted(read_log(tmp_path)["age"]) == sorted(ages)
 

@@ -21,8 +21,13 @@ Each feature's column has the type the model's contract gives it (`log_types`: a
 float64, a category and the id text), whatever a client sent. Readers and compaction
 conform older parts (Arrow's permissive promotion: int64 and float64 give float64) to it.
 A file that cannot be read or conformed (0 bytes, corrupt, a column of another type) and a
-partition whose name is not a date are moved to `<log>/quarantine/`, named on stderr and
-counted, so one bad file never stops compaction, the drift check or a CT cycle.
+partition whose name is not a date are moved to `<log>/_quarantine/`, named on stderr and
+counted, so one bad file never stops compaction, the drift check or a CT cycle. The leading
+underscore keeps it out of what Arrow, pandas and Spark read as the dataset
+(`pd.read_parquet(log)` reads the log, not the quarantine); a `quarantine/` left by an older
+version is moved there at the next compaction. Anything else in the folder that is neither
+a part nor a day file (`not_read`) stays where it is and is named and counted by every drift
+check, so nothing in the log is skipped without a name.
 """
 
 from __future__ import annotations
@@ -57,7 +62,10 @@ MERGED_KEY = b"mlops.merged"  # a day file's metadata: the names of the files it
 ROW_GROUP_ROWS = 100_000  # compacted row groups: large enough to read fast, small to filter
 LOCK = ".compact.lock"
 ATTEMPTS = 5  # listings a reader tries while compactions switch files under it
-QUARANTINE = "quarantine"  # <log>/quarantine/: what could not be read, kept for a person
+# <log>/_quarantine/: what could not be read, kept for a person ("_": not part of the dataset
+# for Arrow's, pandas' and Spark's discovery, which skip names starting with "_" or ".")
+QUARANTINE = "_quarantine"
+LEGACY_QUARANTINE = "quarantine"  # where versions before 2026-12 put it, inside the dataset
 
 
 def log_types(schema: Schema) -> dict[str, pa.DataType]:
@@ -87,16 +95,12 @@ def days(log: Path, since: dt.date | None = None, until: dt.date | None = None,
 
 
 def quarantine(log: Path, path: Path, reason: str, noted: list[str] | None = None) -> None:
-    """Move a file or partition the log cannot use to `<log>/quarantine/` (under its day's
+    """Move a file or partition the log cannot use to `<log>/_quarantine/` (under its day's
     name), say so on stderr and append its name there to `noted` (nothing when another
     process moved it first)."""
-    where = log / QUARANTINE / (path.parent.name if path.parent != log else "")
-    where.mkdir(parents=True, exist_ok=True)
-    target = where / path.name
-    for n in range(1, 1000):  # never over an earlier one of the same name
-        if not target.exists():
-            break
-        target = where / f"{path.name}.{n}"
+    # Under its day's name, never over an earlier one of the same name.
+    target = _free_name(log / QUARANTINE / (path.parent.name if path.parent != log else "")
+                        / path.name)
     try:
         os.rename(path, target)
     except FileNotFoundError:
@@ -332,13 +336,74 @@ def _sampled_on_spark(scan: LogScan, limit: int, spark: SparkSession
     return (pa.concat_tables(tables) if tables else scan.read([]).slice(0, 0)), int(sizes.sum())
 
 
+def not_read(log: Path) -> list[str]:
+    """What lies in the log folder that no reader reads and nothing moves aside, relative to
+    it: a file or folder beside the `date=YYYY-MM-DD` partitions, and in them anything but
+    `part-*.parquet` and `day-*.parquet` (a zero-byte `zero.parquet`, notes, a subfolder).
+    Files being written (hidden `.*.tmp`) and the compaction's lock are the log's own."""
+    if not log.is_dir():
+        return []
+    found = []
+    for entry in sorted(log.iterdir()):
+        if entry.name in (QUARANTINE, LOCK):
+            continue
+        if entry.is_dir() and entry.name.startswith(DAY_PREFIX):
+            try:
+                day_of(entry)
+            except ValueError:  # a reader moves it to quarantine when it lists the days
+                found.append(entry.name + "/")
+                continue
+            found += [f"{entry.name}/{inner.name}" + ("/" if inner.is_dir() else "")
+                      for inner in sorted(entry.iterdir()) if not _log_file(inner)]
+        else:
+            found.append(entry.name + ("/" if entry.is_dir() else ""))
+    return found
+
+
+def _log_file(path: Path) -> bool:
+    """A day's part, day file, or one being written (hidden, .tmp)."""
+    if path.is_dir():
+        return False
+    name = path.name
+    return (path.match(PART_GLOB) or path.match(DAY_FILE_GLOB)
+            or (name.startswith(".") and name.endswith(".tmp")))
+
+
+def _move_legacy_quarantine(log: Path) -> None:
+    """An older version's `<log>/quarantine/` (inside the dataset) into `_quarantine/`, never
+    over a file of the same name there."""
+    legacy = log / LEGACY_QUARANTINE
+    if not legacy.is_dir():
+        return
+    (log / QUARANTINE).mkdir(exist_ok=True)
+    for entry in sorted(legacy.iterdir()):
+        target = log / QUARANTINE / entry.name
+        if not target.exists():
+            os.rename(entry, target)
+            continue
+        for inner in (p for p in sorted(entry.rglob("*")) if p.is_file()):
+            os.rename(inner, _free_name(target / inner.relative_to(entry)))
+    shutil.rmtree(legacy)  # only folders are left in it
+
+
+def _free_name(target: Path) -> Path:
+    """`target`, or `target.N` for the first N that is free (its folder made)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    name = target.name
+    for n in range(1, 1000):
+        if not target.exists():
+            break
+        target = target.with_name(f"{name}.{n}")
+    return target
+
+
 @dataclass
 class Compaction:
     days: int = 0  # day partitions that got a new day file
     parts: int = 0  # parts merged into them
     rows: int = 0  # rows in those day files
     removed_days: int = 0  # removed by retention
-    quarantined: list[str] = field(default_factory=list)  # moved to quarantine/
+    quarantined: list[str] = field(default_factory=list)  # moved to _quarantine/
 
     def describe(self, log: Path, retention_days: int | None) -> str:
         kept = (f"; {self.removed_days} day(s) older than {retention_days} days removed "
@@ -361,6 +426,7 @@ def compact(log: Path, retention_days: int | None = None, today: dt.date | None 
         return result
     today = today or dt.datetime.now(dt.UTC).date()
     with _locked(log):
+        _move_legacy_quarantine(log)
         for day in days(log, quarantined=result.quarantined):
             if retention_days is not None and day_of(day) < today - dt.timedelta(
                     days=retention_days):
