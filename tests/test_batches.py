@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -210,24 +212,80 @@ def test_a_redelivered_batch_is_refused_by_its_ids_and_its_rows(raw: Path) -> No
     messages = "\n".join(failures(validation))
     assert (f"batch {DAYS[4]}.csv: column 'application_id', rule ids not used by earlier "
             "batches: 1500 of 1500 rows") in messages
-    # Rows of the window's batches repeated under new times count as the same rows.
+    # Rows of the window's batches repeated under new times, with their ids: the same rows.
     repeat = pd.concat([batch(4).head(1400),
                         batch(2).tail(100).assign(
-                            application_id=[f"new-{i}" for i in range(100)],
                             application_date=batch(4)["application_date"].tail(100).to_numpy())],
                        ignore_index=True)
     repeat.to_csv(raw / f"{DAYS[4]}.csv", index=False)
     validation = judge(raw)
-    assert failures(validation) == [
+    assert failures(validation)[0] == (
         f"batch {DAYS[4]}.csv: rule no rows repeated from earlier batches: 100 of 1500 rows "
-        "repeat rows of earlier batches (all but the time): remove the repeated rows, or set "
-        "validate.repeated_rows: drop"]
+        "(6.67%) repeat rows of earlier batches: the same application_id with the same values "
+        "(all but the time), allowed 0.00%: remove them from the batch; or set "
+        "validate.repeated_rows: drop (drop removes them before training and testing, so every "
+        "metric and the gate then judge only the rows left, not the batch as it came)")
     again.to_csv(raw / f"{DAYS[4]}.csv", index=False)
     table, batches = ingest(params)
     dropped = check_batches(table, batches, params.model_copy(update={
         "validate_": params.validate_.model_copy(update={"repeated_rows": "drop"})}))
     assert failures(dropped) == []
     assert [b.dropped_rows for b in dropped.batches] == [0, 0, 0, 0, 1500]
+
+
+def test_distinct_ids_with_equal_values_are_not_repeated_rows(raw: Path) -> None:
+    """Different people who gave the same coded answers (census data): with an id column,
+    rows are the same only when the id is too. Without one, equal values are all there is to
+    go on: the message says distinct entities count, and a share of them may be allowed."""
+    alike = batch(2).tail(100).assign(
+        application_id=[f"new-{i}" for i in range(100)],
+        application_date=batch(4)["application_date"].tail(100).to_numpy())
+    pd.concat([batch(4).head(1400), alike], ignore_index=True).to_csv(
+        raw / f"{DAYS[4]}.csv", index=False)
+    assert failures(judge(raw)) == []
+
+    without_ids = PARAMS.schema.model_copy(update={"id_column": None})
+    params = params_for(raw).model_copy(update={"schema_": without_ids})
+    for file in raw.glob("*.csv"):
+        pd.read_csv(file).drop(columns="application_id").to_csv(file, index=False)
+    table, batches = ingest(params)
+    [message] = failures(check_batches(table, batches, params))
+    assert message.startswith(
+        f"batch {DAYS[4]}.csv: rule no rows repeated from earlier batches: 100 of 1500 rows "
+        "(6.67%) repeat rows of earlier batches (all but the time; with no id column, "
+        "identical rows of distinct entities count too), allowed 0.00%: remove them from the "
+        "batch, name the id column (schema.id_column), or allow their share "
+        "(validate.max_repeated_share); or set validate.repeated_rows: drop (drop removes")
+    allowed = params.model_copy(update={"validate_": params.validate_.model_copy(
+        update={"max_repeated_share": 0.1})})
+    validation = check_batches(table, batches, allowed)
+    assert failures(validation) == []
+    assert [b.dropped_rows for b in validation.batches] == [0] * 5  # kept, not dropped
+
+
+def test_parquet_batches_are_read_as_text_whatever_their_physical_types(raw: Path) -> None:
+    """Integer ids in Parquet (with a missing one: pandas would read 137911.0), a category
+    coded as a number: read as a CSV batch reads them, so an older Parquet batch's ids meet
+    a newer CSV batch's, and the window's table holds one type per column."""
+    older = batch(0).assign(application_id=[100_000 + i for i in range(1500)])
+    older["application_id"] = older["application_id"].astype("Int64")
+    older.loc[3, "application_id"] = None
+    (raw / f"{DAYS[0]}.csv").unlink()
+    # As another tool writes it: no pandas metadata, so pandas would read a float64 column.
+    pq.write_table(pa.Table.from_pandas(older, preserve_index=False).replace_schema_metadata(),
+                   raw / f"{DAYS[0]}.parquet")
+    text = read_batch(raw / f"{DAYS[0]}.parquet")
+    assert text["application_id"].tolist()[:5] == ["100000", "100001", "100002", None, "100004"]
+    assert text["age"].map(type).eq(str).all() and text["region"].iloc[0] == "east"
+    reused = batch(4).assign(application_id=[str(100_000 + i) for i in range(1500)])
+    reused.to_csv(raw / f"{DAYS[4]}.csv", index=False)
+    params = params_for(raw).model_copy(update={"window": WindowParams(
+        start=dt.date(2026, 1, 12), end=dt.date(2026, 1, 26))})  # the Parquet batch is older
+    table, batches = ingest(params)
+    table.to_parquet(raw.parent / "dataset.parquet")  # one type per column: text ids
+    assert (f"batch {DAYS[4]}.csv: column 'application_id', rule ids not used by earlier "
+            "batches: 1499 of 1500 rows") in "\n".join(failures(check_batches(table, batches,
+                                                                             params)))
 
 
 def test_unknown_categories_in_one_batch_cannot_hide_in_the_window(raw: Path) -> None:

@@ -27,7 +27,7 @@ from mlpipeline.prediction_log import compact, sampled_log_table
 from mlpipeline.register import gate_evidence
 from mlpipeline.train import fit, training_rows
 from tests.conftest import Project, make_project
-from tests.test_landing import BAD_BATCHES, bad_batch, land, yearly_landing
+from tests.test_landing import BAD_BATCHES, PARQUET_YEARS, bad_batch, land, yearly_landing
 from tests.test_prediction_log import filled
 
 pytestmark = pytest.mark.slow
@@ -222,7 +222,9 @@ def test_both_engines_drop_repeated_rows_and_reused_ids_alike(
     p = Project(tmp_path / "project")
     shutil.copytree(landed.root, p.root)
     landing = p.root / "data" / "landing"
-    oldest, earlier, newer = (pd.read_csv(landing / f"{year}-01-01.csv")
+    oldest, earlier, newer = (pd.read_parquet(landing / f"{year}-01-01.parquet")
+                              if year in PARQUET_YEARS else
+                              pd.read_csv(landing / f"{year}-01-01.csv")
                               for year in (2013, 2014, 2015))
     repeated = earlier.head(5).assign(application_date=newer["application_date"].iloc[:5])
     newer = pd.concat([newer, repeated], ignore_index=True)

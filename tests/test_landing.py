@@ -1,7 +1,8 @@
 """Real data in, through the real DVC pipeline: a team's folder of dated files.
 
-One project with `source.kind: files`, yearly batches and string class labels
-(`[repaid, default]`), the window's last batch as the test split. In order:
+One project with `source.kind: files`, yearly batches (CSV, and one Parquet file with
+integer ids), string class labels (`[repaid, default]`), the window's last batch as the test
+split. In order:
 - a batch landed in the folder shows in `dvc status`, `dvc repro` trains on it, the service
   answers with class names; a corrected batch is picked up, never a stale run-cache copy;
 - each kind of bad batch is refused by `dvc repro` naming the file, the rule and the count,
@@ -34,11 +35,16 @@ pytestmark = pytest.mark.slow
 CLASSES = {0: "repaid", 1: "default"}
 
 
+# Another tool's export: Parquet with integer ids and booleans as 1/0.
+PARQUET_YEARS = {2014}
+
+
 def yearly_batch(year: int, covariate: float = 0.0) -> pd.DataFrame:
-    """1500 loan applications spread over one year, labelled repaid/default, with a boolean
-    `is_customer`: True/False as pandas writes it, 1/0 in 2014's file (another tool's)."""
+    """1500 loan applications spread over one year, labelled repaid/default, with integer
+    ids and a boolean `is_customer`: True/False as pandas writes it, 1/0 in 2014's file."""
     frame = make_batch(year, seed=11, start_date=dt.date(2026, 1, 5), batch_days=7, rows=1500,
                        covariate=covariate)
+    frame["application_id"] = year * 100_000 + np.arange(1, len(frame) + 1)
     rng = np.random.default_rng(year)
     seconds = np.sort(rng.integers(0, 365 * 86_400, len(frame)))
     frame["application_date"] = pd.Timestamp(f"{year}-01-01") + pd.to_timedelta(seconds, "s")
@@ -49,8 +55,13 @@ def yearly_batch(year: int, covariate: float = 0.0) -> pd.DataFrame:
 
 
 def land(project: Project, year: int, frame: pd.DataFrame | None = None) -> Path:
-    path = project.root / "data" / "landing" / f"{year}-01-01.csv"
-    (yearly_batch(year) if frame is None else frame).to_csv(path, index=False)
+    frame = yearly_batch(year) if frame is None else frame
+    if year in PARQUET_YEARS:
+        path = project.root / "data" / "landing" / f"{year}-01-01.parquet"
+        frame.to_parquet(path, index=False)
+    else:
+        path = project.root / "data" / "landing" / f"{year}-01-01.csv"
+        frame.to_csv(path, index=False)
     return path
 
 
@@ -102,7 +113,7 @@ def test_a_landed_batch_shows_in_dvc_status_and_is_trained_on(landed: Project) -
     report = json.loads(p.read("reports/validation.json"))
     assert [(b["file"], b["verdict"]) for b in report["batches"]] == [
         ("2013-01-01.csv", "not checked (before the window)"),
-        ("2014-01-01.csv", "accepted"), ("2015-01-01.csv", "accepted"),
+        ("2014-01-01.parquet", "accepted"), ("2015-01-01.csv", "accepted"),
         ("2016-01-01.csv", "accepted")]
     assert report["rows"] == 4500
     test = pd.read_parquet(p.root / "data/prepared/test.parquet")
@@ -210,7 +221,8 @@ BAD_BATCHES = {
                           "rule one batch per day: 2016-01-01.csv is a batch of 2016-01-01 too "
                           "(1500 rows here)"),
     "same_rows_twice": ("2017-01-01.csv", "rule no rows repeated from earlier batches: 50 of "
-                                          "1550 rows repeat rows of earlier batches"),
+                                          "1550 rows (3.23%) repeat rows of earlier batches: "
+                                          "the same application_id with the same values"),
     "missing_column": ("2017-01-01.csv", "column 'credit_score', rule column present: missing "
                                          "from this batch (1500 rows)"),
     "extra_column": ("2017-01-01.csv", "column 'ssn', rule column in the schema: this batch "
@@ -256,7 +268,9 @@ def test_one_ct_cycle_on_a_landed_batch_slides_by_batches_across_a_leap_year(
     assert summary["performance"]["rows"] == 1500
     assert summary["decision"]["action"] == "retrain"
     # Three yearly batches before and after: 2016 has 366 days, so sliding by the days between
-    # the two ends (the old way) would have started at 2015-01-02 and dropped 2015.
+    # the two ends (the old way) would have started at 2015-01-02 and dropped 2015. The 2014
+    # batch, Parquet with integer ids, is now older than the window: only its ids are read,
+    # as text, beside the window's.
     assert summary["window_before"] == "2014-01-01..2016-01-01"
     assert summary["window_after"] == "2015-01-01..2017-01-01"
     gate = summary["gate"]

@@ -78,8 +78,12 @@ class ValidateParams(_Strict):
     # plus this many days. null: source.batch_days.
     max_batch_days: int | None = Field(None, gt=0)
     # Two batches for one day, or rows a batch repeats from an earlier one: refuse the batch,
-    # or drop the repeated rows (and count them in the report).
+    # or drop the repeated rows (and count them in the report). A repeated row is the same id
+    # with the same values (all but the time); with no id column, the same values: then
+    # distinct entities with identical rows (coded answers, common profiles) count too.
     repeated_rows: Literal["refuse", "drop"] = "refuse"
+    # Under `refuse`, the share of a batch's rows that may repeat earlier rows and stay.
+    max_repeated_share: float = Field(0.0, ge=0, le=1)
 
 
 class PrepareParams(_Strict):

@@ -29,7 +29,7 @@ from mlpipeline.config import BATCHES, DATASET, RAW_DIR, Params, load_params
 from mlpipeline.engine import each_task, replace_path, session_for, uses_spark
 from mlpipeline.lineage import file_md5
 from mlpipeline.schema import BATCH_COLUMN, ROW_COLUMN
-from mlpipeline.source import UnreadableBatch, dated_batches, read_batch
+from mlpipeline.source import UnreadableBatch, as_text, dated_batches, read_batch
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -166,10 +166,10 @@ def earlier_ids(file: Path, id_column: str | None) -> pd.Series | None:
         if file.suffix == ".csv":
             frame = pd.read_csv(file, dtype=str, encoding="utf-8-sig",
                                 usecols=lambda column: column == id_column)
-        else:
+        else:  # as text, as read_batch reads the window's batches (an int64 id: "137911")
             if id_column not in pq.read_schema(file).names:
                 return None
-            frame = pd.read_parquet(file, columns=[id_column])
+            frame = as_text(pq.read_table(file, columns=[id_column]))
     except Exception:  # any damage: that batch was refused or accepted in its own time
         return None
     return frame[id_column] if id_column in frame.columns else None

@@ -22,6 +22,9 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mlpipeline.config import RAW_DIR, Params, SourceParams, load_params
 
@@ -91,12 +94,30 @@ def read_batch(file: Path) -> pd.DataFrame:
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
             raise UnreadableBatch(f"not a readable CSV file: {_first_line(error)}") from None
     try:
-        frame = pd.read_parquet(io.BytesIO(data))
+        table = pq.read_table(io.BytesIO(data))
     except Exception as error:  # pyarrow raises several types for a damaged file
         raise UnreadableBatch(f"not a readable Parquet file: {type(error).__name__}: "
                               f"{_first_line(error)}") from None
-    return frame.astype(object).where(frame.notna(), None).map(
-        lambda v: v if v is None else str(v))
+    return as_text(table)
+
+
+def as_text(table: pa.Table) -> pd.DataFrame:
+    """A Parquet batch's columns as text, as a CSV batch is read: each value written the way
+    its Arrow type writes it, whatever the file's physical types. An integer id is "137911"
+    even in a column with nulls (which pandas would make 137911.0), so ids, categories and
+    labels compare equal across CSV and Parquet batches and across files; missing: None."""
+    columns = []
+    for column in table.columns:
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            try:
+                column = pc.cast(column, pa.string())
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # e.g. a list column
+                column = pa.array([None if v is None else str(v) for v in column.to_pylist()],
+                                  pa.string())
+        columns.append(column)
+    return pa.table(columns, names=table.column_names).to_pandas()
 
 
 def _first_line(error: Exception) -> str:

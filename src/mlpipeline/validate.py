@@ -225,14 +225,37 @@ def dropped_if(check: Check, drop: bool) -> Check:
                         "batches (dropped)", batch=check.batch)
 
 
-def repeated_rows_check(repeated: int, rows: int, file: str, drop: bool) -> Check:
-    return Check(
-        "*", "no rows repeated from earlier batches", repeated, rows, 0.0,
-        repeated == 0 or drop, batch=file,
-        detail=f"{repeated} of {rows} rows repeat rows of earlier batches "
-               "(all but the time)" + (" (dropped)" if drop else
-                                       ": remove the repeated rows, or set "
-                                       "validate.repeated_rows: drop"))
+REPEATED_RULE = "no rows repeated from earlier batches"
+# What validate.repeated_rows: drop costs, said wherever it is offered.
+DROP_COST = ("drop removes them before training and testing, so every metric and the gate "
+             "then judge only the rows left, not the batch as it came")
+
+
+def repeated_rows_check(repeated: int, rows: int, file: str, rules: ValidateParams,
+                        id_column: str | None) -> Check:
+    """Rows a batch repeats from earlier batches: with an id, the same id with the same
+    values (a batch landed again); without one, the same values, which distinct entities
+    with identical rows share too. Refused above validate.max_repeated_share, unless they
+    are dropped (validate.repeated_rows: drop)."""
+    drop = rules.repeated_rows == "drop"
+    share = repeated / rows if rows else 0.0
+    allowed = rules.max_repeated_share
+    what = (f"repeat rows of earlier batches: the same {id_column} with the same values (all "
+            "but the time)" if id_column else
+            "repeat rows of earlier batches (all but the time; with no id column, identical "
+            "rows of distinct entities count too)")
+    detail = f"{repeated} of {rows} rows ({share:.2%}) {what}"
+    if drop:
+        detail += " (dropped)" if repeated else ""
+    elif share > allowed:
+        detail += (f", allowed {allowed:.2%}: remove them from the batch"
+                   + ("" if id_column else ", name the id column (schema.id_column), or "
+                      "allow their share (validate.max_repeated_share)")
+                   + f"; or set validate.repeated_rows: drop ({DROP_COST})")
+    else:
+        detail += f", allowed {allowed:.2%}"
+    return Check("*", REPEATED_RULE, repeated, rows, allowed, drop or share <= allowed,
+                 batch=file, detail=detail)
 
 
 def present(table: pd.DataFrame | list[str], schema: Schema) -> list[str]:
@@ -268,9 +291,11 @@ def batch_checks(rows: pd.DataFrame, batch: BatchFile, schema: Schema, rules: Va
 
 
 def row_hashes(typed: pd.DataFrame, schema: Schema) -> np.ndarray:
-    """One number per typed row from every column but the time: a re-delivered row carries a
-    new time, so rows are the same when all else is."""
+    """One number per typed row from every column but the time, the id included where the
+    batches carry one: a re-delivered row carries a new time, so rows are the same when all
+    else is; two entities (two ids) with the same values are two rows."""
     same_row = [c for c in schema.columns if c != schema.time_column]
+    same_row += [c for c in schema.optional_columns if c in typed.columns]
     return pd.util.hash_pandas_object(typed[same_row], index=False).to_numpy()
 
 
@@ -314,13 +339,16 @@ def check_batches(table: pd.DataFrame, batches: list[BatchFile], params: Params,
             repeated = np.fromiter(map(earlier_rows.__contains__, hashes), dtype=bool,
                                    count=len(hashes))
             earlier_rows.update(hashes)
-            found.append(repeated_rows_check(int(repeated.sum()), len(rows), batch.file, drop))
+            id_column = schema.id_column if schema.id_column in present(table, schema) \
+                else None
+            found.append(repeated_rows_check(int(repeated.sum()), len(rows), batch.file, rules,
+                                             id_column))
             ids = batch_ids(rows, schema).reindex(rows.index)
             reused = ids.map(earlier_ids.__contains__).fillna(False).to_numpy(dtype=bool)
-            if schema.id_column in present(table, schema):
-                found.append(id_reuse_check(rows, reused, schema.id_column, batch.file, drop))
+            if id_column:
+                found.append(id_reuse_check(rows, reused, id_column, batch.file, drop))
             earlier_ids.update(ids.dropna())
-            gone = repeated | (reused if drop else False)
+            gone = (repeated | reused) if drop else np.zeros(len(rows), dtype=bool)
             verdict.dropped_rows = int(gone.sum()) if drop else 0
             keep[rows.index[~gone]] = True
             if batch.role == "window":
@@ -416,7 +444,8 @@ def validate_on_spark(params: Params, spark: SparkSession, batches: list[BatchFi
         if first["passed"]:
             counts = per_batch.get(batch.file)
             repeated = counts["repeated"] if counts else 0
-            found_here.append(repeated_rows_check(repeated, batch.rows, batch.file, drop))
+            found_here.append(repeated_rows_check(repeated, batch.rows, batch.file, rules,
+                                                  id_column))
             if id_column:
                 example = (f"{counts['first']['_id_shown']} at row "
                            f"{counts['first'][ROW_COLUMN]} of {batch.file}"
@@ -503,7 +532,7 @@ def _across_batches_on_spark(spark: SparkSession, batches: list[BatchFile], keys
               .withColumn("reused", checked & F.col("_id").isNotNull() & (F.min(
                   "_order").over(Window.partitionBy("_id")) < F.col("_order")))
               .filter(checked))
-    marked = marked.withColumn("gone", F.col("repeated") | (F.col("reused") & F.lit(drop)))
+    marked = marked.withColumn("gone", (F.col("repeated") | F.col("reused")) & F.lit(drop))
     in_window = F.col(BATCH_COLUMN).isin([b.file for b in batches if b.role == "window"])
     # The window's own "unique ids": a kept row whose id a kept row before it carries.
     marked = marked.withColumn("duplicate", F.when(
@@ -628,10 +657,12 @@ def main() -> None:
     if failure:
         sys.exit(failure)
     checked = [b for b in validation.batches if b.checked]
-    dropped = sum(b.dropped_rows for b in checked)
+    # The window's rows only: a batch after the window is checked, not trained on.
+    dropped = sum(b.dropped_rows for b in checked if b.role == "window")
     print(f"validate: {len(checked)} batches accepted, {rows} window rows passed "
-          f"{len(validation.checks)} checks" + (f" ({dropped} repeated rows dropped)"
-                                                if dropped else "") + f" -> {VALIDATED}"
+          f"{len(validation.checks)} checks"
+          + (f" ({dropped} repeated rows dropped from the window: {DROP_COST})"
+             if dropped else "") + f" -> {VALIDATED}"
           + (" (Spark)" if uses_spark(params) else ""))
 
 
