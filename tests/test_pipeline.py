@@ -39,7 +39,8 @@ def mlflow_runs(project: Project) -> list[dict[str, Any]]:
 def test_pipeline_writes_every_output_and_tracks_the_run(trained_project: Project) -> None:
     p = trained_project
     metrics = json.loads(p.read("reports/metrics.json"))
-    assert set(metrics) >= {"roc_auc", "pr_auc", "precision", "recall", "f1", "log_loss"}
+    assert set(metrics) >= {"roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1",
+                            "log_loss"}
     assert metrics["roc_auc"] > 0.7
     assert json.loads(p.read("reports/validation.json"))["passed"] is True
     for plot in ["roc", "pr", "calibration"]:

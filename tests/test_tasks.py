@@ -160,6 +160,17 @@ def test_regression_metrics_on_known_values() -> None:
     assert task.lower_is_better == {"rmse", "mae", "mape"}
 
 
+def test_binary_metrics_on_known_values() -> None:
+    """Accuracy beside the others (a binary task reported none), at the threshold."""
+    task = PARAMS["binary"].task
+    figures = task.metrics(pd.Series([0, 0, 1, 1, 1]), np.array(
+        [[.9, .1], [.4, .6], [.3, .7], [.6, .4], [.2, .8]]))
+    assert figures["accuracy"] == pytest.approx(3 / 5, abs=1e-6)  # at 0.5: 0 1 1 0 1
+    assert (figures["precision"], figures["recall"]) == (pytest.approx(2 / 3, abs=1e-6),
+                                                         pytest.approx(2 / 3, abs=1e-6))
+    assert "accuracy" not in task.lower_is_better
+
+
 def test_multiclass_metrics_on_known_values() -> None:
     from sklearn.metrics import roc_auc_score
 

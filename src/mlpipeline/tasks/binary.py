@@ -1,7 +1,8 @@
 """Binary classification: two classes, the last one positive, decided at a threshold
 (`evaluate.threshold`, carried by each model's contract).
 
-Metrics: roc_auc, pr_auc, precision, recall, f1, log_loss (and positive_rate, rows); plots:
+Metrics: roc_auc, pr_auc, accuracy, precision, recall, f1, log_loss (and positive_rate,
+rows); plots:
 ROC and precision-recall curves, calibration, the confusion matrix. The service answers
 `label` and `probability` (of the positive class) per record.
 """
@@ -24,14 +25,15 @@ from mlpipeline.tasks.base import (
 )
 from mlpipeline.tasks.classification import Classification
 
-METRICS = {"roc_auc": False, "pr_auc": False, "precision": False, "recall": False,
-           "f1": False, "log_loss": True}
+METRICS = {"roc_auc": False, "pr_auc": False, "accuracy": False, "precision": False,
+           "recall": False, "f1": False, "log_loss": True}
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float
                            ) -> dict[str, float]:
     """The figures for 0/1 outcomes and positive-class probabilities."""
     from sklearn.metrics import (
+        accuracy_score,
         average_precision_score,
         f1_score,
         log_loss,
@@ -44,6 +46,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: flo
     return round_figures({
         "roc_auc": roc_auc_score(y_true, proba) if len(set(y_true)) > 1 else float("nan"),
         "pr_auc": average_precision_score(y_true, proba),
+        "accuracy": accuracy_score(y_true, predicted),
         "precision": precision_score(y_true, predicted, zero_division=0),
         "recall": recall_score(y_true, predicted, zero_division=0),
         "f1": f1_score(y_true, predicted, zero_division=0),
