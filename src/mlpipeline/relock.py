@@ -58,12 +58,15 @@ def _entries(stage: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        flat: dict[str, Any] = {}
-        for key, inner in value.items():
-            flat.update(_flat(inner, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: value}
+    """Nested JSON or YAML as {dotted.path: leaf} (a list's items by their index)."""
+    items = (value.items() if isinstance(value, dict) else
+             enumerate(value) if isinstance(value, list) and value else None)
+    if items is None:
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, inner in items:
+        flat.update(_flat(inner, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 def lock_differences(expected: str, actual: str) -> list[str]:
