@@ -173,6 +173,12 @@ def test_a_challenger_within_the_overall_tolerance_but_worse_on_one_slice_is_rej
     # credit_score in four quantile bins, each compared; the other regions pass
     bins = [s for s in slices if s.feature == "credit_score"]
     assert len(bins) == 4 and all(s.passed for s in bins) and sum(s.rows for s in bins) == 2000
+    # Without the west, every compared slice holds: the table counts them as slices.
+    held = [s for s in slices if s.passed is not False]
+    table = format_table(decide(overall, at_champion, gate, champion_version="3", slices=held))
+    [row] = [line for line in table.splitlines() if "every slice" in line]
+    compared = sum(s.passed is True for s in held)
+    assert row.split()[-3:] == [str(compared)] * 2 + ["pass"]  # e.g. 7, not 7.0000
     assert all(s.passed for s in slices if s.feature == "region" and s.value != "west")
 
 

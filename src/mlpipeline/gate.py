@@ -24,6 +24,10 @@ class GateCheck:
     threshold: float
     passed: bool
     note: str = ""
+    count: bool = False  # value and threshold are counts (of slices), not a metric
+
+    def shown(self, number: float) -> str:
+        return f"{number:.0f}" if self.count else f"{number:.4f}"
 
 
 @dataclass(frozen=True)
@@ -243,14 +247,15 @@ def decide(
         checks.append(GateCheck(
             f"{metric} on every slice vs champion", float(len(compared)), float(len(compared)),
             True, note=f"{len(compared)} slices of {', '.join(gate.slices)} with at least "
-                       f"{gate.slice_min_rows} rows, slice tolerance {gate.slice_tolerance}"))
+                       f"{gate.slice_min_rows} rows, slice tolerance {gate.slice_tolerance}",
+            count=True))
 
     for result in behaviour:
         checks.append(GateCheck(f"{result.name} violations", result.share, result.max_share,
                                 result.passed, note=result.summary))
     failed = [c for c in checks if not c.passed]
     if failed:
-        reason = "; ".join(f"{c.name}: {c.value:.4f} vs {c.threshold:.4f}"
+        reason = "; ".join(f"{c.name}: {c.shown(c.value)} vs {c.shown(c.threshold)}"
                            + (f" ({c.note})" if c.note else "") for c in failed)
         return GateVerdict(False, f"rejected: {reason}", checks)
     if champion_error:
@@ -274,7 +279,7 @@ def decide(
 
 def format_table(verdict: GateVerdict) -> str:
     rows = [("check", "value", "threshold", "result")]
-    rows += [(c.name, f"{c.value:.4f}", f"{c.threshold:.4f}", "pass" if c.passed else "FAIL")
+    rows += [(c.name, c.shown(c.value), c.shown(c.threshold), "pass" if c.passed else "FAIL")
              for c in verdict.checks]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
