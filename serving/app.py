@@ -43,7 +43,7 @@ def create_app(params: ServiceConfig | None = None, *, start_poller: bool = True
             settings.log_flush_seconds, replica, on_write=metrics.logged,
             max_queued_records=settings.log_queue_records)
         app.state.shadow = ShadowScorer(champion, app.state.prediction_log,
-                                        settings.shadow_queue_requests)
+                                        settings.shadow_queue_requests, metrics)
         await check_champion(app, "startup")
         poller = asyncio.create_task(poll(app)) if start_poller else None
         try:

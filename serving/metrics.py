@@ -86,6 +86,20 @@ class ServiceMetrics:
         self.log_failures = Gauge("prediction_log_records_failed",
                                   "Records the prediction log did not write, by reason",
                                   ["reason"], registry=r, multiprocess_mode="sum")
+        # The shadow (serving.shadow), per shadow version, summed across workers: requests
+        # it scored, dropped (its queue full) and failed; the requests waiting for it now.
+        shadow = ["shadow_version"]
+        self.shadow_scored = Counter("prediction_shadow_scored",
+                                     "Requests the shadow scored and logged", shadow,
+                                     registry=r)
+        self.shadow_dropped = Counter("prediction_shadow_dropped",
+                                      "Requests the shadow never scored: its queue was full "
+                                      "(serving.shadow_queue_requests)", shadow, registry=r)
+        self.shadow_failed = Counter("prediction_shadow_failed",
+                                     "Requests the shadow could not score", shadow, registry=r)
+        self.shadow_pending = Gauge("prediction_shadow_pending",
+                                    "Requests queued for the shadow", registry=r,
+                                    multiprocess_mode="livesum")
 
     def serving(self, name: str, version: str, run_id: str, task: str) -> None:
         """The version this worker now serves (the previous one's series goes to 0)."""

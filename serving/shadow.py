@@ -5,7 +5,10 @@ again by it, on a thread of its own, and logged under the same request id with r
 
 The request only puts a reference on a bounded queue, so the answer never waits on the
 shadow; when the shadow falls behind by more than the queue holds, requests are counted as
-dropped rather than queued without end.
+dropped rather than queued without end. The counts go to /metrics too
+(`prediction_shadow_{scored,dropped,failed}_total` by shadow version, and
+`prediction_shadow_pending`), summed over a replica's workers where GET /model shows one
+worker's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from mlpipeline.prediction_log import SHADOW
 from serving.champion import Champion
+from serving.metrics import ServiceMetrics
 from serving.prediction_log import PredictionLog
 
 log = logging.getLogger("serving.shadow")
@@ -25,9 +29,10 @@ _STOP = object()
 
 class ShadowScorer:
     def __init__(self, champion: Champion, prediction_log: PredictionLog,
-                 max_pending: int) -> None:
+                 max_pending: int, metrics: ServiceMetrics | None = None) -> None:
         self.champion = champion
         self.prediction_log = prediction_log
+        self.metrics = metrics
         self.counted_version: str | None = None  # whose requests the counters hold
         self.scored = self.dropped = self.failed = 0  # requests, this worker's
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
@@ -44,6 +49,10 @@ class ShadowScorer:
             self._queue.put_nowait((shadow, columns, request_id))
         except queue.Full:
             self.dropped += 1
+            self._count(shadow.version, "dropped")
+            return
+        if self.metrics:
+            self.metrics.shadow_pending.inc()
 
     def state(self) -> dict[str, Any] | None:
         """What GET /model shows as `shadow` (None: no shadow)."""
@@ -61,6 +70,12 @@ class ShadowScorer:
             self.counted_version = version
             self.scored = self.dropped = self.failed = 0
 
+    def _count(self, version: str, outcome: str) -> None:
+        """One request into /metrics' counter of `outcome` for the shadow `version`."""
+        if self.metrics:
+            counter = getattr(self.metrics, f"shadow_{outcome}")
+            self.metrics.child(counter, version).inc()
+
     def close(self) -> None:
         """Score what is queued, then stop (a clean shutdown logs every shadow answer)."""
         self._queue.put(_STOP)
@@ -72,13 +87,17 @@ class ShadowScorer:
             if item is _STOP:
                 return
             shadow, columns, request_id = item
+            if self.metrics:
+                self.metrics.shadow_pending.dec()
             try:
                 answers = shadow.task.answers(shadow.scores(columns))
                 self.prediction_log.append(columns, answers.log, shadow.version, request_id,
                                            role=SHADOW, types=shadow.requests.log_types)
+                self._count(shadow.version, "scored")
                 if shadow.version == self.counted_version:  # not a predecessor's late answer
                     self.scored += 1
             except Exception as error:  # e.g. a contract the champion's columns do not meet
+                self._count(shadow.version, "failed")
                 if shadow.version == self.counted_version:
                     self.failed += 1
                 if self.failed == 1 or self.failed % 1000 == 0:

@@ -144,18 +144,25 @@ def test_fuzzed_requests_pass_every_schemathesis_check(api_schema) -> None:
 
 def test_two_workers_share_the_port_and_each_logs_its_own_files(
         trained_project: Project, tmp_path: Path) -> None:
-    """`--workers 2`: two processes answer on one port, each with its model and its own
-    prediction-log files, and one /metrics for both; a SIGTERM to the parent drains both
-    logs. Bodies that once stopped a worker's log for good (a lone surrogate in an id) are
-    refused, and every request after them is logged, each column in one type whatever
-    number type a client sent."""
+    """`--workers 2`: two processes answer on one port, each with its model (and the
+    registry's shadow) and its own prediction-log files, and one /metrics for both, the
+    shadow's counters included; a SIGTERM to the parent drains both logs. Bodies that once
+    stopped a worker's log for good (a lone surrogate in an id) are refused, and every
+    request after them is logged, each column in one type whatever number type a client
+    sent."""
     import subprocess
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow.parquet as pq
 
-    root = trained_project.root
+    from mlpipeline.registry import Registry
+
+    root = tmp_path / "project"  # a copy: the shadow must not show in the shared registry
+    shutil.copytree(trained_project.root, root, symlinks=True)
+    registry = Registry(load_params(root))
+    shadow = registry.register(json.loads((root / "reports/run.json").read_text()))
+    registry.hold(shadow, shadow=True, replaced=None)  # what register does in shadow mode
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with (tmp_path / "workers.log").open("w") as out:
@@ -210,14 +217,27 @@ def test_two_workers_share_the_port_and_each_logs_its_own_files(
                 for line in (tmp_path / "workers.log").read_text().splitlines()
                 if "Started server process" in line}
         assert len(pids) == 2, pids
+        # The shadow's counters, of both workers: every request scored, once it caught up.
+        deadline = time.monotonic() + 30
+        while (found := scrape()).get(("prediction_shadow_scored_total", (
+                ("shadow_version", shadow),))) != 400:
+            assert time.monotonic() < deadline, {k: v for k, v in found.items()
+                                                 if k[0].startswith("prediction_shadow")}
+            time.sleep(0.2)
+        assert found[("prediction_shadow_pending", ())] == 0
+        for outcome in ("dropped", "failed"):  # none: no series, or a zero one
+            assert found.get((f"prediction_shadow_{outcome}_total",
+                              (("shadow_version", shadow),)), 0) == 0
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     parts = list((root / "logs/predictions").glob("date=*/*-workers-test-*.parquet"))
     pids = {p.name.split("-workers-test-")[1].split("-")[0] for p in parts}
     assert len(pids) == 2, (pids, (tmp_path / "workers.log").read_text()[-2000:])
-    logged = [rid for p in parts for rid in pq.read_table(p).column("request_id").to_pylist()]
-    assert sorted(logged) == sorted(request_ids)  # every request, once, across both workers
+    rows = [pq.read_table(p, columns=["request_id", "role"]).to_pylist() for p in parts]
+    for role in ("champion", "shadow"):  # every request, once, across both workers
+        logged = [r["request_id"] for part in rows for r in part if r["role"] == role]
+        assert sorted(logged) == sorted(request_ids), role
     assert {str(pq.read_schema(p).field("age").type) for p in parts} == {"double"}
 
 
