@@ -16,7 +16,10 @@ One snapshot per check, not one per report: the dashboard's series are read per 
 and a line broken by the other report's empty points draws nothing. The snapshot carries the
 check's tags (check time, batch date, window kind, champion version, decision, the parts it
 holds) and is dated by the data it describes (the batch's first day, or the end of a log
-window), so the dashboard's time axis is the data's weeks.
+window), so the dashboard's time axis is the data's weeks. A second check of the same data
+(a cycle that retrained, then `make drift`) is dated a minute after the first, a third two
+minutes: the dashboard draws each check at its own point, in the order they were made
+(`data-times.json` beside the projects counts the checks per data time).
 
 The workspace is a folder (`monitoring.history_dir`, git-ignored). Imports evidently: it runs
 in the drift check's process, never in the service.
@@ -79,6 +82,38 @@ def data_time(summary: dict[str, Any]) -> dt.datetime:
     window = summary["window"]
     when = dt.datetime.fromisoformat(window["batch"] or window["until"])
     return when.replace(tzinfo=None)  # Evidently stores naive times
+
+
+DATA_TAG = "data:"  # a snapshot's data time before its place in the order (data:<ISO>)
+ORDER_FILE = "data-times.json"  # beside the projects (Evidently lists UUID folders only)
+
+
+def check_time_in_order(folder: Path, data: dt.datetime, known: Any) -> dt.datetime:
+    """The time a new check of data from `data` is drawn at: `data`, plus a minute for each
+    earlier check of the same data, so every check is a point of its own on the dashboard's
+    axis (a band per time) and they follow in the order made. The counts per data time are
+    kept in ORDER_FILE; `known()` gives the snapshots' tags to count from when it is missing
+    (a workspace made before it). Under a file lock: two checks at once get two times."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    index = folder / ORDER_FILE
+    with (folder / f".{ORDER_FILE}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            counts = json.loads(index.read_text())
+        except (OSError, ValueError):
+            counts = {}
+            for tags, timestamp in known():
+                key = tag_value(tags, DATA_TAG.rstrip(":")) or timestamp.isoformat()
+                counts[key] = counts.get(key, 0) + 1
+        key = data.isoformat()
+        earlier = counts.get(key, 0)
+        counts[key] = earlier + 1
+        hidden = index.with_name(f".{ORDER_FILE}.tmp")
+        hidden.write_text(json.dumps(counts, indent=1, sort_keys=True) + "\n")
+        os.replace(hidden, index)
+    return data + dt.timedelta(minutes=earlier)
 
 
 def thresholds(params: Params) -> dict[str, float]:
@@ -154,6 +189,7 @@ def dashboard_panels(params: Params) -> list[Any]:
     return [
         text_panel(f"{params.mlflow.registered_model}: every drift check, by the date of its "
                    "data", description="Each point is one check (make drift, a CT cycle); "
+                   "a later check of the same data is a minute after the one before; "
                    "its snapshot's tags name the champion and the decision (Reports tab)."),
         line_plot_panel("Share of drifted features", size="half", values=[PanelMetric(
             legend="share", metric=SHARE_DRIFTED, metric_labels={"value_type": "share"}),
@@ -201,9 +237,16 @@ def record(params: Params, summary: dict[str, Any], parts: dict[str, Any]) -> st
     lines.widgets = []  # drawn on the dashboard; no finding of the check's report
     model = merged_models([*(snapshot.to_snapshot_model() for snapshot in parts.values()),
                            lines])
-    model.tags = [*check_tags(summary), *(f"part:{part}" for part in parts)]
+    data = data_time(summary)
+    model.tags = [*check_tags(summary), *(f"part:{part}" for part in parts),
+                  f"{DATA_TAG}{data.isoformat()}"]
     model.metadata = check_metadata(summary)
-    model.timestamp = data_time(summary)
+
+    def known() -> list[tuple[list[str], dt.datetime]]:
+        return [(run.tags, run.timestamp) for run in read_history(params)]
+
+    model.timestamp = check_time_in_order(params.path(params.monitoring.history_dir), data,
+                                          known)
     ref = workspace.add_run(project.id, Snapshot.load_model(model),
                             name=f"check of {summary['window']['description']}")
     return str(ref.id)

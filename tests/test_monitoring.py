@@ -344,6 +344,21 @@ def test_each_check_adds_its_tagged_snapshot_to_the_evidently_history(tmp_path: 
     assert floors == ["Precision metric: Greater or Equal 0.300",
                       "RocAuc metric: Greater or Equal 0.700"]
 
+    # Two more checks of batch 2026-03-09 (`make drift` after a cycle): each its own point
+    # on the dashboard's axis, after the first, in the order made; the count survives the
+    # loss of its index (read back from the snapshots' tags).
+    again = history_summary("2026-11-30T13:00:00+00:00", "batch", 1500, "no-retrain",
+                            batch="2026-03-09")
+    history.record(params, again, {"drift": drift_snapshot})
+    (params.path(params.monitoring.history_dir) / history.ORDER_FILE).unlink()
+    history.record(params, {**again, "time": "2026-11-30T14:00:00+00:00"},
+                   {"drift": drift_snapshot})
+    times = [(r.timestamp.isoformat(), history.tag_value(r.tags, "check"))
+             for r in history.read_history(params)]
+    assert times[:3] == [("2026-03-09T00:00:00", "2026-11-30T10:00:00+00:00"),
+                         ("2026-03-09T00:01:00", "2026-11-30T13:00:00+00:00"),
+                         ("2026-03-09T00:02:00", "2026-11-30T14:00:00+00:00")]
+
     _, project = history.open_project(params)
     panels = {p.title: p.values for p in project.dashboard.model().panels}
     assert list(panels)[1:] == [
