@@ -119,18 +119,23 @@ lint: setup $(ACTIONLINT)
 	$(RUN) hadolint Dockerfile
 	$(RUN) check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
 
+# The servers below stop on Ctrl-C with one line and status 0 (make's too): they run as the
+# terminal's foreground process group, so the interrupt reaches them and not make.
+FOREGROUND := python -m mlpipeline.foreground
+
 ui: setup
 	@echo "MLflow UI; what the project tracked is at:"
 	@$(IN_PROJECT) python -m mlpipeline.registry urls --base http://127.0.0.1:$(UI_PORT)
-	$(IN_PROJECT) env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db \
+	$(IN_PROJECT) $(FOREGROUND) "make ui" -- env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+	  mlflow ui --backend-store-uri sqlite:///mlflow.db \
 	  --default-artifact-root ./mlartifacts --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 # Evidently's UI on the history of drift checks (reports/monitoring/evidently, git-ignored).
 dashboard: setup
-	$(IN_PROJECT) python -m monitoring.history ui $(if $(PORT),--port $(PORT))
+	$(IN_PROJECT) $(FOREGROUND) "make dashboard" -- python -m monitoring.history ui $(if $(PORT),--port $(PORT))
 
 serve: setup
-	$(IN_PROJECT) python -m serving $(if $(PORT),--port $(PORT))
+	$(IN_PROJECT) $(FOREGROUND) "make serve" -- python -m serving $(if $(PORT),--port $(PORT))
 
 # Batch scoring (serving/batch.py): INPUT, a CSV or Parquet file or a folder of them, scored
 # with the champion (or V=n, ALIAS=name) into the folder OUTPUT; paths relative to here.

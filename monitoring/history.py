@@ -384,9 +384,13 @@ def main(argv: list[str] | None = None) -> None:
                      daemon=True).start()
     try:
         sys.exit(server.wait())
-    except KeyboardInterrupt:
-        server.terminate()
-        sys.exit(server.wait())
+    except KeyboardInterrupt:  # Ctrl-C reached the UI too: let it finish its shutdown
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.terminate()
+            server.wait()
+        sys.exit(0)
 
 
 def snapshot_counts(folder: Path) -> dict[str, int]:

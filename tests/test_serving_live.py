@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -323,3 +324,53 @@ def test_a_version_with_another_contract_is_served_by_its_own_contract(
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def test_ctrl_c_stops_make_serve_with_one_line_and_status_0(trained_project: Project) -> None:
+    """`make serve` in a terminal, then Ctrl-C: the service shuts down, one line says so, and
+    make exits 0 (it used to die of the interrupt too: "make: *** ... Interrupt" or "Error
+    241" after the server's own exit, status 130)."""
+    import pty
+    import select
+
+    from tests.conftest import REPO
+
+    port = free_port()
+    env = {**ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{trained_project.root}/mlflow.db"}
+    pid, terminal = pty.fork()  # the child's controlling terminal: Ctrl-C is a keystroke
+    if pid == 0:
+        os.chdir(REPO)
+        os.execvpe("make", ["make", "--no-print-directory", "serve", f"PORT={port}"], env)
+    output = b""
+
+    def read_until(done: Any, timeout: float) -> None:
+        nonlocal output
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            if select.select([terminal], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(terminal, 65536)
+                except OSError:  # the terminal closed: everything ended
+                    return
+                if not chunk:
+                    return
+                output += chunk
+
+    try:
+        read_until(lambda: b"Application startup complete" in output, 120)
+        assert httpx.get(f"http://127.0.0.1:{port}/ready").json()["version"] == "1"
+        os.write(terminal, b"\x03")  # Ctrl-C
+        read_until(lambda: False, 30)
+    finally:
+        deadline = time.monotonic() + 15
+        while not (ended := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not ended[0]:  # still running: a step above failed; stop make (it stops the rest)
+            os.killpg(pid, signal.SIGTERM)
+            ended = os.waitpid(pid, 0)
+        status = ended[1]
+        os.close(terminal)
+    text = output.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+    assert text.rstrip().splitlines()[-1] == "make serve: stopped", text[-2000:]
+    assert "Traceback" not in text and "make: ***" not in text
