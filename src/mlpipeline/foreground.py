@@ -50,16 +50,22 @@ def terminal_given_to(pgid: int) -> Iterator[None]:
 def run(name: str, command: list[str]) -> int:
     """Run `command` in the terminal's foreground; 0 with one line when Ctrl-C stopped it."""
     child = subprocess.Popen(command, process_group=0)
-    # Without a terminal to hand over, a SIGINT or SIGTERM reaches this process, not the
-    # command's group: pass it on, so the command never outlives us.
-    signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+
+    def to_command(sig: int) -> None:  # its whole group: a server's own children too
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, sig)
+
+    # A SIGINT without a terminal to hand over, or a SIGTERM (a supervisor stopping make's
+    # group), reaches this process, not the command's group: pass it on, so the command
+    # never outlives us.
+    signal.signal(signal.SIGTERM, lambda *_: to_command(signal.SIGTERM))
     with terminal_given_to(child.pid):
         while True:
             try:
                 code = child.wait()
                 break
             except KeyboardInterrupt:
-                child.send_signal(signal.SIGINT)
+                to_command(signal.SIGINT)
     if code in STOPPED:
         print(f"\n{name}: stopped", flush=True)
         return 0
