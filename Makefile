@@ -96,6 +96,7 @@ demo: setup
 	@echo "  MLflow UI:  make ui$(T), then:"
 	@$(IN_PROJECT) python -m mlpipeline.registry urls --base http://127.0.0.1:$(UI_PORT)
 	@echo "  the demo moved the source clock and window: git diff HEAD params.yaml dvc.lock"
+	@echo "  back to the committed state: git checkout HEAD -- params.yaml dvc.lock reports && $(SHOWN_RUN) dvc checkout"
 
 test: setup
 	$(RUN) pytest
