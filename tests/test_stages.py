@@ -106,8 +106,9 @@ def test_metrics_on_known_predictions() -> None:
     assert perfect["recall"] == 1.0 and perfect["log_loss"] < 0.25
     inverted = classification_metrics(y, np.array([0.9, 0.8, 0.2, 0.1]), 0.5)
     assert inverted["roc_auc"] == 0.0 and inverted["precision"] == 0.0
-    assert set(perfect) == {"roc_auc", "pr_auc", "precision", "recall", "f1", "log_loss",
-                            "positive_rate", "rows"}
+    assert (perfect["accuracy"], inverted["accuracy"]) == (1.0, 0.0)
+    assert set(perfect) == {"roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1",
+                            "log_loss", "positive_rate", "rows"}
 
 
 def test_evaluate_produces_metrics_predictions_and_curves(typed: pd.DataFrame) -> None:
