@@ -548,6 +548,7 @@ def test_a_second_cycle_waits_for_the_first(project: Project) -> None:
     assert load_params(project.root).source.n_batches == 8  # nothing moved
 
 
+@pytest.mark.slow  # a CT cycle's `dvc repro validate`, then its restore: ~15 s
 def test_a_store_that_cannot_be_opened_fails_step_1_and_puts_back_what_it_moved(
         project: Project) -> None:
     """The registry opens on a thread while step 1's `dvc repro validate` runs: when it cannot
