@@ -25,7 +25,7 @@ export UV_PYTHON := $(PYTHON_EXE)
 # 7), and the pipeline, the CT cycle and the tests start hundreds of processes.
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help setup demo repro lock test test-fast lint ui dashboard serve score bench-score bench bench-request bench-workers bench-data bench-log bench-tasks bench-reload ct drift shadow-report compact-log models lineage card approve reject rollback stack stack-down clean
+.PHONY: help setup demo repro lock test test-fast lint ui dashboard serve score bench-score bench bench-request bench-workers bench-data bench-log bench-tasks bench-tune bench-reload ct drift shadow-report compact-log models lineage card approve reject rollback stack stack-down clean
 
 help:
 	@echo "make demo   set up, run the pipeline end to end on the embedded defaults"
@@ -43,6 +43,7 @@ help:
 	@echo "make bench-workers  one worker vs two, alternated (A/B), the ratio's range"
 	@echo "make bench-log  the drift check on a 2M-row prediction log, before and after compaction"
 	@echo "make bench-tasks  cold dvc repro and CT cycles for binary, multiclass and regression"
+	@echo "make bench-tune [BUDGET=s]  each learner shipped, the tuned champion and FLAML at one budget, per task"
 	@echo "make ui     MLflow UI on http://127.0.0.1:$(UI_PORT) for the embedded store"
 	@echo "make dashboard  Evidently UI on http://127.0.0.1:8050: every drift check over time"
 	@echo "make serve  the champion over REST on http://127.0.0.1:8000 (PORT=... to change)"
@@ -78,13 +79,15 @@ lock: setup
 # and registry stay as they are.
 # The targets below (ui, serve, ct, models ...) take TASK= too, and act on that copy.
 PROJECT := $(if $(TASK),.demo/$(TASK),.)
+# make demo's search: a few trials, each a nested MLflow run (tune.trials in params.yaml)
+DEMO_TUNE_TRIALS ?= 5
 IN_PROJECT := cd $(PROJECT) && $(abspath $(UV)) run --project $(CURDIR) --frozen
 T := $(if $(TASK), TASK=$(TASK))
 SHOWN_RUN := $(if $(TASK),cd $(PROJECT) && ../../$(UV) run,$(UV) run)
 
 demo: setup
 	$(if $(TASK),$(RUN) python -m mlpipeline.preset $(TASK) $(PROJECT))
-	$(IN_PROJECT) python -m monitoring.demo --repro
+	$(IN_PROJECT) python -m monitoring.demo --repro --tune-trials $(DEMO_TUNE_TRIALS)
 	@echo
 	@echo "Done. Where to look$(if $(TASK), (files under $(PROJECT)/; every make target takes$(T))):"
 	@echo "  metrics:    $(SHOWN_RUN) dvc metrics show     (reports/metrics.json)"
@@ -95,7 +98,8 @@ demo: setup
 	@echo "  history:    make dashboard$(T) (Evidently UI: every check of the demo, over time)"
 	@echo "  MLflow UI:  make ui$(T), then:"
 	@$(IN_PROJECT) python -m mlpipeline.registry urls --base http://127.0.0.1:$(UI_PORT)
-	@echo "  the demo moved the source clock and window: git diff HEAD params.yaml dvc.lock"
+	@echo "  search:     reports/tune.json; in the MLflow UI, the tune-* run's trials nested under it"
+	@echo "  the demo set tune.trials and moved the source clock and window: git diff HEAD params.yaml dvc.lock"
 	@echo "  back to the committed state: git checkout HEAD -- params.yaml dvc.lock reports && $(SHOWN_RUN) dvc checkout"
 
 test: setup
@@ -167,6 +171,11 @@ bench-log: setup
 
 bench-tasks: setup
 	PYTHONPATH=. $(RUN) python benchmarks/task_bench.py
+
+# The learners, the tuned champion and FLAML's AutoML at one budget, on each task's data
+# (flaml is in the benchmark-only dependency group: uv installs it for this target alone).
+bench-tune: setup
+	PYTHONPATH=. $(UV) run --frozen --group bench python benchmarks/tune_bench.py $(if $(BUDGET),--budget $(BUDGET))
 
 bench-reload: setup
 	PYTHONPATH=. $(RUN) python benchmarks/reload_bench.py

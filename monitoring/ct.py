@@ -50,6 +50,8 @@ from mlpipeline.config import (
     PLOTS_DIR,
     RAW_DIR,
     TRAIN_SPLIT,
+    TUNE_REPORT,
+    TUNE_TIMING,
     Params,
     find_root,
     load_params,
@@ -291,9 +293,29 @@ def move_window(cycle: Cycle, batch: NewBatch, verdict: decide.Verdict,
 
 def retrain(cycle: Cycle) -> None:
     """Step 5: train, evaluate, gate and, if the gate passes, promote."""
-    cycle.enter("retrain", "[5/5] retrain: dvc repro (train, evaluate, gate, promote)")
+    cycle.enter("retrain", "[5/5] retrain: dvc repro (tune, train, evaluate, gate, promote)")
+    started = time.time()
     cycle.dvc("repro")
+    cycle.summary["tune"] = search_summary(cycle.root, started)
     cycle.summary["gate"] = json.loads((cycle.root / GATE_REPORT).read_text())
+
+
+def search_summary(root: Path, since: float) -> dict[str, Any] | None:
+    """The retrain's search (tune.trials > 0): trials, best value and its seconds when it
+    ran in this cycle (None when DVC's run cache gave its result back)."""
+    try:
+        report = json.loads((root / TUNE_REPORT).read_text())
+        timing = json.loads((root / TUNE_TIMING).read_text())
+    except (OSError, ValueError):
+        return None
+    if not report.get("trials"):
+        return None
+    ran = timing.get("finished_at", 0) >= since and \
+        timing.get("tune_md5") == file_md5(root / TUNE_REPORT)
+    return {"trials": report["trials"], "failed": report["failed"],
+            "metric": report["metric"], "best_value": report["best"]["value"],
+            "seconds": timing["seconds"] if ran else None,
+            "run_id": timing.get("run_id") if ran else None}
 
 
 def run_cycle(root: Path, *, force: bool = False, current: str | None = None,
@@ -432,6 +454,12 @@ def to_markdown(summary: dict[str, Any]) -> str:
         row("not restored", problem)
     if summary["window_before"] != summary["window_after"]:
         row("training window", f"{summary['window_before']} -> {summary['window_after']}")
+    search = summary.get("tune")
+    if search:
+        took = (f"{search['seconds']} s" if search["seconds"] is not None
+                else "not re-run (same data and params)")
+        row("search", f"{search['trials']} trials ({search['failed']} failed), best validation "
+                      f"{search['metric']} {search['best_value']:.4f}; {took}")
     if summary.get("report_html"):
         row("drift report", summary["report_html"])
     row("duration", f"{summary['seconds']} s")

@@ -5,7 +5,8 @@ of the next batch go to the service as production traffic; the cycle brings the 
 outcomes, checks drift and retrains when told to. It stops after the first retrain (at most
 `--max-cycles`) and shows the running service answering with the new champion.
 
-Each cycle moves the source clock and, on a retrain, the window in params.yaml, as CT does;
+It sets tune.trials (`--tune-trials`), and each cycle moves the source clock and, on a
+retrain, the window in params.yaml, as CT does;
 `git diff HEAD params.yaml dvc.lock` shows it, and `git checkout HEAD -- params.yaml dvc.lock
 reports` then `dvc checkout` undoes it (the README's advice, which works under
 core.autostage).
@@ -20,7 +21,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from mlpipeline.config import RAW_DIR, Params, find_root, load_params
+from mlpipeline.config import PARAMS_FILE, RAW_DIR, Params, find_root, load_params, set_values
 from mlpipeline.source import read_batch, synthetic_batch
 from monitoring import ct
 from monitoring.cycle_guard import cycle_lock
@@ -73,8 +74,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repro", action="store_true",
                         help="run `dvc repro` first (make demo does), in this process so that "
                              "DVC's hints are said once for the whole demo")
+    parser.add_argument("--tune-trials", type=int, default=None,
+                        help="set tune.trials in params.yaml first (make demo: a small search, "
+                             "each trial a nested MLflow run)")
     args = parser.parse_args(argv)
     root = find_root()
+    if args.tune_trials is not None:
+        path = root / PARAMS_FILE
+        path.write_text(set_values(path.read_text(), {"tune.trials": args.tune_trials}))
+        print(f"demo: tune.trials: {args.tune_trials} (the search runs before train, and again "
+              f"when a cycle retrains)")
     if args.repro and ct.run_dvc(root, "repro") != 0:
         raise SystemExit("demo: `dvc repro` failed (its output above names the stage)")
     params = load_params(root)

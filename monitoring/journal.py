@@ -29,6 +29,7 @@ from mlpipeline.config import (
     PLOTS_DIR,
     PLOTS_SPEC,
     RUN_INFO,
+    TUNE_REPORT,
     VALIDATION_REPORT,
 )
 
@@ -36,7 +37,7 @@ JOURNAL_DIR = ".ct-journal"
 ENTRY = "journal.json"
 # What a cycle may rewrite that git tracks; DVC-cached outputs come back with `dvc checkout`.
 TRACKED = [Path(PARAMS_FILE), Path("dvc.lock"), METRICS, RUN_INFO, GATE_REPORT,
-           VALIDATION_REPORT, PLOTS_SPEC]
+           VALIDATION_REPORT, PLOTS_SPEC, TUNE_REPORT]
 
 
 @dataclass

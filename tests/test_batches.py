@@ -454,7 +454,8 @@ def fifty_trees(data: dict) -> None:
       "train.hyperparams.linear.C: not a parameter of Ridge (task regression); valid: alpha,",
       "train.hyperparams.linear.class_weight: not a parameter of Ridge",
       "train.hyperparams.dummy.strategy: The 'strategy' parameter of DummyRegressor must be a "
-      "str among"]),
+      "str among",
+      "tune.space.linear.C: not a parameter of Ridge (task regression); valid: alpha,"]),
 ])
 def test_every_hyperparameter_is_checked_against_the_task_when_params_are_read(
         tmp_path: Path, change: Callable[[dict], None], lines: list[str]) -> None:

@@ -19,13 +19,15 @@ import pyarrow as pa
 import pytest
 
 from mlpipeline import ingest, prediction_log, prepare, validate
-from mlpipeline.config import TEST_SPLIT, load_params
+from mlpipeline.config import TEST_SPLIT, SearchRange, TuneParams, load_params
 from mlpipeline.engine import start_session
 from mlpipeline.evaluate import evaluate, scored_test
 from mlpipeline.lineage import file_md5
 from mlpipeline.prediction_log import compact, sampled_log_table
 from mlpipeline.register import gate_evidence
 from mlpipeline.train import fit, training_rows
+from mlpipeline.train import newest as newest_rows
+from mlpipeline.tune import search
 from tests.conftest import Project, make_project
 from tests.test_landing import BAD_BATCHES, PARQUET_YEARS, bad_batch, land, yearly_landing
 from tests.test_prediction_log import filled
@@ -108,6 +110,12 @@ def test_both_engines_validate_split_and_score_alike(
         assert (info["train_rows"], info["train_rows_available"]) == (5000, available)
         metrics.append(evaluate(model, embedded["test"], params)[0])
     assert_close(metrics[0], metrics[1])
+    # The search (stage tune) fits on those rows too, on the driver: the same trials.
+    searched = params.model_copy(update={"tune": TuneParams(trials=2, seed=1, space={
+        "random_forest": {"n_estimators": SearchRange(low=5, high=15)}})})
+    reports = [search(newest_rows(rows, searched, known), searched)
+               for rows, known in ((embedded["train"], None), (newest, available))]
+    assert reports[0] == reports[1] and reports[0]["completed"] == 2
     same_evaluation_and_gate(project, spark, model, fit(embedded["train"].tail(2000), params)[0])
 
 

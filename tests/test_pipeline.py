@@ -19,7 +19,7 @@ from tests.conftest import ENV, REPO, TRAINED_TAG, Project
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["generate", "ingest", "validate", "prepare", "train", "evaluate", "register"]
+STAGES = ["generate", "ingest", "validate", "prepare", "tune", "train", "evaluate", "register"]
 
 
 def mlflow_runs(project: Project) -> list[dict[str, Any]]:

@@ -107,6 +107,24 @@ def test_a_hyperparameter_the_estimator_does_not_take_is_named() -> None:
         fit(batches(params, 1, 50), params.model_copy(update={"train": train}))
 
 
+@pytest.mark.parametrize("name", ["binary", "multiclass", "regression"])
+def test_a_booster_value_or_key_it_does_not_take_is_named_by_the_library(name: str) -> None:
+    task = PARAMS[name].task
+    cls = "XGBRegressor" if name == "regression" else "XGBLabelledClassifier"
+    problems = task.hyperparam_problems({
+        "xgboost": {"max_depth": -2, "n_estimators": 20, "etaa": 0.1},
+        "lightgbm": {"num_leaves": 1, "subsample": 0.5}})
+    assert problems == [
+        "train.hyperparams.xgboost.max_depth: value -2 for Parameter max_depth should be "
+        "greater equal to 0 max_depth: Maximum depth of the tree; 0 indicates no limit; a "
+        "limit is required for depthwise policy",
+        f"train.hyperparams.xgboost.etaa: not a parameter of {cls} (task {name}); valid: "
+        + problems[1].split("valid: ")[1],
+        "train.hyperparams.lightgbm.num_leaves: Check failed: (num_leaves) > (1)"]
+    assert "learning_rate, max_bin" in problems[1]
+    assert task.hyperparam_problems(PARAMS[name].train.hyperparams) == []  # the shipped ones
+
+
 def as_delivered(frame: pd.DataFrame) -> pd.DataFrame:
     """A batch as ingest hands it over: every value a string or missing."""
     return frame.astype(str).where(frame.notna(), None)
@@ -224,7 +242,7 @@ def trained(name: str, model: str) -> tuple[Params, Any, pd.DataFrame]:
 
 
 @pytest.mark.parametrize("name", ["binary", "multiclass", "regression"])
-@pytest.mark.parametrize("model", ["random_forest", "linear"])
+@pytest.mark.parametrize("model", ["random_forest", "linear", "xgboost", "lightgbm"])
 def test_the_onnx_twin_is_verified_by_the_task_parity_rule(name: str, model: str) -> None:
     from mlpipeline.onnx_export import export, onnx_feed, session
 

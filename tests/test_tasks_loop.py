@@ -6,7 +6,8 @@ uvicorn process serves it, the next batch's applications go to it as traffic (th
 logged in the task's shape), the batch lands drifted, and one CT cycle (as `python -m
 monitoring.ct`) checks drift, scores the served answers on the outcomes, retrains, gates with
 the task's metric in its direction (lower is better: rmse, log_loss) and promotes v2, which
-the running service then answers with.
+the running service then answers with. v1 is XGBoost's, v2 LightGBM's: both learners are
+registered, served through their ONNX twins and scored in batch, for both tasks.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ EXPECTED = {  # what the served answer, the metric and the counters look like pe
 
 
 def drift_from_the_next_batch(params: dict[str, Any]) -> None:
+    params["train"]["model"] = "xgboost"  # v1; the retrain's v2 is LightGBM's
     params["source"]["drift"].update(covariate_from_batch=8, concept_from_batch=8)
     params["ct"]["cooldown_batches"] = 1  # the first batch after training may retrain
     params["serving"]["log_flush_seconds"] = 0.5
@@ -66,7 +68,7 @@ def test_the_loop_retrains_gates_by_the_task_metric_and_serves_the_new_version(
     service = start_service(project.root, port, 0.5, tmp_path / "service.log", env=ENV)
     try:
         wait_http_ok(f"{url}/ready", service, timeout=90)
-        model = httpx.get(f"{url}/model").json()
+        model = httpx.get(f"{url}/model").json()  # XGBoost's ONNX twin
         assert (model["version"], model["task"], model["runtime"]) == ("1", task, "onnxruntime")
         traffic = upcoming_traffic(load_params(project.root))  # batch 8's applications
         assert send(url, traffic, 500) == {"1"}
@@ -83,6 +85,9 @@ def test_the_loop_retrains_gates_by_the_task_metric_and_serves_the_new_version(
             assert time.monotonic() < deadline, "the prediction log never caught up"
             time.sleep(0.2)
 
+        batch_answers_as_served(url, project, traffic, task, tmp_path / "v1", "1")
+        project.set_params(lambda params: params["train"].update(model="lightgbm"))
+        project.commit("the next model is LightGBM's")
         result = project.run(sys.executable, "-m", "monitoring.ct")
         summary = json.loads(project.read("reports/ct/summary.json"))
         assert summary["status"] == "ok", result.stdout + result.stderr
@@ -104,12 +109,14 @@ def test_the_loop_retrains_gates_by_the_task_metric_and_serves_the_new_version(
         assert gate["promoted"] and (summary["champion_before"], summary["champion_after"]) \
             == ("1", "2")
         wait_for_version(url, "2", timeout=30)
+        model = httpx.get(f"{url}/model").json()  # LightGBM's ONNX twin
+        assert (model["version"], model["runtime"]) == ("2", "onnxruntime")
         again = httpx.post(f"{url}/predict", json=json.loads(
             traffic.iloc[[0]].to_json(orient="records"))).json()
         assert again["model"]["version"] == "2"
         assert set(again["predictions"][0]) == expected["answer"]
         answers_as_mlflow_serves(url, project, traffic, task)
-        batch_answers_as_served(url, project, traffic, task, tmp_path)
+        batch_answers_as_served(url, project, traffic, task, tmp_path / "v2", "2")
         assert service.poll() is None  # the same process, never restarted
     finally:
         service.terminate()
@@ -149,7 +156,7 @@ def answers_as_mlflow_serves(url: str, project: Project, traffic: pd.DataFrame,
 
 
 def batch_answers_as_served(url: str, project: Project, traffic: pd.DataFrame, task: str,
-                            folder: Path) -> None:
+                            folder: Path, version: str) -> None:
     """`make score`'s job on the same rows answers what /invocations answers (the labels or
     values), and, for classes, the probabilities /invocations' predict_proba gives, by class."""
     import pyarrow.parquet as pq
@@ -157,6 +164,7 @@ def batch_answers_as_served(url: str, project: Project, traffic: pd.DataFrame, t
     params = load_params(project.root)
     schema = params.schema
     rows = traffic[[c for c in [schema.id_column, *schema.feature_names] if c]].head(200)
+    folder.mkdir()
     rows.to_parquet(folder / "rows.parquet")
     project.run(sys.executable, "-m", "serving.batch", "--input", str(folder / "rows.parquet"),
                 "--output", str(folder / "scored"))
@@ -165,7 +173,7 @@ def batch_answers_as_served(url: str, project: Project, traffic: pd.DataFrame, t
         orient="records"))}
     served = httpx.post(f"{url}/invocations", json=body).json()["predictions"]
     assert scored["prediction"].tolist() == served
-    assert (scored["model_version"] == "2").all()
+    assert (scored["model_version"] == version).all()
     if task == "regression":
         return
     proba = httpx.post(f"{url}/invocations", json={
@@ -226,6 +234,8 @@ def test_another_data_set_by_params_alone(task: str, tmp_path: Path) -> None:
         hyperparams["random_forest"].pop("class_weight")  # a classifier's knob
         if task == "regression":  # every block is checked against the task's estimators
             hyperparams.update(linear={"alpha": 1.0}, dummy={"strategy": "mean"})
+            params["tune"]["space"]["linear"] = {"alpha": {"low": 0.001, "high": 100.0,
+                                                           "log": True}}
         params["gate"] = {"min_metrics": {"r2": 0.2} if task == "regression"
                           else {"accuracy": 0.8}, "compare_metric": None, "tolerance": 0.0}
         params["mlflow"].update(experiment=f"other-{task}", registered_model=f"other-{task}")

@@ -130,7 +130,11 @@ def model_card(params: Params, report: dict[str, Any], run: dict[str, Any],
                   ["params hash", run.get("params_hash")],
                   ["model artefact (md5)", run.get("model_md5")],
                   ["hyper-parameters", ", ".join(f"{k}={v}" for k, v in
-                                                 (train_info.get("hyperparams") or {}).items())]]),
+                                                 (train_info.get("hyperparams") or {}).items())],
+                  ["hyper-parameters from", train_info.get("hyperparams_source")
+                   or "params.yaml"],
+                  *([["search (MLflow run)", run["tune_run_id"]]]
+                    if run.get("tune_run_id") else [])]),
               ""]
     return "\n".join(line for line in lines if line is not None).replace("\n\n\n", "\n\n")
 

@@ -100,7 +100,7 @@ class TrainParams(_Strict):
     # regression for classification, ridge for regression (`logistic_regression` still works
     # for classification).
     model: Literal["random_forest", "linear", "logistic_regression", "hist_gradient_boosting",
-                   "dummy"]
+                   "xgboost", "lightgbm", "dummy"]
     seed: int = 7
     # Train on at most this many rows of the train split, the most recent ones; null: all.
     max_rows: int | None = Field(None, gt=0)
@@ -109,6 +109,51 @@ class TrainParams(_Strict):
 
     def chosen_hyperparams(self) -> dict[str, Any]:
         return dict(self.hyperparams.get(self.model, {}))
+
+
+class SearchRange(BaseModel):
+    """One hyper-parameter's range in tune.space: `low`..`high` (integers when both are;
+    `log: true` draws on a log scale), or `choices`."""
+
+    model_config = ConfigDict(extra="forbid")
+    low: int | float | None = None  # an int stays an int: the range is then of integers
+    high: int | float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchRange:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or not self.choices:
+                raise ValueError("give either choices (a non-empty list) or low and high")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError("give low <= high, or choices")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log-scale range starts above 0")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+    def values_to_check(self) -> list[Any]:
+        """What load_params checks against the learner: both ends, or every choice."""
+        return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+
+class TuneParams(_Strict):
+    # Trials of the seeded search (Optuna's TPE) before `train`; 0: no search, train fits
+    # train.hyperparams as written.
+    trials: int = Field(0, ge=0)
+    seed: int = 7
+    # Each trial fits on the older rows of the train split and is scored on this newest
+    # share of them, by time (never the test split: that belongs to the gate).
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    # The metric the search optimises, in its direction; null: gate.compare_metric.
+    metric: str | None = None
+    # Per model family: hyper-parameter -> range or choices. Keys left out keep their
+    # train.hyperparams value.
+    space: dict[str, dict[str, SearchRange]] = {}
 
 
 class EvaluateParams(_Strict):
@@ -306,6 +351,7 @@ class Params(ServiceConfig):
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     prepare: PrepareParams = PrepareParams()
     train: TrainParams
+    tune: TuneParams = TuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     promotion: PromotionParams = PromotionParams()
@@ -335,6 +381,8 @@ class Params(ServiceConfig):
             self.gate = self.gate.model_copy(update={"compare_metric": task.default_metric})
         named = {f"gate.min_metrics.{name}": name for name in self.gate.min_metrics}
         named["gate.compare_metric"] = str(self.gate.compare_metric)
+        if self.tune.metric is not None:
+            named["tune.metric"] = self.tune.metric
         for key, metric in named.items():
             if task.unknown_metrics([metric]):
                 raise ValueError(f"{key}: {metric!r} is not a metric of task {task.name}; "
@@ -377,19 +425,33 @@ def _check_hyperparams(params: Params) -> None:
     (Not in load_service_config: a replica trains nothing.)"""
     from mlpipeline.tasks import base
 
-    decided_by = json.dumps([params.task.name, params.train.hyperparams,
-                             importlib.metadata.version("scikit-learn"),
-                             Path(base.__file__).read_text()], sort_keys=True, default=str)
+    space = {family: {key: value.model_dump(exclude_defaults=True)
+                      for key, value in ranges.items()}
+             for family, ranges in params.tune.space.items()}
+    decided_by = json.dumps([params.task.name, params.train.hyperparams, space,
+                             *(importlib.metadata.version(name) for name in CHECKED_LIBRARIES),
+                             Path(base.__file__).read_text(),
+                             Path(base.__file__).with_name("boosters.py").read_text()],
+                            sort_keys=True, default=str)
     passed = params.path(HYPERPARAMS_CHECKED) / hashlib.sha256(decided_by.encode()).hexdigest()
     if passed.exists():
         return
     problems = params.task.hyperparam_problems(params.train.hyperparams)
+    for family, ranges in params.tune.space.items():  # both ends of a range, every choice
+        for key, values in ranges.items():
+            for value in values.values_to_check():
+                problems += params.task.hyperparam_problems({family: {key: value}},
+                                                            where="tune.space")
+    problems = list(dict.fromkeys(problems))  # a family the task lacks: said once
     if problems:
         raise SystemExit(f"{PARAMS_FILE} is not valid ({len(problems)} problem(s)):\n"
                          + "\n".join(f"  - {line}" for line in problems))
     with contextlib.suppress(OSError):  # a read-only project checks every time
         passed.parent.mkdir(parents=True, exist_ok=True)
         passed.touch()
+
+
+CHECKED_LIBRARIES = ("scikit-learn", "xgboost-cpu", "lightgbm")
 
 
 def load_service_config(root: Path | None = None) -> ServiceConfig:
@@ -447,6 +509,8 @@ TRAIN_INFO = Path("models/train_info.json")
 # The fit's seconds, for MLflow: beside the model but not a DVC output (a timing differs every
 # run, and a DVC output must be the same bytes on every machine). Keyed by the model's md5.
 FIT_TIMING = Path("models/fit_timing.json")
+TUNE_REPORT = Path("reports/tune.json")  # the search's best point (train reads it)
+TUNE_TIMING = Path("models/tune_timing.json")  # its seconds and MLflow run: not a DVC output
 VALIDATION_REPORT = Path("reports/validation.json")
 METRICS = Path("reports/metrics.json")
 PREDICTIONS = Path("reports/predictions.csv")

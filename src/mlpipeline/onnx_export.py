@@ -34,6 +34,8 @@ class TwinRules(Protocol):
 FILE_NAME = "model.onnx"
 ERROR_FILE = "onnx/conversion_error.txt"  # run artefact with the converter's whole message
 REASON_CHARS = 200  # of the message's first line, in the `onnx_reason` tag
+# Estimators converted by onnxmltools' converters (mlpipeline.tasks.boosters registers them).
+BOOSTER_MODULES = ("xgboost", "lightgbm", "mlpipeline.tasks.boosters")
 
 
 def onnx_inputs(records: list[dict[str, Any]], schema: Schema) -> dict[str, np.ndarray]:
@@ -90,8 +92,14 @@ def export(model: Any, task: TwinRules, check_rows: pd.DataFrame
     schema = task.schema
     inputs = [(n, FloatTensorType([None, 1])) for n in schema.numeric]
     inputs += [(n, StringTensorType([None, 1])) for n in schema.categorical]
+    opset: int | dict[str, int] = 18
+    if type(model.steps[-1][1]).__module__.startswith(BOOSTER_MODULES):
+        from mlpipeline.tasks.boosters import ONNX_OPSET, register_onnx_converters
+
+        register_onnx_converters()
+        opset = ONNX_OPSET
     try:
-        graph = to_onnx(model, initial_types=inputs, target_opset=18,
+        graph = to_onnx(model, initial_types=inputs, target_opset=opset,
                         options=task.onnx_options(model))
         onnx_bytes = graph.SerializeToString()
         sess = session(onnx_bytes)

@@ -22,7 +22,7 @@ from mlpipeline.plots_page import TEMPLATE_FILE as PLOTS_TEMPLATE
 PRESETS_DIR = Path(__file__).parent / "presets"
 # What a pipeline run needs from the project; src/ because dvc.yaml hashes stage code.
 PROJECT_FILES = ["dvc.yaml", PARAMS_FILE, ".dvcignore", ".gitignore", ".dvc/config",
-                 ".dvc/.gitignore", "data/.gitignore", "reports/.gitignore",
+                 ".dvc/.gitignore", "data/.gitignore", "reports/.gitignore", "models/.gitignore",
                  "data/landing/.gitkeep", "src",
                  PLOTS_TEMPLATE]
 _SECTION = re.compile(r"^([A-Za-z_]\w*):", re.MULTILINE)

@@ -62,8 +62,8 @@ SHADOW_TAG = "shadow"
 
 LOCK_SUFFIX = ".promotion-lock"
 LINEAGE_TAGS = ["run_id", "git_commit", "git_dirty", "data_version", "raw_data_version",
-                "training_window", "trained_until", "params_hash", "model_md5", "gate",
-                "gate_reason"]
+                "training_window", "trained_until", "hyperparams_source", "tune_run_id",
+                "params_hash", "model_md5", "gate", "gate_reason"]
 
 
 def in_shadow(version: Any) -> bool:

@@ -29,6 +29,8 @@ from mlpipeline.config import (
     REFERENCE,
     TEST_SPLIT,
     TRAIN_SPLIT,
+    TUNE_REPORT,
+    TUNE_TIMING,
     Params,
     ServiceConfig,
 )
@@ -51,8 +53,13 @@ warnings.filterwarnings("ignore", message="Hint: Inferred schema contains intege
 logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
 
 
-def pip_requirements() -> list[str]:
-    return [f"{name}=={importlib.metadata.version(name)}" for name in MODEL_REQUIREMENTS]
+# A booster's library, which its pickled estimator needs besides scikit-learn.
+FAMILY_REQUIREMENTS = {"xgboost": ["xgboost-cpu"], "lightgbm": ["lightgbm"]}
+
+
+def pip_requirements(family: str = "") -> list[str]:
+    names = MODEL_REQUIREMENTS + FAMILY_REQUIREMENTS.get(family, [])
+    return [f"{name}=={importlib.metadata.version(name)}" for name in names]
 
 
 def client(params: ServiceConfig) -> Any:
@@ -232,6 +239,17 @@ def fit_seconds(params: Params, model_md5: str) -> float | None:
     return float(timing["fit_seconds"]) if timing.get("model_md5") == model_md5 else None
 
 
+def tune_run_id(params: Params) -> str:
+    """The MLflow run of the search whose best point train fitted (models/tune_timing.json,
+    when it belongs to this reports/tune.json), else ""."""
+    try:
+        timing = json.loads(params.path(TUNE_TIMING).read_text())
+        same = timing.get("tune_md5") == file_md5(params.path(TUNE_REPORT))
+    except (OSError, ValueError):
+        return ""
+    return str(timing.get("run_id", "")) if same else ""
+
+
 def trusted_types(model: Any) -> list[str]:
     """The classes skops must be told to trust to save and load this (our own) model."""
     import skops.io
@@ -267,6 +285,9 @@ def log_training_run(
         "raw_data_version": raw_data_version(params.root),
         "training_window": window,
         "trained_until": str(train_info.get("trained_until", "")),
+        # Where the fitted hyper-parameters come from: params.yaml or the search (its run).
+        "hyperparams_source": str(train_info.get("hyperparams_source", "")),
+        "tune_run_id": tune_run_id(params),
         "params_hash": params_hash(params),
         # The trained artefact's own hash (as in dvc.lock): same bytes, same model.
         "model_md5": file_md5(params.path(MODEL_FILE)),
@@ -276,6 +297,9 @@ def log_training_run(
         mlflow.set_tags({**lineage, "mlflow.source.git.commit": commit,
                          "model_type": params.train.model, "task": task.name})
         mlflow.log_params(flat_params(params))
+        # what was fitted (the search's best point, or train.hyperparams as written)
+        mlflow.log_params({f"fitted.{key}": value
+                           for key, value in (train_info.get("hyperparams") or {}).items()})
         mlflow.log_metrics(metrics)
         seconds = fit_seconds(params, lineage["model_md5"])
         if seconds is not None:
@@ -334,7 +358,7 @@ def log_training_run(
                 name="model",
                 signature=signature(schema, example, model.predict(example)),
                 input_example=example,
-                pip_requirements=pip_requirements(),
+                pip_requirements=pip_requirements(params.train.model),
                 skops_trusted_types=trusted_types(model),
                 extra_files=extra_files,
                 tags={**lineage, "onnx": onnx_figures["onnx"]},

@@ -24,6 +24,7 @@ from mlpipeline.config import (
     MODEL_FILE,
     TRAIN_INFO,
     TRAIN_SPLIT,
+    TUNE_REPORT,
     Params,
     load_params,
 )
@@ -31,7 +32,8 @@ from mlpipeline.engine import session_for, uses_spark
 from mlpipeline.lineage import file_md5
 from mlpipeline.schema import training_target
 from mlpipeline.tasks import Task
-from mlpipeline.tasks.base import SCALED
+from mlpipeline.tasks.base import BOOSTERS, SCALED
+from mlpipeline.tune import tuned_hyperparams
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -55,31 +57,44 @@ def build_pipeline(task: Task, model: str, hyperparams: dict[str, Any], seed: in
                      ("model", task.estimator(model, hyperparams, seed))])
 
 
-def fit(frame: pd.DataFrame, params: Params, available: int | None = None
-        ) -> tuple[Pipeline, dict[str, Any]]:
+def newest(frame: pd.DataFrame, params: Params, available: int | None = None
+           ) -> pd.DataFrame:
+    """The newest train.max_rows rows of `frame` (all when null): what train and the search
+    fit. `available`: the train split's rows when `frame` is already those newest rows."""
+    available = len(frame) if available is None else available
+    limit = params.train.max_rows
+    if limit is not None and available > limit:
+        return frame.sort_values(params.schema.time_column, kind="stable").tail(limit)
+    return frame
+
+
+def fit(frame: pd.DataFrame, params: Params, available: int | None = None,
+        tuned: dict[str, Any] | None = None) -> tuple[Pipeline, dict[str, Any]]:
     """The task's pipeline fitted on the newest train.max_rows rows of `frame` (all when
     null), and what models/train_info.json says of it: nothing that changes from run to run
     (it is a DVC output). `available`: the train split's rows when `frame` is already those
-    newest rows."""
+    newest rows. `tuned`: reports/tune.json's content (the search's best point)."""
     schema, task, train = params.schema, params.task, params.train
+    hyperparams, source = tuned_hyperparams(params, tuned)
     try:
-        pipeline = build_pipeline(task, train.model, train.chosen_hyperparams(), train.seed)
+        pipeline = build_pipeline(task, train.model, hyperparams, train.seed)
     except ValueError as error:  # a hyper-parameter the estimator does not take
         raise SystemExit(f"train: {error}") from None
     available = len(frame) if available is None else available
-    if train.max_rows is not None and available > train.max_rows:  # the most recent rows
-        frame = frame.sort_values(schema.time_column, kind="stable").tail(train.max_rows)
+    frame = newest(frame, params, available)
     target = training_target(frame[schema.target], schema)
     pipeline.fit(frame[schema.feature_names], target)
     # train.hyperparams.n_jobs is for fitting; the saved model predicts on one thread, so a
     # served request spawns no pool and a forest's averaged scores are the same bits each run
+    # (scikit-learn's None is one thread; a booster's None is every core)
     estimator = pipeline[-1]
     if "n_jobs" in estimator.get_params():
-        estimator.set_params(n_jobs=None)
+        estimator.set_params(n_jobs=1 if train.model in BOOSTERS else None)
     info = {
         "model": train.model,
         "task": task.name,
-        "hyperparams": train.chosen_hyperparams(),
+        "hyperparams": hyperparams,
+        "hyperparams_source": source,
         "train_rows": len(frame),
         "train_rows_available": available,
         # The newest row it learnt from: the gate compares a later challenger with this model
@@ -117,8 +132,10 @@ def training_rows(params: Params, spark: SparkSession | None = None
 def main() -> None:
     params = load_params()
     frame, available = training_rows(params)
+    tuned = (json.loads(params.path(TUNE_REPORT).read_text())
+             if params.path(TUNE_REPORT).exists() else None)
     started = time.perf_counter()
-    pipeline, info = fit(frame, params, available)
+    pipeline, info = fit(frame, params, available, tuned)
     seconds = round(time.perf_counter() - started, 3)
     params.path(MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, params.path(MODEL_FILE))
@@ -126,7 +143,7 @@ def main() -> None:
     params.path(FIT_TIMING).write_text(json.dumps(
         {"model_md5": file_md5(params.path(MODEL_FILE)), "fit_seconds": seconds}) + "\n")
     print(f"train: {info['model']} ({info['task']}) on {info['train_rows']} rows in "
-          f"{seconds} s -> {MODEL_FILE}")
+          f"{seconds} s, hyper-parameters from {info['hyperparams_source']} -> {MODEL_FILE}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,10 @@ from mlpipeline.schema import Schema
 
 # The model families every task offers (train.model). `logistic_regression` is the name the
 # linear family had when only binary classification existed; classification tasks take it.
-FAMILIES = ("random_forest", "linear", "hist_gradient_boosting", "dummy")
+FAMILIES = ("random_forest", "linear", "hist_gradient_boosting", "xgboost", "lightgbm", "dummy")
+# Families from outside scikit-learn (mlpipeline.tasks.boosters: their estimators, the
+# defaults they are fitted with, their value checks and ONNX converters).
+BOOSTERS = ("xgboost", "lightgbm")
 # Families whose inputs are standardised. Trees are left unscaled, which keeps their ONNX
 # twin exact: both runtimes compare the same float32 inputs with the same thresholds.
 SCALED = {"linear", "logistic_regression"}
@@ -107,12 +110,17 @@ class Task(ABC):
             raise ValueError("; ".join(problems))
         cls = self._estimator_class(family)
         hyper = dict(hyperparams)
+        if family in BOOSTERS:
+            from mlpipeline.tasks.boosters import DEFAULTS
+
+            hyper = {**DEFAULTS[family], **hyper}
         if "random_state" in cls().get_params():
             hyper.setdefault("random_state", seed)
         return cls(**hyper)
 
-    def hyperparam_problems(self, hyperparams: dict[str, dict[str, Any]]) -> list[str]:
-        """One line per hyper-parameter (train.hyperparams.<family>.<key>) that this task's
+    def hyperparam_problems(self, hyperparams: dict[str, dict[str, Any]],
+                            where: str = "train.hyperparams") -> list[str]:
+        """One line per hyper-parameter (<where>.<family>.<key>) that this task's
         estimator for the family does not take, naming the valid keys or values, as
         scikit-learn's own constraints say; a block for a family the task lacks too."""
         from sklearn.utils._param_validation import InvalidParameterError
@@ -120,21 +128,28 @@ class Task(ABC):
         problems = []
         for family, values in hyperparams.items():
             if family not in self.estimators:
-                problems.append(f"train.hyperparams.{family}: not a model family of task "
+                problems.append(f"{where}.{family}: not a model family of task "
                                 f"{self.name}: use one of {', '.join(self.estimators)}")
                 continue
             cls = self._estimator_class(family)
             valid = sorted(cls().get_params())
             for key, value in (values or {}).items():
-                where = f"train.hyperparams.{family}.{key}"
+                name = f"{where}.{family}.{key}"
                 if key not in valid:
-                    problems.append(f"{where}: not a parameter of {cls.__name__} (task "
+                    problems.append(f"{name}: not a parameter of {cls.__name__} (task "
                                     f"{self.name}); valid: {', '.join(valid)}")
+                    continue
+                if family in BOOSTERS:  # no constraints to read: a few rows fitted with it
+                    from mlpipeline.tasks.boosters import value_problem
+
+                    problem = value_problem(cls, key, value, classifier=self.name != "regression")
+                    if problem:
+                        problems.append(f"{name}: {problem}")
                     continue
                 try:  # one key at a time: each problem is named, not only the first
                     cls(**{key: value})._validate_params()
                 except InvalidParameterError as error:
-                    problems.append(f"{where}: {error}")
+                    problems.append(f"{name}: {error}")
         return problems
 
     def _estimator_class(self, family: str) -> Any:

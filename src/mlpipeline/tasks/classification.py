@@ -23,6 +23,8 @@ class Classification(Task):
         "linear": "sklearn.linear_model:LogisticRegression",  # multinomial for 3+ classes
         "logistic_regression": "sklearn.linear_model:LogisticRegression",
         "hist_gradient_boosting": "sklearn.ensemble:HistGradientBoostingClassifier",
+        "xgboost": "mlpipeline.tasks.boosters:XGBLabelledClassifier",
+        "lightgbm": "lightgbm:LGBMClassifier",
         "dummy": "sklearn.dummy:DummyClassifier",  # a deliberately useless baseline
     }
 

@@ -63,6 +63,8 @@ class Regression(Task):
         "random_forest": "sklearn.ensemble:RandomForestRegressor",
         "linear": "sklearn.linear_model:Ridge",
         "hist_gradient_boosting": "sklearn.ensemble:HistGradientBoostingRegressor",
+        "xgboost": "xgboost:XGBRegressor",
+        "lightgbm": "lightgbm:LGBMRegressor",
         "dummy": "sklearn.dummy:DummyRegressor",  # predicts the training mean
     }
 
