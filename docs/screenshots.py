@@ -47,6 +47,12 @@ class Shot:
     height: int
     before: str = ""  # JavaScript run once it has drawn
 
+# Opens the tune-* run's row in the runs table, showing its nested trial runs.
+# Its button shows a plus (a path with a vertical bar, "V4.5") until the row is open.
+EXPAND = ("[...document.querySelectorAll('button[data-component-id*=runnamecellrenderer]')]"
+          ".filter(b => (b.innerHTML || '').includes('V4.5')).slice(0, 1)"
+          ".forEach(b => b.click())")
+
 
 def wait_for(what: str, ready: Callable[[], object], timeout: float = 90) -> object:
     deadline = time.monotonic() + timeout
@@ -154,6 +160,8 @@ def main() -> None:
         wait_for("the service", lambda: answers("http://127.0.0.1:8000/ready"))
         shots = [
             Shot("mlflow-runs.png", runs, "registered_version", 1700, 360, CLOSE_PANELS),
+            # The search's trials, nested under their tune-* run (its row expanded).
+            Shot("mlflow-tune.png", runs, "trial-4", 1700, 560, CLOSE_PANELS + "; " + EXPAND),
             Shot("mlflow-model.png", model, "Champion changes", 1300, 760, CLOSE_PANELS),
             Shot("dashboard.png", dashboard, "Share of drifted features", 1300, 1400),
             # The champion's performance and its margin to the gate's floors, further down.

@@ -28,6 +28,7 @@ from mlpipeline.lineage import file_md5
 from mlpipeline.schema import training_target
 
 TrialRecord = dict[str, Any]
+TIMES = ("seconds", "started_at", "ended_at")  # a trial's, for MLflow only
 
 
 def search_metric(params: Params) -> tuple[str, bool]:
@@ -86,7 +87,8 @@ def search(frame: pd.DataFrame, params: Params,
 
     def objective(trial: Any) -> float:
         point = suggest(trial, space)
-        record: TrialRecord = {"trial": trial.number, "params": point}
+        record: TrialRecord = {"trial": trial.number, "params": point,
+                               "started_at": time.time()}
         started = time.perf_counter()
         try:
             pipeline = build_pipeline(task, train.model, {**shipped, **point}, train.seed)
@@ -103,6 +105,7 @@ def search(frame: pd.DataFrame, params: Params,
             return float(value)
         finally:
             record["seconds"] = round(time.perf_counter() - started, 3)
+            record["ended_at"] = time.time()
             history.append(record)
             if on_trial is not None:
                 on_trial(record)
@@ -126,8 +129,8 @@ def search(frame: pd.DataFrame, params: Params,
                        "from": pd.Timestamp(scored[schema.time_column].min()).isoformat()},
         "best": {"trial": best.number, "value": float(best.values[0]), "searched": best.params,
                  "hyperparams": {**shipped, **best.params}},
-        # No seconds here: the file is a DVC output, the same bytes every run.
-        "history": [{k: v for k, v in r.items() if k != "seconds"} for r in history],
+        # No times here: the file is a DVC output, the same bytes every run.
+        "history": [{k: v for k, v in r.items() if k not in TIMES} for r in history],
     }
 
 
@@ -216,19 +219,25 @@ def tracked_search(frame: pd.DataFrame, params: Params) -> tuple[dict[str, Any],
                            "tune.metric": metric, "train.model": params.train.model,
                            "tune.validation_fraction": params.tune.validation_fraction})
 
+        client = tracking.client(params)
+
         def log_trial(record: TrialRecord) -> None:
-            mlflow.start_run(experiment_id=experiment, run_name=f"trial-{record['trial']}",
-                             nested=True,
-                             tags={"run_kind": "tune-trial", "trial": str(record["trial"])})
-            mlflow.log_params(record["params"])
-            mlflow.log_metric("seconds", record["seconds"])
-            if record["state"] == "COMPLETE":
-                mlflow.log_metric(f"validation_{metric}", record["value"])
-                mlflow.end_run()
-            else:
+            # A nested run spanning the trial's own time (logged once it has ended).
+            tags = {"mlflow.parentRunId": parent.info.run_id, "run_kind": "tune-trial",
+                    "trial": str(record["trial"])}
+            if record["state"] != "COMPLETE":
                 print(f"tune: trial {record['trial']} failed: {record['error']}")
-                mlflow.set_tag("error", record["error"])
-                mlflow.end_run(status="FAILED")
+                tags["error"] = record["error"]
+            child = client.create_run(experiment, start_time=int(record["started_at"] * 1000),
+                                      tags=tags, run_name=f"trial-{record['trial']}")
+            run_id = child.info.run_id
+            for key, value in record["params"].items():
+                client.log_param(run_id, key, value)
+            client.log_metric(run_id, "seconds", record["seconds"])
+            if record["state"] == "COMPLETE":
+                client.log_metric(run_id, f"validation_{metric}", record["value"])
+            client.set_terminated(run_id, "FINISHED" if record["state"] == "COMPLETE"
+                                  else "FAILED", end_time=int(record["ended_at"] * 1000))
 
         report = search(frame, params, log_trial)
         best = report["best"]
