@@ -109,9 +109,9 @@ def split(task: str, folder: Path) -> tuple[Params, pd.DataFrame, pd.DataFrame]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["binary", "multiclass", "regression"])
-    parser.add_argument("--budget", type=float, default=60.0,
+    parser.add_argument("--budget", type=float, default=30.0,
                         help="seconds for each search and for FLAML")
-    parser.add_argument("--tuned", nargs="+", default=["lightgbm"],
+    parser.add_argument("--tuned", nargs="+", default=["lightgbm", "xgboost", "linear"],
                         help="the learners whose search is timed against FLAML")
     args = parser.parse_args()
     verdicts = []

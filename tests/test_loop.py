@@ -229,7 +229,8 @@ def test_drift_retrains_and_the_service_picks_up_the_new_champion(tmp_path: Path
     batches_before = sorted(p.name for p in (project.root / "data/raw").iterdir())
     # Only the pending train.model change: every output matches dvc.lock.
     status_before = json.loads(project.dvc("status", "--json").stdout)
-    assert status_before == {"train": [{"changed deps": {"params.yaml": {"train": "modified"}}}]}
+    changed = [{"changed deps": {"params.yaml": {"train": "modified"}}}]
+    assert status_before == {"tune": changed, "train": changed}  # both read train.*
     not_a_folder = tmp_path / "remote-is-a-file"
     not_a_folder.write_text("a DVC remote cannot live here\n")
     summary, out = ct(project, "--force", check=False, env={"DVC_REMOTE_URL": str(not_a_folder)})
