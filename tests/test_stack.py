@@ -153,8 +153,10 @@ def test_the_loop_on_the_production_stack(stack: tuple[Project, dict[str, Any]],
     project, state = stack
     server = state["mlflow"]["url"]
     urls = [r["url"] for r in state["replicas"]]
-    # What `source .stack/env.sh` exports: the tracking server and the Spark master.
-    on_server = {"MLFLOW_TRACKING_URI": server, "ENGINE_MASTER": state["spark"]["url"]}
+    # What `source .stack/env.sh` exports: the tracking server, the Spark master and its
+    # JVMs' defaults.
+    on_server = {"MLFLOW_TRACKING_URI": server, "ENGINE_MASTER": state["spark"]["url"],
+                 "SPARK_CONF_DIR": state["spark"]["conf_dir"]}
     env_sh = (Path(state["folder"]) / "env.sh").read_text()
     assert all(f"export {k}={v}" in env_sh for k, v in on_server.items())
     client = MlflowClient(tracking_uri=server, registry_uri=server)
@@ -290,7 +292,8 @@ def score_on_the_cluster(project: Project, state: dict[str, Any], folder: Path) 
     landed = sorted((project.root / "data/raw").glob("*.csv"))[-1]
     project.run(sys.executable, "-m", "serving.batch", "--input", str(landed), "--output",
                 str(folder / "scored-on-spark"),
-                env={"MLFLOW_TRACKING_URI": server, "ENGINE_MASTER": spark["url"]})
+                env={"MLFLOW_TRACKING_URI": server, "ENGINE_MASTER": spark["url"],
+                     "SPARK_CONF_DIR": spark["conf_dir"]})
     manifest = json.loads((folder / "scored-on-spark" / "manifest.json").read_text())
     assert (manifest["engine"], manifest["model"]["version"]) == ("spark", "2")
     assert manifest["rows"]["in"] == manifest["rows"]["scored"] > 1000
