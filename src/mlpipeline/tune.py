@@ -172,8 +172,6 @@ def history_figure(report: dict[str, Any]) -> Any:
 
 def run(params: Params) -> dict[str, Any]:
     """The stage: the search with its MLflow runs, reports/tune.json, models/tune_timing.json."""
-    from mlpipeline.train import newest, training_rows
-
     report_path, timing_path = params.path(TUNE_REPORT), params.path(TUNE_TIMING)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     if params.tune.trials == 0:
@@ -182,6 +180,8 @@ def run(params: Params) -> dict[str, Any]:
         timing_path.unlink(missing_ok=True)
         print(f"tune: off (tune.trials: 0); train fits train.hyperparams.{params.train.model}")
         return report
+    from mlpipeline.train import newest, training_rows  # scikit-learn: only for a search
+
     frame, available = training_rows(params)
     frame = newest(frame, params, available)
     started = time.perf_counter()
