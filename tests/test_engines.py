@@ -111,8 +111,11 @@ def test_both_engines_validate_split_and_score_alike(
         metrics.append(evaluate(model, embedded["test"], params)[0])
     assert_close(metrics[0], metrics[1])
     # The search (stage tune) fits on those rows too, on the driver: the same trials.
-    searched = params.model_copy(update={"tune": TuneParams(trials=2, seed=1, space={
-        "random_forest": {"n_estimators": SearchRange(low=5, high=15)}})})
+    learner = params.train.model  # the preset's: a small space for trees, else the shipped
+    small = {"n_estimators": SearchRange(low=5, high=15)}
+    space = small if learner in ("random_forest", "lightgbm") else params.tune.space[learner]
+    searched = params.model_copy(update={"tune": TuneParams(trials=2, seed=1,
+                                                            space={learner: space})})
     reports = [search(newest_rows(rows, searched, known), searched)
                for rows, known in ((embedded["train"], None), (newest, available))]
     assert reports[0] == reports[1] and reports[0]["completed"] == 2

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlpipeline.config import Params, load_params
+from mlpipeline.config import Params, load_params, set_values
 from mlpipeline.gate import decide
 from mlpipeline.loans import GRADES, make_batch
 from mlpipeline.preset import apply, preset_text, presets
@@ -90,8 +90,8 @@ def test_a_metric_or_model_the_task_lacks_fails_at_start_naming_the_valid_ones(
         load_params(write_params(tmp_path, text.replace("r2: 0.35", "f1: 0.5")))
     with pytest.raises(SystemExit, match=r"train\.model 'logistic_regression' is not a model "
                                          r"family of task regression: use one of random_forest"):
-        load_params(write_params(tmp_path, text.replace("model: random_forest",
-                                                        "model: logistic_regression")))
+        load_params(write_params(tmp_path, set_values(text, {
+            "train.model": "logistic_regression"})))
     # Without a compare_metric the task's default is used.
     assert load_params(write_params(tmp_path, text.replace(
         "compare_metric: rmse", "compare_metric: null"))).gate.compare_metric == "rmse"
@@ -99,7 +99,7 @@ def test_a_metric_or_model_the_task_lacks_fails_at_start_naming_the_valid_ones(
 
 def test_a_hyperparameter_the_estimator_does_not_take_is_named() -> None:
     params = PARAMS["regression"]
-    train = params.train.model_copy(update={"hyperparams": {
+    train = params.train.model_copy(update={"model": "random_forest", "hyperparams": {
         "random_forest": {"n_estimators": 5, "class_weight": "balanced"}}})
     with pytest.raises(SystemExit, match=r"train.hyperparams.random_forest.class_weight: not "
                                          r"a parameter of RandomForestRegressor \(task "
